@@ -1,0 +1,35 @@
+# One entry point for people and CI: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit fmt clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streamq demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamq tests examples
+	$(BIN)/ruff format --check streamq tests examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+fmt: $(STAMP)
+	$(BIN)/ruff format streamq tests examples
+	$(BIN)/ruff check --fix streamq tests examples
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

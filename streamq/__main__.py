@@ -1,0 +1,7 @@
+"""``python -m streamq`` runs the CLI."""
+
+import sys
+
+from streamq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,257 @@
+"""App: one queue's settings, task registry, Redis client and enqueue path."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+import anyio
+from redis.asyncio import Redis
+
+from streamq import embedded
+from streamq.connection import make_client
+from streamq.errors import ConfigError, PayloadTooLarge, SerializationError
+from streamq.job import Job
+from streamq.keys import GROUP, Keyspace
+from streamq.scripts import Arg, Scripts
+from streamq.serializers import JSONSerializer, Serializer
+from streamq.settings import Settings, check_name
+from streamq.task import Task, TaskOptions
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskDecorator(Protocol):
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R, R]: ...
+
+
+class App:
+    """A named queue: ``App("emails")`` owns every key under ``streamq:{emails}``.
+
+    With no ``redis_url`` (argument or ``$STREAMQ_REDIS_URL``), the App uses
+    the embedded valkey-server, starting it if no streamq process has yet.
+    Use ``async with app:`` or ``await app.close()`` to release connections.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        redis_url: str | None = None,
+        priorities: Sequence[str] | None = None,
+        prefix: str | None = None,
+        result_ttl: float | None = None,
+        serializer: Serializer | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.name = check_name("queue name", name)
+        overrides: dict[str, Any] = {
+            "redis_url": redis_url,
+            "priorities": tuple(priorities) if priorities is not None else None,
+            "prefix": prefix,
+            "result_ttl_s": result_ttl,
+        }
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        else:
+            settings = settings.with_changes(
+                **{k: v for k, v in overrides.items() if v is not None}
+            )
+        self.settings = settings
+        self.keys = Keyspace(settings.prefix, name)
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self.tasks: dict[str, Task[Any, Any, Any]] = {}
+        self._redis: Redis | None = None
+        self._scripts: Scripts | None = None
+        self._embedded: embedded.Embedded | None = None
+        self._connect_lock = anyio.Lock()
+        self._default_priority = (
+            "default"
+            if "default" in settings.priorities
+            else settings.priorities[len(settings.priorities) // 2]
+        )
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+    # -- task registry --------------------------------------------------------------
+
+    @overload
+    def task(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R, R]: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        priority: str | None = None,
+        max_retries: int = 3,
+        timeout: float | None = None,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        priority: str | None = None,
+        max_retries: int = 3,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
+
+        Options are checked here, at decoration time: an unknown priority is an
+        UnknownPriorityError (a ValueError), a bad retry count or timeout a ConfigError.
+        """
+        options = TaskOptions(
+            priority=priority or self._default_priority,
+            max_retries=max_retries,
+            timeout_s=timeout,
+        ).validate(self.settings.priorities)
+
+        def register(handler: Callable[..., Any]) -> Task[Any, Any, Any]:
+            if not callable(handler):
+                raise ConfigError(f"@task needs a function, got {handler!r}")
+            task_name = name or f"{handler.__module__}.{handler.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigError(f"task {task_name!r} is already registered on {self!r}")
+            registered: Task[Any, Any, Any] = Task(self, handler, task_name, options)
+            self.tasks[task_name] = registered
+            return registered
+
+        return register if fn is None else register(fn)
+
+    # -- connection ------------------------------------------------------------------
+
+    async def redis(self) -> Redis:
+        """The App's client, connecting (and starting the embedded server) on first use."""
+        if self._redis is None:
+            async with self._connect_lock:
+                if self._redis is None:
+                    url = self.settings.redis_url
+                    if url is None:
+                        self._embedded = embedded.Embedded(embedded.data_dir())
+                        url = await anyio.to_thread.run_sync(self._embedded.ensure)
+                    self._redis = make_client(url, self.settings)
+        return self._redis
+
+    async def scripts(self) -> Scripts:
+        if self._scripts is None:
+            self._scripts = Scripts(await self.redis())
+        return self._scripts
+
+    async def close(self) -> None:
+        """Close connections; stop the embedded server if this process started it."""
+        client, self._redis, self._scripts = self._redis, None, None
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+        owned, self._embedded = self._embedded, None
+        if owned is not None and owned.owned:
+            await anyio.to_thread.run_sync(owned.close)
+
+    async def __aenter__(self) -> App:
+        await self.redis()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job[Any]:
+        """A handle for a job enqueued earlier, e.g. by another process."""
+        return Job(self, job_id)
+
+    async def enqueue(self, task_name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue by task name, for producers that do not import the handler.
+
+        The name must be registered on this App so its options and signature
+        are known; raises ConfigError otherwise.
+        """
+        task = self.tasks.get(task_name)
+        if task is None:
+            raise ConfigError(f"no task {task_name!r} registered on {self!r}")
+        (job,) = await self.enqueue_calls(task, [(args, kwargs)], job_id=task.options.job_id)
+        return job
+
+    async def enqueue_calls(
+        self,
+        task: Task[Any, Any, Any],
+        calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+        *,
+        job_id: str | None = None,
+    ) -> list[Job[Any]]:
+        """Encode every call first (so a bad one writes nothing), then send them all."""
+        now_ms = int(time.time() * 1000)
+        prepared: list[tuple[list[str], list[Arg]]] = []
+        ids: list[str] = []
+        for args, kwargs in calls:
+            payload = self._encode(task, args, kwargs)
+            jid = job_id or uuid.uuid4().hex
+            ids.append(jid)
+            prepared.append(
+                Scripts.enqueue_call(
+                    stream=self.keys.stream(task.options.priority),
+                    job_key=self.keys.job(jid),
+                    events=self.keys.events,
+                    group=GROUP,
+                    job_id=jid,
+                    task=task.name,
+                    content_type=self.serializer.content_type,
+                    payload=payload,
+                    now_ms=now_ms,
+                    priority=task.options.priority,
+                    events_maxlen=self.settings.events_maxlen,
+                )
+            )
+        if not prepared:
+            return []
+        scripts = await self.scripts()
+        if len(prepared) == 1:
+            await scripts.enqueue(prepared[0])
+        else:
+            await scripts.enqueue_many(prepared)
+        return [Job(self, jid, task.name) for jid in ids]
+
+    def _encode(
+        self, task: Task[Any, Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> bytes:
+        try:
+            task.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {task.name!r}: {exc}") from None
+        try:
+            payload = self.serializer.dumps({"args": list(args), "kwargs": dict(kwargs)})
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(task.name, self._culprit(args, kwargs), str(exc)) from exc
+        if len(payload) > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(task.name, len(payload), self.settings.max_payload_bytes)
+        return payload
+
+    def _culprit(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        """Name the first argument the serializer rejects, for the error message."""
+        named = [(f"#{i}", v) for i, v in enumerate(args)] + [
+            (repr(k), v) for k, v in kwargs.items()
+        ]
+        for label, value in named:
+            try:
+                self.serializer.dumps(value)
+            except (TypeError, ValueError):
+                return label
+        return "(unknown)"

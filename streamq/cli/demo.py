@@ -1,0 +1,73 @@
+"""``streamq demo``: see streamq work end to end in a few seconds."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+import typer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streamq.demo import PRIORITIES, DemoReport, run_demo
+from streamq.errors import EmbeddedServerError
+from streamq.logging import configure_logging
+
+
+def demo(
+    jobs: Annotated[int, typer.Option(min=1, max=100_000, help="Jobs per priority.")] = 100,
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker concurrency.")] = 20,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(envvar="STREAMQ_REDIS_URL", help="Redis URL; default: the embedded server."),
+    ] = None,
+) -> None:
+    """Enqueue jobs over three priorities, drain them with a worker, print a summary."""
+    console = Console()
+    # Job logs would scroll the progress bars away; warnings and errors still show.
+    configure_logging(json=False, level="error")
+    total = jobs * len(PRIORITIES)
+    console.print(f"[bold]streamq demo[/]: {total} jobs over priorities {', '.join(PRIORITIES)}")
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        enqueue_bar = progress.add_task("enqueue", total=total)
+        run_bar = progress.add_task("run", total=total)
+        try:
+            report = anyio.run(
+                lambda: run_demo(
+                    jobs_per_priority=jobs,
+                    concurrency=concurrency,
+                    redis_url=redis_url,
+                    on_enqueued=lambda n: progress.update(enqueue_bar, completed=n),
+                    on_done=lambda n: progress.update(run_bar, completed=min(n, total)),
+                )
+            )
+        except (EmbeddedServerError, RedisConnectionError) as exc:
+            console.print(f"[red]streamq: cannot reach Redis: {exc}[/]")
+            raise typer.Exit(3) from None
+    _summary(console, report)
+    if not report.strict_order or report.succeeded + report.failed != report.enqueued:
+        raise typer.Exit(1)
+
+
+def _summary(console: Console, report: DemoReport) -> None:
+    table = Table(title="summary", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("jobs enqueued", str(report.enqueued))
+    table.add_row("succeeded", str(report.succeeded))
+    table.add_row("failed (on purpose, after 1 retry)", str(report.failed))
+    table.add_row("retries run", str(report.retried))
+    table.add_row("time", f"{report.seconds:.2f} s")
+    table.add_row("throughput", f"{report.jobs_per_s:,.0f} jobs/s")
+    for prio, (first, last) in report.positions().items():
+        table.add_row(f"{prio} started at positions", f"{first}–{last}")
+    table.add_row("strict priority order", "yes" if report.strict_order else "NO")
+    console.print(table)

@@ -1,0 +1,96 @@
+"""The stream entry: versioned job fields, and why an entry cannot be decoded.
+
+A stream entry is the only thing a worker can trust to exist; everything in
+it may be garbage (written by another program, an older streamq, or a
+bug). ``decode`` therefore never raises anything but ``PoisonMessage``,
+whose ``reason`` ends up in the DLQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = b"1"
+
+
+class PoisonMessage(Exception):
+    """A stream entry that cannot become a job; ``reason`` says why."""
+
+    def __init__(self, reason: str, job_id: str | None = None, task: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.job_id = job_id
+        self.task = task
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    job_id: str
+    task: str
+    content_type: str
+    payload: bytes
+    attempt: int
+    enqueued_ms: int
+
+
+def encode(
+    *, job_id: str, task: str, content_type: str, payload: bytes, enqueued_ms: int
+) -> list[bytes | str]:
+    """Field/value pairs for XADD, flattened, in the order the scripts expect."""
+    return [
+        "v", VERSION,
+        "id", job_id,
+        "task", task,
+        "ct", content_type,
+        "payload", payload,
+        "attempt", "1",
+        "enq_ms", str(enqueued_ms),
+    ]  # fmt: skip
+
+
+def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
+    """Turn raw entry fields into an Envelope, or raise PoisonMessage with a reason."""
+    if not fields:
+        raise PoisonMessage("entry has no fields (deleted or trimmed while pending)")
+    job_id = _text(fields, b"id")
+    task = _text(fields, b"task")
+    version = fields.get(b"v")
+    if version != VERSION:
+        raise PoisonMessage(f"unsupported envelope version {version!r}", job_id, task)
+    if job_id is None:
+        raise PoisonMessage("entry has no job id", None, task)
+    if task is None:
+        raise PoisonMessage("entry names no task", job_id)
+    content_type = _text(fields, b"ct")
+    payload = fields.get(b"payload")
+    if content_type is None or payload is None:
+        raise PoisonMessage("entry has no payload or content type", job_id, task)
+    try:
+        attempt = int(fields.get(b"attempt", b"1"))
+        enqueued_ms = int(fields.get(b"enq_ms", b"0"))
+    except ValueError:
+        raise PoisonMessage("attempt or enq_ms is not an integer", job_id, task) from None
+    return Envelope(job_id, task, content_type, payload, attempt, enqueued_ms)
+
+
+def decode_arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Check the decoded payload has the ``{"args": [...], "kwargs": {...}}`` shape."""
+    if not isinstance(value, dict) or set(value) != {"args", "kwargs"}:
+        raise PoisonMessage("payload is not an object with exactly args and kwargs")
+    args, kwargs = value["args"], value["kwargs"]
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise PoisonMessage("payload args is not a list or kwargs is not an object")
+    return args, kwargs
+
+
+def _text(fields: Mapping[bytes, bytes], name: bytes) -> str | None:
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise PoisonMessage(f"field {name.decode()} is not UTF-8") from None
+    return text or None

@@ -1,0 +1,91 @@
+"""The exception tree: every error streamq raises on purpose.
+
+::
+
+    StreamqError
+    ├── ConfigError            bad settings, App or task options (also a ValueError)
+    ├── UnknownPriorityError   a priority name the App does not define (also a ValueError)
+    ├── EnqueueError           enqueue refused; nothing was written
+    │   ├── SerializationError arguments the serializer cannot encode (also a TypeError)
+    │   └── PayloadTooLarge    encoded arguments over ``max_payload_bytes``
+    ├── EmbeddedServerError    the embedded valkey-server could not be found or started
+    ├── JobNotFound            no job hash for that id (never enqueued, or expired)
+    └── JobFailed              the handler failed; carries its error type, message, traceback
+        └── JobTimedOut        the handler ran past its timeout
+
+``TimeoutError`` (the builtin) is raised by ``Job.result(timeout)`` when the job
+is not finished in time, so callers can use one ``except`` for every timeout.
+"""
+
+from __future__ import annotations
+
+
+class StreamqError(Exception):
+    """Base class of every error streamq raises on purpose."""
+
+
+class ConfigError(StreamqError, ValueError):
+    """Raised at the boundary (App, decorator, settings, CLI) for a bad option."""
+
+
+class UnknownPriorityError(ConfigError):
+    """Raised when a priority name is not one of the App's priorities."""
+
+    def __init__(self, priority: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown priority {priority!r}; this app has {', '.join(known)}")
+        self.priority = priority
+        self.known = known
+
+
+class EnqueueError(StreamqError):
+    """Raised when an enqueue is refused before anything was written."""
+
+
+class SerializationError(EnqueueError, TypeError):
+    """Raised when a task's arguments cannot be encoded; names the task and argument."""
+
+    def __init__(self, task: str, argument: str, reason: str) -> None:
+        super().__init__(f"cannot serialize argument {argument} of task {task!r}: {reason}")
+        self.task = task
+        self.argument = argument
+
+
+class PayloadTooLarge(EnqueueError):
+    """Raised when a job's encoded arguments exceed ``max_payload_bytes``."""
+
+    def __init__(self, task: str, size: int, limit: int) -> None:
+        super().__init__(f"arguments of task {task!r} encode to {size} bytes; the limit is {limit}")
+        self.task = task
+        self.size = size
+        self.limit = limit
+
+
+class EmbeddedServerError(StreamqError):
+    """Raised when the embedded valkey-server cannot be found, started or reached."""
+
+
+class JobNotFound(StreamqError, LookupError):
+    """Raised for a job id with no job hash (never enqueued, or its TTL expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (never enqueued, or its result expired)")
+        self.job_id = job_id
+
+
+class JobFailed(StreamqError):
+    """Raised by ``Job.result()`` when the handler failed.
+
+    The original exception is not re-created: that would mean importing a class
+    named by data in Redis. Its type name, message and traceback text are kept.
+    """
+
+    def __init__(self, job_id: str, error_type: str, message: str, traceback: str) -> None:
+        super().__init__(f"job {job_id} failed: {error_type}: {message}")
+        self.job_id = job_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+
+
+class JobTimedOut(JobFailed):
+    """Raised by ``Job.result()`` when the handler ran past its timeout."""

@@ -1,0 +1,134 @@
+"""Job: a handle on one enqueued job, found again by its id from any process."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from streamq.errors import JobFailed, JobNotFound, JobTimedOut
+
+if TYPE_CHECKING:
+    from streamq.app import App
+
+R = TypeVar("R")
+
+_XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None
+_BLOCK_SLICE_S = 2.0  # stays well under the client's socket timeout
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    """In its priority stream, not yet handed to a worker."""
+    RUNNING = "running"
+    """A worker fetched it and runs the handler."""
+    RETRYING = "retrying"
+    """The handler failed and the job waits for its next attempt."""
+    SUCCEEDED = "succeeded"
+    """Final: the result is stored."""
+    FAILED = "failed"
+    """Final: the handler failed and no retry is left."""
+    DEAD = "dead"
+    """Final: moved to the DLQ (a message that could not run)."""
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
+_FINAL_EVENTS = frozenset(s.value.encode() for s in _FINAL)
+
+
+class Job(Generic[R]):
+    """A job by id. Cheap to create; every method asks Redis."""
+
+    __slots__ = ("_app", "id", "task")
+
+    def __init__(self, app: App, job_id: str, task: str | None = None) -> None:
+        self._app = app
+        self.id = job_id
+        self.task = task
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, task={self.task!r})"
+
+    async def info(self) -> dict[str, str]:
+        """The job hash, decoded to text (the result stays encoded). Empty if unknown."""
+        redis = await self._app.redis()
+        raw = cast(dict[bytes, bytes], await redis.hgetall(self._app.keys.job(self.id)))
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+    async def status(self) -> JobStatus:
+        """Raises JobNotFound when no job hash exists for this id."""
+        redis = await self._app.redis()
+        raw = cast(bytes | None, await redis.hget(self._app.keys.job(self.id), "status"))
+        if raw is None:
+            raise JobNotFound(self.id)
+        return JobStatus(raw.decode())
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the job to finish and return its result.
+
+        Waits on the events stream (XREAD BLOCK), not by polling the job hash.
+
+        Raises:
+            JobFailed: the handler failed for good (JobTimedOut for a timeout),
+                or the job was moved to the DLQ.
+            TimeoutError: not finished within ``timeout`` seconds.
+            JobNotFound: no such job (never enqueued, or its result expired).
+        """
+        redis = await self._app.redis()
+        keys = self._app.keys
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Read the last event id and the job hash atomically, so an event written
+        # between the two reads cannot slip past the XREAD below.
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(keys.events, "+", "-", count=1)
+            pipe.hgetall(keys.job(self.id))
+            last, fields = cast(
+                tuple[list[tuple[bytes, Any]], dict[bytes, bytes]], await pipe.execute()
+            )
+        last_id: bytes = last[0][0] if last else b"0-0"
+        target = self.id.encode()
+        while True:
+            if not fields:
+                raise JobNotFound(self.id)
+            if fields.get(b"status", b"").decode() in _FINAL:
+                return self._outcome(fields)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {self.id} not finished within {timeout} s")
+            block_s = _BLOCK_SLICE_S if remaining is None else min(remaining, _BLOCK_SLICE_S)
+            reply = cast(
+                _XReadReply,
+                await redis.xread(
+                    {keys.events: last_id}, count=1000, block=max(1, int(block_s * 1000))
+                ),
+            )
+            for _stream, entries in reply or ():
+                for entry_id, event in entries:
+                    last_id = entry_id
+                    if event.get(b"job") == target and event.get(b"kind") in _FINAL_EVENTS:
+                        break
+            # Re-read after an event for us, and after each slice (covers events
+            # trimmed before we read them).
+            fields = cast(dict[bytes, bytes], await redis.hgetall(keys.job(self.id)))
+
+    def _outcome(self, fields: dict[bytes, bytes]) -> R:
+        status = fields[b"status"].decode()
+        if status == JobStatus.SUCCEEDED:
+            value: R = self._app.serializer.loads(fields.get(b"result", b"null"))
+            return value
+        error_type = fields.get(b"error_type", b"").decode(errors="replace")
+        message = fields.get(b"error", b"").decode(errors="replace")
+        tb = fields.get(b"traceback", b"").decode(errors="replace")
+        cls = JobTimedOut if error_type == "JobTimedOut" else JobFailed
+        raise cls(self.id, error_type, message, tb)
+
+    async def wait(self, timeout: float | None = None) -> JobStatus:
+        """Wait until the job is final and return its status, never raising its failure."""
+        with contextlib.suppress(JobFailed):
+            await self.result(timeout)
+        return await self.status()

@@ -1,0 +1,184 @@
+"""Typed wrappers for the Lua scripts: one ``.lua`` file per operation.
+
+Each script's header documents its KEYS, ARGV and reply; the wrapper here is
+the Python side of that contract. Scripts are called by SHA (EVALSHA). The SHA
+is computed locally, so the first call needs no round trip; a NOSCRIPT reply
+(a fresh or restarted server) loads every script once and retries the call.
+Retrying is safe because every script is idempotent for the same arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeAlias, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+Arg: TypeAlias = str | bytes | int | float
+Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = resources.files(__package__).joinpath(f"{name}.lua").read_text()
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+NAMES = ("enqueue", "fetch", "start", "complete", "dead")
+_SCRIPTS = {name: Script.load(name) for name in NAMES}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished job for ``complete``; ``status`` is 'succeeded' or 'failed'."""
+
+    stream: str
+    job_key: str
+    msg_id: bytes
+    deliveries: int
+    job_id: str
+    task: str
+    attempt: int
+    status: str
+    result_or_error_type: bytes | str
+    error: str
+    traceback: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    job_key: str
+    job_id: str
+    task: str
+    attempt: int
+    priority: str
+
+
+class Scripts:
+    """The scripts, bound to one client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def load_all(self) -> None:
+        for script in _SCRIPTS.values():
+            await self._redis.script_load(script.source)
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        script = _SCRIPTS[name]
+        try:
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load_all()
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def pipelined(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        """Run many calls of one script in one round trip (not a transaction)."""
+        script = _SCRIPTS[name]
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                await self.load_all()
+                continue  # every call is idempotent, so running all again is safe
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- one typed wrapper per script -------------------------------------------------
+
+    @staticmethod
+    def enqueue_call(
+        *, stream: str, job_key: str, events: str, group: str, job_id: str, task: str,
+        content_type: str, payload: bytes, now_ms: int, priority: str, events_maxlen: int,
+    ) -> tuple[list[str], list[Arg]]:  # fmt: skip
+        keys = [stream, job_key, events]
+        args: list[Arg] = [
+            group,
+            job_id,
+            task,
+            content_type,
+            payload,
+            now_ms,
+            priority,
+            events_maxlen,
+        ]
+        return keys, args
+
+    async def enqueue(self, call: tuple[list[str], list[Arg]]) -> tuple[bool, bytes]:
+        """Returns (added, stream id); added is False when the job id already existed."""
+        added, msg_id = await self._call("enqueue", *call)
+        return bool(added), msg_id
+
+    async def enqueue_many(
+        self, calls: Sequence[tuple[list[str], list[Arg]]]
+    ) -> list[tuple[bool, bytes]]:
+        replies = await self.pipelined("enqueue", calls)
+        return [(bool(added), msg_id) for added, msg_id in replies]
+
+    async def fetch(
+        self, streams: Sequence[str], group: str, consumer: str, count: int
+    ) -> list[tuple[str, list[Entry]]]:
+        reply = await self._call("fetch", streams, [group, consumer, count])
+        return [(stream.decode(), [_entry(e) for e in entries]) for stream, entries in reply]
+
+    async def start(
+        self, events: str, jobs: Sequence[Started], now_ms: int, worker: str, events_maxlen: int
+    ) -> int:
+        args: list[Arg] = [now_ms, worker, events_maxlen]
+        for job in jobs:
+            args += [job.job_id, job.task, job.attempt, job.priority]
+        return int(await self._call("start", [events, *(j.job_key for j in jobs)], args))
+
+    async def complete(
+        self, events: str, outcomes: Sequence[Outcome], *, group: str, consumer: str,
+        now_ms: int, result_ttl_ms: int, events_maxlen: int,
+    ) -> list[int]:  # fmt: skip
+        """Per outcome: 1 recorded, 2 recorded by an earlier run, 0 lost ownership."""
+        keys = [events]
+        args: list[Arg] = [group, consumer, now_ms, result_ttl_ms, events_maxlen]
+        for o in outcomes:
+            keys += [o.stream, o.job_key]
+            args += [
+                o.msg_id, o.deliveries, o.job_id, o.task, o.attempt, o.status,
+                o.result_or_error_type, o.error, o.traceback, o.duration_ms,
+            ]  # fmt: skip
+        return [int(r) for r in await self._call("complete", keys, args)]
+
+    async def dead(
+        self, *, stream: str, dlq: str, events: str, job_key: str, group: str, consumer: str,
+        msg_id: bytes, deliveries: int, reason: str, now_ms: int, events_maxlen: int,
+        result_ttl_ms: int, job_id: str | None, task: str | None,
+    ) -> bytes | None:  # fmt: skip
+        """Returns the DLQ entry id, or None when the message is no longer ours."""
+        reply = await self._call(
+            "dead",
+            [stream, dlq, events, job_key],
+            [group, consumer, msg_id, deliveries, reason, now_ms, events_maxlen,
+             result_ttl_ms, job_id or "", task or ""],
+        )  # fmt: skip
+        return None if reply == 0 else cast(bytes, reply)
+
+
+def _entry(raw: list[Any]) -> Entry:
+    msg_id, flat = raw[0], raw[1]
+    if not flat:
+        return msg_id, None
+    return msg_id, dict(zip(flat[::2], flat[1::2], strict=True))

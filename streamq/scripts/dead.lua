@@ -1,0 +1,39 @@
+-- dead: move one message that cannot run (poison) to the DLQ, fenced.
+-- The original entry's fields are copied from the stream itself (an entry
+-- deleted while pending yields none), followed by the DLQ metadata. The message
+-- is acked in the same script, so it is never both in the DLQ and pending.
+--
+-- KEYS[1] stream   KEYS[2] dlq stream   KEYS[3] events stream   KEYS[4] job hash
+-- ARGV[1] group   ARGV[2] consumer   ARGV[3] msg id   ARGV[4] delivery count
+-- ARGV[5] reason  ARGV[6] now ms   ARGV[7] events maxlen   ARGV[8] result ttl ms
+-- ARGV[9] job id ('' when the entry has none)   ARGV[10] task ('' when unknown)
+-- reply: DLQ entry id, or 0 when the message is no longer ours
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+local entry = pending[1]
+if not (entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[4])) then
+  return 0
+end
+local fields = {}
+local original = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+if original[1] and #original[1][2] <= 2000 then
+  fields = original[1][2]
+elseif original[1] then
+  -- unpack() below has a stack limit; keep the metadata rather than fail.
+  fields = {'dlq_note', 'original entry had too many fields to copy'}
+end
+fields[#fields + 1] = 'dlq_reason'; fields[#fields + 1] = ARGV[5]
+fields[#fields + 1] = 'dlq_origin'; fields[#fields + 1] = KEYS[1]
+fields[#fields + 1] = 'dlq_origin_id'; fields[#fields + 1] = ARGV[3]
+fields[#fields + 1] = 'dlq_deliveries'; fields[#fields + 1] = ARGV[4]
+fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = ARGV[6]
+local dlq_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'status', 'dead', 'error_type', 'PoisonMessage',
+    'error', ARGV[5], 'finished_ms', ARGV[6], 'dlq_id', dlq_id, 'outcome_msg', ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], ARGV[8])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*',
+  'kind', 'dead', 'job', ARGV[9], 'task', ARGV[10], 'deliveries', ARGV[4],
+  'worker', ARGV[2], 'error', ARGV[5], 'msg', ARGV[3], 'ts', ARGV[6])
+return dlq_id

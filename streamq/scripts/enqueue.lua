@@ -1,0 +1,25 @@
+-- enqueue: add one job to its priority stream, write its job hash and an event.
+-- Idempotent by job id: a second run (redis-py retrying after a lost reply)
+-- finds the job hash and adds nothing (DESIGN.md invariant 9).
+--
+-- KEYS[1] priority stream     KEYS[2] job hash     KEYS[3] events stream
+-- ARGV[1] group   ARGV[2] job id   ARGV[3] task   ARGV[4] content type
+-- ARGV[5] payload ARGV[6] now ms   ARGV[7] priority   ARGV[8] events maxlen
+-- reply: {1, stream id} when added, {0, stream id} when the job already existed
+local existing = redis.call('HGET', KEYS[2], 'msg_id')
+if existing then
+  return {0, existing}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Group at id 0, so jobs enqueued before the first worker are still delivered.
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+end
+local msg_id = redis.call('XADD', KEYS[1], '*',
+  'v', '1', 'id', ARGV[2], 'task', ARGV[3], 'ct', ARGV[4], 'payload', ARGV[5],
+  'attempt', '1', 'enq_ms', ARGV[6])
+redis.call('HSET', KEYS[2],
+  'status', 'queued', 'task', ARGV[3], 'priority', ARGV[7], 'attempts', '0',
+  'enqueued_ms', ARGV[6], 'msg_id', msg_id)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
+  'kind', 'enqueued', 'job', ARGV[2], 'task', ARGV[3], 'priority', ARGV[7], 'ts', ARGV[6])
+return {1, msg_id}

@@ -1,0 +1,91 @@
+"""Settings: one frozen, validated record of everything an App is configured with.
+
+Values come from keyword arguments first, then ``STREAMQ_*`` environment
+variables, then defaults. Validation happens here, at the boundary, so a bad
+option fails when the App is built rather than inside a running worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from streamq.errors import ConfigError
+
+DEFAULT_PRIORITIES: tuple[str, ...] = ("high", "default", "low")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")  # no braces, colons or spaces: they shape keys
+
+
+def check_name(kind: str, value: str) -> str:
+    """Reject names that would break the key layout (hash tags, separators)."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ConfigError(f"{kind} must match [A-Za-z0-9_.-]+, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """An App's configuration. Durations carry their unit in the name."""
+
+    redis_url: str | None = None
+    """``None`` means the embedded valkey-server (see ``streamq.embedded``)."""
+    prefix: str = "streamq"
+    priorities: tuple[str, ...] = DEFAULT_PRIORITIES
+    """Highest first."""
+    result_ttl_s: float = 86_400.0
+    """How long a finished job's hash (status, result, error) is kept."""
+    events_maxlen: int = 100_000
+    """Approximate cap on the lifecycle events stream."""
+    max_payload_bytes: int = 1024 * 1024
+    """Encoded arguments larger than this are refused at enqueue."""
+    socket_timeout_s: float = 10.0
+    max_connections: int = 64
+    """Size of the connection pool; callers past it wait instead of failing."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name("prefix", self.prefix)
+        if not self.priorities:
+            raise ConfigError("priorities must name at least one priority")
+        for name in self.priorities:
+            check_name("priority", name)
+        if len(set(self.priorities)) != len(self.priorities):
+            raise ConfigError(f"priorities must be distinct, got {list(self.priorities)}")
+        for name in ("result_ttl_s", "socket_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for name in ("events_maxlen", "max_payload_bytes", "max_connections"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``STREAMQ_*`` variables; explicit overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if url := env.get("STREAMQ_REDIS_URL"):
+            values["redis_url"] = url
+        if prefix := env.get("STREAMQ_PREFIX"):
+            values["prefix"] = prefix
+        if prios := env.get("STREAMQ_PRIORITIES"):
+            values["priorities"] = tuple(p.strip() for p in prios.split(",") if p.strip())
+        if ttl := env.get("STREAMQ_RESULT_TTL"):
+            values["result_ttl_s"] = _number("STREAMQ_RESULT_TTL", ttl)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "priorities" in values:
+            values["priorities"] = tuple(values["priorities"])
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _number(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None

@@ -1,0 +1,129 @@
+"""Task: a registered handler, callable as before, with a typed ``enqueue``.
+
+``Task[P, R, Ret]``: ``P`` is the handler's parameters, ``R`` the job's result
+type (the awaited value for an async handler) and ``Ret`` what calling the
+handler directly returns (a coroutine for an async handler).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from streamq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from streamq.app import App
+    from streamq.job import Job
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Ret = TypeVar("Ret")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task behaviour; ``with_options`` overrides it for one call site."""
+
+    priority: str = "default"
+    max_retries: int = 3
+    """Attempts after the first that a failing handler gets."""
+    timeout_s: float | None = None
+    """The handler is cancelled after this many seconds (None: no limit)."""
+    job_id: str | None = None
+    """A caller-chosen id makes enqueue idempotent: the same id adds nothing twice."""
+
+    def validate(self, priorities: Sequence[str]) -> TaskOptions:
+        from streamq.errors import UnknownPriorityError
+
+        if self.priority not in priorities:
+            raise UnknownPriorityError(self.priority, tuple(priorities))
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if self.timeout_s is not None and (
+            not isinstance(self.timeout_s, int | float)
+            or not math.isfinite(self.timeout_s)
+            or self.timeout_s <= 0
+        ):
+            raise ConfigError(
+                f"timeout must be a positive number of seconds, got {self.timeout_s!r}"
+            )
+        if self.job_id is not None and (not isinstance(self.job_id, str) or not self.job_id):
+            raise ConfigError(f"job_id must be a non-empty string, got {self.job_id!r}")
+        return self
+
+
+class Task(Generic[P, R, Ret]):
+    """A handler registered on an App under ``name``."""
+
+    def __init__(self, app: App, fn: Callable[P, Ret], name: str, options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, priority={self.options.priority!r})"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Ret:
+        """Call the handler directly, as if it were not decorated."""
+        return self.fn(*args, **kwargs)
+
+    def with_options(
+        self,
+        *,
+        priority: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_id: str | None = None,
+    ) -> Task[P, R, Ret]:
+        """A copy of this task with some options changed, for one call site."""
+        changes: dict[str, Any] = {
+            "priority": priority,
+            "max_retries": max_retries,
+            "timeout_s": timeout,
+            "job_id": job_id,
+        }
+        options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
+        return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Add one job; returns its handle once Redis accepted it (XADD replied).
+
+        Raises:
+            SerializationError: an argument cannot be encoded (a TypeError); nothing written.
+            TypeError: the arguments do not fit the handler's signature.
+            EnqueueError: the encoded arguments exceed ``max_payload_bytes``.
+        """
+        (job,) = await self.app.enqueue_calls(self, [(args, kwargs)], job_id=self.options.job_id)
+        return job
+
+    async def enqueue_many(
+        self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]
+    ) -> list[Job[R]]:
+        """Add many jobs in one pipelined round trip.
+
+        Each item is a tuple of positional arguments or a mapping of keyword
+        arguments. Every item is checked and encoded before anything is sent.
+        """
+        normalized: list[tuple[Sequence[Any], Mapping[str, Any]]] = []
+        for call in calls:
+            if isinstance(call, Mapping):
+                normalized.append(((), call))
+            elif isinstance(call, list | tuple):
+                normalized.append((call, {}))
+            else:
+                raise TypeError(
+                    f"enqueue_many({self.name!r}) takes tuples of positional arguments "
+                    f"or mappings of keyword arguments, got {type(call).__name__}"
+                )
+        if self.options.job_id is not None and len(normalized) > 1:
+            raise ConfigError("a fixed job_id cannot be used for more than one job")
+        return await self.app.enqueue_calls(self, normalized, job_id=self.options.job_id)

@@ -1,0 +1,131 @@
+"""Recording outcomes: batched, fenced, and shielded from cancellation.
+
+Handlers hand their outcome to one writer task through a memory stream. The
+writer takes whatever has queued up (up to ``max_batch``) and records it with
+one ``complete`` script call, so under load many acks share a round trip and
+at low load a single ack goes out at once. The call runs shielded: a job that
+ran is recorded even while the worker is being cancelled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from redis.exceptions import RedisError
+
+from streamq.keys import GROUP, Keyspace
+from streamq.logging import get_logger
+from streamq.scripts import Outcome, Scripts
+from streamq.settings import Settings
+from streamq.worker.fetch import Message
+
+LOST, RECORDED, ALREADY_RECORDED = 0, 1, 2
+
+
+class OutcomeWriter:
+    def __init__(
+        self,
+        scripts: Scripts,
+        keys: Keyspace,
+        settings: Settings,
+        consumer: str,
+        on_settled: Callable[[int], None],
+        max_batch: int = 200,
+    ) -> None:
+        self._scripts = scripts
+        self._keys = keys
+        self._settings = settings
+        self._consumer = consumer
+        self._on_settled = on_settled
+        self._max_batch = max_batch
+        self._log = get_logger(queue=keys.queue, worker=consumer)
+
+    async def run(self, receive: MemoryObjectReceiveStream[Outcome]) -> None:
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                with anyio.CancelScope(shield=True):
+                    await self._flush(batch)
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        try:
+            replies = await self._scripts.complete(
+                self._keys.events,
+                batch,
+                group=GROUP,
+                consumer=self._consumer,
+                now_ms=int(time.time() * 1000),
+                result_ttl_ms=int(self._settings.result_ttl_s * 1000),
+                events_maxlen=self._settings.events_maxlen,
+            )
+        except RedisError as exc:
+            # Not recorded: the messages stay pending and are delivered again
+            # after the visibility timeout (at-least-once), so log and go on.
+            for o in batch:
+                self._log.error(
+                    "job outcome not recorded; it will be redelivered",
+                    job_id=o.job_id, task=o.task, attempt=o.attempt,
+                    duration_ms=o.duration_ms, error=repr(exc),
+                )  # fmt: skip
+            self._on_settled(len(batch))
+            return
+        for o, reply in zip(batch, replies, strict=True):
+            event = {"succeeded": "job succeeded", "failed": "job failed", "retry": "job retried"}[
+                o.status
+            ]
+            context = {
+                "job_id": o.job_id, "task": o.task, "attempt": o.attempt,
+                "duration_ms": o.duration_ms,
+            }  # fmt: skip
+            if reply == LOST:
+                self._log.warning(
+                    "job lost ownership; its outcome was dropped", outcome=o.status, **context
+                )
+            elif o.status == "succeeded":
+                self._log.info(event, **context)
+            else:
+                self._log.warning(
+                    event, error_type=o.result_or_error_type, error=o.error, **context
+                )
+        self._on_settled(len(batch))
+
+
+async def move_to_dlq(
+    scripts: Scripts,
+    keys: Keyspace,
+    settings: Settings,
+    consumer: str,
+    message: Message,
+    reason: str,
+    job_id: str | None,
+    task: str | None,
+) -> bool:
+    """Dead-letter one message that cannot run; False when it is no longer ours."""
+    with anyio.CancelScope(shield=True):
+        dlq_id = await scripts.dead(
+            stream=message.stream,
+            dlq=keys.dlq,
+            events=keys.events,
+            # The job hash key must be a real key of this queue even when the
+            # entry has no usable id (it is then not touched).
+            job_key=keys.job(job_id or f"msg-{message.msg_id.decode()}"),
+            group=GROUP,
+            consumer=consumer,
+            msg_id=message.msg_id,
+            deliveries=message.deliveries,
+            reason=reason,
+            now_ms=int(time.time() * 1000),
+            events_maxlen=settings.events_maxlen,
+            result_ttl_ms=int(settings.result_ttl_s * 1000),
+            job_id=job_id,
+            task=task,
+        )
+    return dlq_id is not None
