@@ -233,25 +233,22 @@ class App:
         self, task: Task[Any, Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> bytes:
         try:
-            task.signature.bind(*args, **kwargs)
+            bound = task.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {task.name!r}: {exc}") from None
         try:
             payload = self.serializer.dumps({"args": list(args), "kwargs": dict(kwargs)})
         except (TypeError, ValueError) as exc:
-            raise SerializationError(task.name, self._culprit(args, kwargs), str(exc)) from exc
+            raise SerializationError(task.name, self._culprit(bound.arguments), str(exc)) from exc
         if len(payload) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(task.name, len(payload), self.settings.max_payload_bytes)
         return payload
 
-    def _culprit(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-        """Name the first argument the serializer rejects, for the error message."""
-        named = [(f"#{i}", v) for i, v in enumerate(args)] + [
-            (repr(k), v) for k, v in kwargs.items()
-        ]
-        for label, value in named:
+    def _culprit(self, arguments: Mapping[str, Any]) -> str:
+        """Name the first parameter whose value the serializer rejects."""
+        for name, value in arguments.items():
             try:
                 self.serializer.dumps(value)
             except (TypeError, ValueError):
-                return label
+                return repr(name)
         return "(unknown)"

@@ -1,0 +1,114 @@
+"""Shared fixtures: real valkey-servers started by the tests, one queue per test.
+
+Nothing here mocks Redis. One server runs for the session (from the same
+binary the embedded default uses); each test gets its own queue name, so no
+test flushes another's keys. After each test, a key-leak check fails it if it
+left a key of its queue that should have had a TTL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from streamq import App, Worker
+from streamq.embedded import ValkeyServer
+
+# Keys that legitimately live without a TTL (the audit history and queues).
+PERMANENT_KINDS = {"stream", "events", "dlq", "delayed"}
+NOT_FINAL = {b"queued", b"running", b"retrying"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # redis-py's client is asyncio-only.
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    directory = tmp_path_factory.mktemp("valkey")
+    server = ValkeyServer(directory, unix_socket=directory / "valkey.sock")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(valkey: ValkeyServer) -> str:
+    return valkey.url
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the developer's real embedded server or its data dir."""
+    monkeypatch.setenv("STREAMQ_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("STREAMQ_REDIS_URL", raising=False)
+
+
+def queue_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def app(redis_url: str) -> AsyncIterator[App]:
+    application = App(queue_name(), redis_url=redis_url)
+    async with application:
+        yield application
+        await assert_no_key_leak(application)
+
+
+async def assert_no_key_leak(application: App) -> None:
+    redis = await application.redis()
+    leaked = []
+    async for key in redis.scan_iter(match=application.keys.pattern(), count=1000):
+        if await redis.pttl(key) != -1:
+            continue
+        kind = key.decode().split(":")[2]
+        if kind in PERMANENT_KINDS:
+            continue
+        if kind == "job" and await redis.hget(key, "status") in NOT_FINAL:
+            continue
+        leaked.append(key)
+    assert not leaked, f"keys without a TTL left behind: {leaked}"
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    description: str = "condition",
+) -> None:
+    """Poll a condition until it holds; fail with the description after ``timeout`` s."""
+    with anyio.move_on_after(timeout):
+        while True:
+            result = condition()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(0.01)
+    pytest.fail(f"timed out after {timeout} s waiting for {description}")
+
+
+@asynccontextmanager
+async def running_worker(application: App, **options: object) -> AsyncIterator[Worker]:
+    """A worker running in the background for the body of the ``async with``."""
+    worker = Worker(application, **options)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+def subprocess_env(url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"STREAMQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}, **extra)
+    return env

@@ -1,0 +1,188 @@
+"""Enqueue: one XADD to the task's priority stream, a job hash, an event, a Job handle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from streamq import App, JobNotFound, JobStatus, PayloadTooLarge, SerializationError, Settings
+from streamq.keys import GROUP
+from tests.conftest import queue_name, running_worker
+
+pytestmark = pytest.mark.anyio
+
+
+async def entries(app: App, priority: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    redis = await app.redis()
+    return await redis.xrange(app.keys.stream(priority))  # type: ignore[no-any-return]
+
+
+async def test_enqueue_adds_one_message_to_the_priority_stream(app: App) -> None:
+    @app.task(name="mail.send", priority="high")
+    async def send(to: str, subject: str) -> None: ...
+
+    job = await send.enqueue("a@example.com", subject="hi")
+    redis = await app.redis()
+    assert app.keys.stream("high") == f"streamq:{{{app.name}}}:stream:high"
+    ((msg_id, fields),) = await entries(app, "high")
+    assert fields[b"id"] == job.id.encode()
+    assert fields[b"task"] == b"mail.send"
+    assert fields[b"attempt"] == b"1"
+    assert json.loads(fields[b"payload"]) == {
+        "args": ["a@example.com"],
+        "kwargs": {"subject": "hi"},
+    }
+    info = await job.info()
+    assert info["status"] == "queued" and info["task"] == "mail.send"
+    assert info["priority"] == "high" and info["msg_id"] == msg_id.decode()
+    assert await redis.pttl(app.keys.job(job.id)) == -1  # no TTL until final
+    events = await redis.xrange(app.keys.events)
+    assert [e[1][b"kind"] for e in events] == [b"enqueued"]
+    assert await entries(app, "default") == []
+
+
+async def test_group_is_created_at_zero_so_early_jobs_are_delivered(app: App) -> None:
+    """A group created with `$` would skip jobs enqueued before the first worker."""
+
+    @app.task
+    async def noop() -> str:
+        return "ran"
+
+    job = await noop.enqueue()
+    redis = await app.redis()
+    groups = await redis.xinfo_groups(app.keys.stream("default"))
+    assert [(g["name"], g["last-delivered-id"]) for g in groups] == [(GROUP.encode(), b"0-0")]
+    async with running_worker(app):
+        assert await job.result(timeout=10) == "ran"
+
+
+async def test_with_options_overrides_priority_per_call(app: App) -> None:
+    @app.task(priority="high")
+    async def work(n: int) -> None: ...
+
+    await work.with_options(priority="low").enqueue(1)
+    await work.enqueue(2)
+    assert len(await entries(app, "low")) == 1
+    assert len(await entries(app, "high")) == 1
+
+
+async def test_app_job_finds_a_job_again_by_id(app: App, redis_url: str) -> None:
+    """A web app enqueues in one request and looks the job up in the next."""
+
+    @app.task(name="echo")
+    async def echo(x: str) -> str:
+        return x
+
+    job = await echo.enqueue("hello")
+    other = App(app.name, redis_url=redis_url)
+    async with other:
+        again = other.job(job.id)
+        assert await again.status() == JobStatus.QUEUED
+        async with running_worker(app):
+            assert await again.result(timeout=10) == "hello"
+
+
+async def test_unknown_job_id(app: App) -> None:
+    with pytest.raises(JobNotFound):
+        await app.job("nope").status()
+    with pytest.raises(JobNotFound):
+        await app.job("nope").result(timeout=1)
+
+
+async def test_unencodable_argument_is_a_type_error_naming_task_and_argument(app: App) -> None:
+    @app.task(name="report.build")
+    async def build(title: str, when: object) -> None: ...
+
+    with pytest.raises(SerializationError) as info:
+        await build.enqueue("ok", dt.datetime(2026, 1, 1))
+    assert isinstance(info.value, TypeError)
+    assert "report.build" in str(info.value) and "'when'" in str(info.value)
+    assert await entries(app, "default") == []
+    redis = await app.redis()
+    assert not [k async for k in redis.scan_iter(match=app.keys.pattern())]
+
+
+async def test_nan_is_rejected_rather_than_written_as_invalid_json(app: App) -> None:
+    @app.task
+    async def f(x: float) -> None: ...
+
+    with pytest.raises(SerializationError):
+        await f.enqueue(float("nan"))
+
+
+async def test_arguments_that_do_not_fit_the_signature_are_rejected(app: App) -> None:
+    @app.task(name="two")
+    async def two(a: int, b: int) -> None: ...
+
+    with pytest.raises(TypeError, match="'two'"):
+        await two.enqueue(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        await two.enqueue(1, 2, c=3)  # type: ignore[call-arg]
+    assert await entries(app, "default") == []
+
+
+async def test_payload_over_the_limit_is_refused(redis_url: str) -> None:
+    app = App(queue_name(), redis_url=redis_url, settings=Settings(max_payload_bytes=1000))
+
+    @app.task
+    async def f(s: str) -> None: ...
+
+    async with app:
+        await f.enqueue("x" * 900)
+        with pytest.raises(PayloadTooLarge):
+            await f.enqueue("x" * 1000)
+        redis = await app.redis()
+        assert await redis.xlen(app.keys.stream("default")) == 1
+        for key in [k async for k in redis.scan_iter(match=app.keys.pattern())]:
+            await redis.delete(key)
+
+
+async def test_enqueue_many_writes_all_or_nothing_at_encode_time(app: App) -> None:
+    @app.task
+    def resize(path: str, width: int = 100) -> str:
+        return f"{path}@{width}"
+
+    jobs = await resize.enqueue_many([("a.png",), ("b.png", 200), {"path": "c.png"}])
+    assert len({j.id for j in jobs}) == 3
+    assert len(await entries(app, "default")) == 3
+    with pytest.raises(SerializationError):
+        await resize.enqueue_many([("d.png",), ("e.png", object())])
+    assert len(await entries(app, "default")) == 3  # the good item was not written either
+    async with running_worker(app):
+        assert [await j.result(timeout=10) for j in jobs] == ["a.png@100", "b.png@200", "c.png@100"]
+
+
+async def test_enqueue_many_rejects_items_that_are_not_tuples_or_mappings(app: App) -> None:
+    @app.task
+    async def f(x: str) -> None: ...
+
+    with pytest.raises(TypeError, match="tuples"):
+        await f.enqueue_many(["abc"])  # type: ignore[list-item]
+
+
+async def test_enqueue_is_idempotent_by_job_id(app: App) -> None:
+    """Invariant 9: a second run of the same enqueue (a client retry) adds nothing."""
+
+    @app.task
+    async def f(x: int) -> None: ...
+
+    first = await f.with_options(job_id="order-42").enqueue(1)
+    second = await f.with_options(job_id="order-42").enqueue(1)
+    assert first.id == second.id == "order-42"
+    assert len(await entries(app, "default")) == 1
+    redis = await app.redis()
+    assert await redis.xlen(app.keys.events) == 1
+
+
+async def test_enqueue_by_name(app: App) -> None:
+    @app.task(name="by.name")
+    async def f(x: int) -> int:
+        return x + 1
+
+    job = await app.enqueue("by.name", 41)
+    async with running_worker(app):
+        assert await job.result(timeout=10) == 42
+    with pytest.raises(ValueError, match="no task"):
+        await app.enqueue("missing")

@@ -1,0 +1,155 @@
+"""Outcome scripts: fenced by PEL owner and delivery count, idempotent, batched."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+
+from streamq import App
+from streamq.keys import GROUP
+from streamq.scripts import Outcome, Scripts
+from streamq.worker.fetch import Fetcher, Message
+from streamq.worker.outcome import ALREADY_RECORDED, LOST, RECORDED, OutcomeWriter, move_to_dlq
+
+pytestmark = pytest.mark.anyio
+
+
+async def fetch_one(app: App, consumer: str) -> Message:
+    fetcher = Fetcher(
+        await app.redis(), await app.scripts(), app.keys, app.settings.priorities, consumer, 100
+    )
+    await fetcher.ensure_groups()
+    (message,) = await fetcher.fetch(1)
+    return message
+
+
+def outcome(app: App, message: Message, job_id: str, status: str = "succeeded") -> Outcome:
+    return Outcome(
+        stream=message.stream, job_key=app.keys.job(job_id), msg_id=message.msg_id,
+        deliveries=message.deliveries, job_id=job_id, task="t", attempt=1, status=status,
+        result_or_error_type=b"42" if status == "succeeded" else "ValueError",
+        error="" if status == "succeeded" else "boom", traceback="", duration_ms=1,
+    )  # fmt: skip
+
+
+async def complete(app: App, consumer: str, *outcomes: Outcome) -> list[int]:
+    scripts = await app.scripts()
+    return await scripts.complete(
+        app.keys.events, outcomes, group=GROUP, consumer=consumer, now_ms=0,
+        result_ttl_ms=60_000, events_maxlen=1000,
+    )  # fmt: skip
+
+
+async def test_complete_is_fenced_against_a_consumer_that_lost_the_message(app: App) -> None:
+    """Invariant 3: after another consumer claimed the message, the old owner's ack,
+    result and retry are all refused. Without the XPENDING owner check in
+    complete.lua the stale worker would ack B's message and overwrite the job."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    message = await fetch_one(app, "worker-a")
+    redis = await app.redis()
+    # Worker B takes the message over (what the janitor's XAUTOCLAIM will do).
+    await redis.xclaim(message.stream, GROUP, "worker-b", 0, [message.msg_id])
+    for status in ("succeeded", "failed", "retry"):
+        assert await complete(app, "worker-a", outcome(app, message, job.id, status)) == [LOST]
+    assert (await job.info())["status"] == "queued"
+    pending = await redis.xpending_range(message.stream, GROUP, "-", "+", 10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(message.msg_id, b"worker-b")]
+    assert await redis.xlen(message.stream) == 1  # no retry entry was added
+
+
+async def test_complete_is_fenced_by_delivery_count(app: App) -> None:
+    """The same consumer name receiving the message again (a restart) is a new
+    delivery; an outcome for the old delivery must not ack it."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    message = await fetch_one(app, "worker-a")
+    redis = await app.redis()
+    await redis.xreadgroup(GROUP, "worker-a", {message.stream: "0"})  # delivery count → 2
+    assert await complete(app, "worker-a", outcome(app, message, job.id)) == [LOST]
+    assert int((await redis.xpending(message.stream, GROUP))["pending"]) == 1
+
+
+async def test_complete_twice_changes_nothing_the_second_time(app: App) -> None:
+    """Invariant 9: redis-py may run the script again after a lost reply."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    message = await fetch_one(app, "w")
+    done = outcome(app, message, job.id)
+    assert await complete(app, "w", done) == [RECORDED]
+    redis = await app.redis()
+    events = await redis.xlen(app.keys.events)
+    assert await complete(app, "w", done) == [ALREADY_RECORDED]
+    assert await redis.xlen(app.keys.events) == events
+    assert await job.result(timeout=1) == 42
+
+
+async def test_retry_twice_adds_one_new_attempt(app: App) -> None:
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    message = await fetch_one(app, "w")
+    retry = outcome(app, message, job.id, "retry")
+    assert await complete(app, "w", retry) == [RECORDED]
+    assert await complete(app, "w", retry) == [ALREADY_RECORDED]
+    redis = await app.redis()
+    entries = await redis.xrange(message.stream)
+    assert [e[1][b"attempt"] for e in entries] == [b"1", b"2"]
+    assert (await job.info())["msg_id"] == entries[1][0].decode()
+
+
+async def test_dead_is_fenced_and_idempotent(app: App) -> None:
+    redis = await app.redis()
+    stream = app.keys.stream("default")
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await redis.xadd(stream, {"junk": "1"})
+    message = await fetch_one(app, "w")
+    scripts, keys, settings = await app.scripts(), app.keys, app.settings
+    assert not await move_to_dlq(scripts, keys, settings, "other", message, "r", None, None)
+    assert await move_to_dlq(scripts, keys, settings, "w", message, "r", None, None)
+    assert not await move_to_dlq(scripts, keys, settings, "w", message, "r", None, None)
+    assert await redis.xlen(app.keys.dlq) == 1
+
+
+async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> None:
+    """Outcomes that queue up while a flush runs share the next script call."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    jobs = await t.enqueue_many([()] * 5)
+    fetcher = Fetcher(
+        await app.redis(), await app.scripts(), app.keys, app.settings.priorities, "w", 100
+    )
+    messages = await fetcher.fetch(5)
+    calls: list[int] = []
+
+    class CountingScripts(Scripts):
+        async def complete(self, events: str, outcomes, **kw):  # type: ignore[no-untyped-def, override]
+            calls.append(len(outcomes))
+            return await super().complete(events, outcomes, **kw)
+
+    settled: list[int] = []
+    writer = OutcomeWriter(
+        CountingScripts(await app.redis()), app.keys, app.settings, "w", settled.append
+    )
+    send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=math.inf)
+    for message, job in zip(messages, jobs, strict=True):
+        send.send_nowait(outcome(app, message, job.id))
+    send.close()
+    await writer.run(receive)
+    assert calls == [5]
+    assert settled == [5]
+    assert [await j.result(timeout=1) for j in jobs] == [42] * 5
