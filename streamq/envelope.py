@@ -33,6 +33,10 @@ class Envelope:
     payload: bytes
     attempt: int
     enqueued_ms: int
+    max_retries: int | None = None
+    """Set when the caller overrode the task's option for this job (``with_options``)."""
+    timeout_s: float | None = None
+    """Likewise; ``None`` means the task's own option applies."""
 
 
 def encode(
@@ -70,9 +74,21 @@ def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
     try:
         attempt = int(fields.get(b"attempt", b"1"))
         enqueued_ms = int(fields.get(b"enq_ms", b"0"))
+        raw_retries = fields.get(b"max_retries")
+        max_retries = None if raw_retries is None else int(raw_retries)
+        raw_timeout = fields.get(b"timeout")
+        timeout_s = None if raw_timeout is None else float(raw_timeout)
     except ValueError:
-        raise PoisonMessage("attempt or enq_ms is not an integer", job_id, task) from None
-    return Envelope(job_id, task, content_type, payload, attempt, enqueued_ms)
+        raise PoisonMessage(
+            "attempt, enq_ms, max_retries or timeout is not a number", job_id, task
+        ) from None
+    if (max_retries is not None and max_retries < 0) or (
+        timeout_s is not None and not 0 < timeout_s < float("inf")
+    ):
+        raise PoisonMessage("max_retries or timeout is out of range", job_id, task)
+    return Envelope(
+        job_id, task, content_type, payload, attempt, enqueued_ms, max_retries, timeout_s
+    )
 
 
 def decode_arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:

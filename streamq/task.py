@@ -106,7 +106,7 @@ class Task(Generic[P, R, Ret]):
         return job
 
     async def enqueue_many(
-        self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]
+        self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]
     ) -> list[Job[R]]:
         """Add many jobs in one pipelined round trip.
 
@@ -117,7 +117,7 @@ class Task(Generic[P, R, Ret]):
         for call in calls:
             if isinstance(call, Mapping):
                 normalized.append(((), call))
-            elif isinstance(call, list | tuple):
+            elif isinstance(call, tuple):
                 normalized.append((call, {}))
             else:
                 raise TypeError(

@@ -43,7 +43,7 @@ POISON = {
         entry(id=b"j6", task=b"os.system", payload=b'{"args":[],"kwargs":{}}'),
         "unknown task",
     ),
-    "bad attempt": (entry(id=b"j7", task=b"ok", payload=b"{}", attempt=b"x"), "not an integer"),
+    "bad attempt": (entry(id=b"j7", task=b"ok", payload=b"{}", attempt=b"x"), "not a number"),
     "task not utf-8": (entry(id=b"j8", task=b"\xff", payload=b"{}"), "UTF-8"),
 }
 

@@ -294,3 +294,27 @@ def test_bad_worker_options(options: dict[str, Any]) -> None:
     app = App("q", redis_url="redis://127.0.0.1:1")
     with pytest.raises(ValueError):
         Worker(app, **options)
+
+
+async def test_with_options_max_retries_and_timeout_apply_to_that_job(app: App) -> None:
+    """Per-call options travel in the stream entry, so the worker honours them."""
+    calls: dict[float, int] = {}
+
+    @app.task(max_retries=3, timeout=30)
+    async def slow_fail(sleep_s: float) -> None:
+        calls[sleep_s] = calls.get(sleep_s, 0) + 1
+        await anyio.sleep(sleep_s)
+        raise ValueError("fails")
+
+    no_retry = await slow_fail.with_options(max_retries=0).enqueue(0)
+    short = await slow_fail.with_options(timeout=0.1, max_retries=0).enqueue(5)
+    async with running_worker(app):
+        with pytest.raises(JobFailed, match="ValueError"):
+            await no_retry.result(timeout=10)
+        with pytest.raises(JobTimedOut):
+            await short.result(timeout=10)
+    assert calls == {0: 1, 5: 1}
+    redis = await app.redis()
+    (_, first), (_, second) = await redis.xrange(app.keys.stream("default"))
+    assert first[b"max_retries"] == b"0" and b"timeout" not in first
+    assert second[b"timeout"] == b"0.1"

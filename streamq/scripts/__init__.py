@@ -108,18 +108,12 @@ class Scripts:
     def enqueue_call(
         *, stream: str, job_key: str, events: str, group: str, job_id: str, task: str,
         content_type: str, payload: bytes, now_ms: int, priority: str, events_maxlen: int,
+        extra: Sequence[Arg] = (),
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
         keys = [stream, job_key, events]
         args: list[Arg] = [
-            group,
-            job_id,
-            task,
-            content_type,
-            payload,
-            now_ms,
-            priority,
-            events_maxlen,
-        ]
+            group, job_id, task, content_type, payload, now_ms, priority, events_maxlen, *extra
+        ]  # fmt: skip
         return keys, args
 
     async def enqueue(self, call: tuple[list[str], list[Arg]]) -> tuple[bool, bytes]:

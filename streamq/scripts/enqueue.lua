@@ -5,6 +5,7 @@
 -- KEYS[1] priority stream     KEYS[2] job hash     KEYS[3] events stream
 -- ARGV[1] group   ARGV[2] job id   ARGV[3] task   ARGV[4] content type
 -- ARGV[5] payload ARGV[6] now ms   ARGV[7] priority   ARGV[8] events maxlen
+-- ARGV[9..] optional extra entry fields as field, value pairs (per-call options)
 -- reply: {1, stream id} when added, {0, stream id} when the job already existed
 local existing = redis.call('HGET', KEYS[2], 'msg_id')
 if existing then
@@ -14,9 +15,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   -- Group at id 0, so jobs enqueued before the first worker are still delivered.
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 end
-local msg_id = redis.call('XADD', KEYS[1], '*',
-  'v', '1', 'id', ARGV[2], 'task', ARGV[3], 'ct', ARGV[4], 'payload', ARGV[5],
-  'attempt', '1', 'enq_ms', ARGV[6])
+local fields = {'v', '1', 'id', ARGV[2], 'task', ARGV[3], 'ct', ARGV[4],
+  'payload', ARGV[5], 'attempt', '1', 'enq_ms', ARGV[6]}
+for i = 9, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+local msg_id = redis.call('XADD', KEYS[1], '*', unpack(fields))
 redis.call('HSET', KEYS[2],
   'status', 'queued', 'task', ARGV[3], 'priority', ARGV[7], 'attempts', '0',
   'enqueued_ms', ARGV[6], 'msg_id', msg_id)

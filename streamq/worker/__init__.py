@@ -231,12 +231,16 @@ class Worker:
             return False
         log = self._log.bind(job_id=env.job_id, task=env.task, attempt=env.attempt)
         log.debug("job started", priority=message.priority)
-        result: Execution = await execute(task, args, kwargs, app.serializer, self._thread_limiter)
+        timeout_s = env.timeout_s if env.timeout_s is not None else task.options.timeout_s
+        max_retries = env.max_retries if env.max_retries is not None else task.options.max_retries
+        result: Execution = await execute(
+            task, args, kwargs, app.serializer, self._thread_limiter, timeout_s
+        )
         first: bytes | str
         if result.ok:
             status, first = "succeeded", result.result
         else:
-            retry = result.retryable and env.attempt <= task.options.max_retries
+            retry = result.retryable and env.attempt <= max_retries
             status, first = ("retry" if retry else "failed"), result.error_type
         self.processed += 1
         with anyio.CancelScope(shield=True):

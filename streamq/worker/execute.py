@@ -64,9 +64,9 @@ async def execute(
     kwargs: dict[str, Any],
     serializer: Serializer,
     thread_limiter: anyio.CapacityLimiter,
+    timeout_s: float | None,
 ) -> Execution:
     started = time.perf_counter()
-    timeout_s = task.options.timeout_s
     try:
         with anyio.fail_after(timeout_s):
             if task.is_async:

@@ -67,11 +67,11 @@ class OutcomeWriter:
                 events_maxlen=self._settings.events_maxlen,
             )
         except RedisError as exc:
-            # Not recorded: the messages stay pending and are delivered again
-            # after the visibility timeout (at-least-once), so log and go on.
+            # Not recorded: the messages stay pending (un-acked), never lost;
+            # reclaiming them is the janitor's duty. Log and go on.
             for o in batch:
                 self._log.error(
-                    "job outcome not recorded; it will be redelivered",
+                    "job outcome not recorded; its message stays pending",
                     job_id=o.job_id, task=o.task, attempt=o.attempt,
                     duration_ms=o.duration_ms, error=repr(exc),
                 )  # fmt: skip
