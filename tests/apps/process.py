@@ -1,14 +1,17 @@
-"""Running ``python -m streamq ...`` as a child process from an async test.
+"""Child processes for async tests: ``python -m streamq ...`` and other scripts.
 
 Both output pipes are read by background tasks into lists of lines, so a test
 can wait for a log line (``wait_for_line``) while the child keeps running and
 a chatty child never blocks on a full pipe. Whatever happens in the test, the
-child is killed and reaped when the ``async with`` ends.
+child is killed and reaped when the ``async with`` ends. ``valkey_pids_serving``
+finds valkey-servers left running for a data dir (they run in their own session,
+so killing a child does not take them down).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -76,6 +79,26 @@ class Child:
                     break
                 await anyio.sleep(0.01)
         raise AssertionError(f"no stdout line {description} within {timeout_s} s\n{self.output()}")
+
+
+def valkey_pids_serving(directory: Path) -> list[int]:
+    """Pids of live valkey-servers whose data dir (their cwd) is ``directory``.
+
+    valkey-server rewrites its command line, but it chdirs to ``--dir``: the
+    cwd link in /proc (Linux) names the data dir reliably.
+    """
+    target = directory.resolve()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            is_valkey = (entry / "comm").read_text().strip() == "valkey-server"
+            if is_valkey and Path(os.readlink(entry / "cwd")) == target:
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # exited meanwhile, or not ours to inspect
+    return pids
 
 
 async def _collect(stream: ByteReceiveStream | None, lines: list[str]) -> None:
