@@ -49,6 +49,8 @@ class App:
         priorities: Sequence[str] | None = None,
         prefix: str | None = None,
         result_ttl: float | None = None,
+        max_retries: int | None = None,
+        visibility_timeout: float | None = None,
         serializer: Serializer | None = None,
         settings: Settings | None = None,
     ) -> None:
@@ -58,6 +60,8 @@ class App:
             "priorities": tuple(priorities) if priorities is not None else None,
             "prefix": prefix,
             "result_ttl_s": result_ttl,
+            "max_retries": max_retries,
+            "visibility_timeout_s": visibility_timeout,
         }
         if settings is None:
             settings = Settings.from_env(**overrides)
@@ -98,8 +102,12 @@ class App:
         *,
         name: str | None = None,
         priority: str | None = None,
-        max_retries: int = 3,
+        max_retries: int | None = None,
         timeout: float | None = None,
+        visibility_timeout: float | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
     ) -> TaskDecorator: ...
 
     def task(
@@ -109,18 +117,36 @@ class App:
         *,
         name: str | None = None,
         priority: str | None = None,
-        max_retries: int = 3,
+        max_retries: int | None = None,
         timeout: float | None = None,
+        visibility_timeout: float | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
 
         Options are checked here, at decoration time: an unknown priority is an
         UnknownPriorityError (a ValueError), a bad retry count or timeout a ConfigError.
+
+        Args:
+            max_retries: attempts after the first (default: the App's, 3).
+            timeout: seconds before the handler is cancelled (default: none).
+            visibility_timeout: seconds a crashed worker's job waits before another
+                worker takes it (default: the App's, 300). Running jobs heartbeat,
+                so this bounds crash detection, not job length.
+            backoff_base, backoff_cap: retry delays are uniform in
+                ``[0, min(cap, base * 2**(attempt-1))]`` seconds (full jitter).
+            retry_on: exception types that are retried; others fail at once.
         """
         options = TaskOptions(
             priority=priority or self._default_priority,
-            max_retries=max_retries,
+            max_retries=self.settings.max_retries if max_retries is None else max_retries,
             timeout_s=timeout,
+            visibility_timeout_s=visibility_timeout,
+            backoff_base_s=backoff_base,
+            backoff_cap_s=backoff_cap,
+            retry_on=retry_on,
         ).validate(self.settings.priorities)
 
         def register(handler: Callable[..., Any]) -> Task[Any, Any, Any]:
@@ -196,8 +222,12 @@ class App:
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
         *,
         job_id: str | None = None,
+        due_ms: int = 0,
     ) -> list[Job[Any]]:
-        """Encode every call first (so a bad one writes nothing), then send them all."""
+        """Encode every call first (so a bad one writes nothing), then send them all.
+
+        ``due_ms`` (epoch ms) later than now puts the jobs in the delayed set.
+        """
         now_ms = int(time.time() * 1000)
         extra = self._option_fields(task)
         prepared: list[tuple[list[str], list[Arg]]] = []
@@ -219,6 +249,8 @@ class App:
                     now_ms=now_ms,
                     priority=task.options.priority,
                     events_maxlen=self.settings.events_maxlen,
+                    delayed=self.keys.delayed,
+                    due_ms=due_ms,
                     extra=extra,
                 )
             )

@@ -65,7 +65,7 @@ async def run_demo(
 
     first_attempts: set[tuple[str, int]] = set()
 
-    @app.task(name="demo.work", max_retries=1)
+    @app.task(name="demo.work", max_retries=1, backoff_base=0.01)
     async def work(n: int, priority: str) -> int:
         # First attempts in start order prove strict priority; a retry is a
         # new message at the tail of its stream, so it is only counted.

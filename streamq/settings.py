@@ -44,6 +44,16 @@ class Settings:
     socket_timeout_s: float = 10.0
     max_connections: int = 64
     """Size of the connection pool; callers past it wait instead of failing."""
+    max_retries: int = 3
+    """Default for tasks that do not set their own."""
+    visibility_timeout_s: float = 300.0
+    """A message pending this long without a heartbeat is reclaimed by another worker."""
+    max_deliveries: int | None = None
+    """Deliveries after which a message goes to the DLQ; None: the job's max_retries + 2."""
+    janitor_interval_s: float = 1.0
+    """How often the janitor promotes due delayed jobs and workers look for stuck ones."""
+    consumer_idle_s: float = 3600.0
+    """Consumers idle this long with nothing pending are removed from the group."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,13 +64,24 @@ class Settings:
             check_name("priority", name)
         if len(set(self.priorities)) != len(self.priorities):
             raise ConfigError(f"priorities must be distinct, got {list(self.priorities)}")
-        for name in ("result_ttl_s", "socket_timeout_s"):
+        for name in (
+            "result_ttl_s", "socket_timeout_s", "visibility_timeout_s", "janitor_interval_s",
+            "consumer_idle_s",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("events_maxlen", "max_payload_bytes", "max_connections"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if self.max_deliveries is not None and (
+            not isinstance(self.max_deliveries, int) or self.max_deliveries < 1
+        ):
+            raise ConfigError(
+                f"max_deliveries must be an integer >= 1, got {self.max_deliveries!r}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -75,6 +96,8 @@ class Settings:
             values["priorities"] = tuple(p.strip() for p in prios.split(",") if p.strip())
         if ttl := env.get("STREAMQ_RESULT_TTL"):
             values["result_ttl_s"] = _number("STREAMQ_RESULT_TTL", ttl)
+        if vis := env.get("STREAMQ_VISIBILITY_TIMEOUT"):
+            values["visibility_timeout_s"] = _number("STREAMQ_VISIBILITY_TIMEOUT", vis)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "priorities" in values:
             values["priorities"] = tuple(values["priorities"])

@@ -7,8 +7,10 @@ handler directly returns (a coroutine for an async handler).
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -33,6 +35,12 @@ class TaskOptions:
     """Attempts after the first that a failing handler gets."""
     timeout_s: float | None = None
     """The handler is cancelled after this many seconds (None: no limit)."""
+    visibility_timeout_s: float | None = None
+    """None: the App's. Bounds how long a crashed worker's job waits to be reclaimed."""
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    """Exception types that are retried; any other fails the job at once."""
     job_id: str | None = None
     """A caller-chosen id makes enqueue idempotent: the same id adds nothing twice."""
 
@@ -51,6 +59,18 @@ class TaskOptions:
             raise ConfigError(
                 f"timeout must be a positive number of seconds, got {self.timeout_s!r}"
             )
+        for name in ("visibility_timeout_s", "backoff_base_s", "backoff_cap_s"):
+            value = getattr(self, name)
+            if value is None and name == "visibility_timeout_s":
+                continue
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.visibility_timeout_s is not None and self.visibility_timeout_s <= 0:
+            raise ConfigError("visibility_timeout must be positive")
+        if not isinstance(self.retry_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on
+        ):
+            raise ConfigError(f"retry_on must be a tuple of exception types, got {self.retry_on!r}")
         if self.job_id is not None and (not isinstance(self.job_id, str) or not self.job_id):
             raise ConfigError(f"job_id must be a non-empty string, got {self.job_id!r}")
         return self
@@ -84,7 +104,10 @@ class Task(Generic[P, R, Ret]):
         timeout: float | None = None,
         job_id: str | None = None,
     ) -> Task[P, R, Ret]:
-        """A copy of this task with some options changed, for one call site."""
+        """A copy of this task with some options changed, for one call site.
+
+        A changed ``max_retries`` or ``timeout`` travels in the job's stream entry.
+        """
         changes: dict[str, Any] = {
             "priority": priority,
             "max_retries": max_retries,
@@ -127,3 +150,30 @@ class Task(Generic[P, R, Ret]):
         if self.options.job_id is not None and len(normalized) > 1:
             raise ConfigError("a fixed job_id cannot be used for more than one job")
         return await self.app.enqueue_calls(self, normalized, job_id=self.options.job_id)
+
+    async def enqueue_in(
+        self, delay: dt.timedelta | float, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]:
+        """Add one job that becomes runnable after ``delay`` (a timedelta or seconds).
+
+        It waits in the delayed set; the janitor moves it to its priority stream
+        once due, at most one janitor interval late.
+        """
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+        if not math.isfinite(seconds):
+            raise ConfigError(f"delay must be finite, got {delay!r}")
+        return await self._enqueue_due(time.time() + max(seconds, 0.0), args, kwargs)
+
+    async def enqueue_at(self, when: dt.datetime, /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Add one job that becomes runnable at ``when`` (a timezone-aware datetime)."""
+        if not isinstance(when, dt.datetime) or when.tzinfo is None:
+            raise ConfigError("enqueue_at needs a timezone-aware datetime (e.g. with tzinfo=UTC)")
+        return await self._enqueue_due(when.timestamp(), args, kwargs)
+
+    async def _enqueue_due(
+        self, due_s: float, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Job[R]:
+        (job,) = await self.app.enqueue_calls(
+            self, [(args, kwargs)], job_id=self.options.job_id, due_ms=int(due_s * 1000)
+        )
+        return job

@@ -183,7 +183,7 @@ def flat(text: str) -> str:
         (["no_such_module_xyz:app"], "cannot import 'no_such_module_xyz'"),
         (["tests.apps.slow:register"], "tests.apps.slow:register is function, not a streamq App"),
         (["tests.apps.slow:SLEEP"], "tests.apps.slow:SLEEP is str, not a streamq App"),
-        (["tests.apps.slow:no_such_attr"], "tests.apps.slow:no_such_attr is"),
+        (["tests.apps.slow:no_such_attr"], "has no attribute 'no_such_attr'"),
         ([APP_PATH, "--concurrency", "0"], "--concurrency"),
         ([APP_PATH, "--grace", "-1"], "--grace"),
         ([APP_PATH, "--log-level", "loud"], "unknown level 'loud'"),

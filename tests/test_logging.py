@@ -114,7 +114,7 @@ async def test_capture_logs_sees_bound_job_context(app: App) -> None:
     assert outcome_tuples(events) == sorted(expected_outcomes(ok.id, failing.id))
     assert {r["worker"] for r in events} == {worker.consumer}
     levels = {r["event"]: r["log_level"] for r in events}
-    assert levels == {"job succeeded": "info", "job retried": "warning", "job failed": "warning"}
+    assert levels == {"job succeeded": "info", "job retried": "warning", "job failed": "error"}
 
 
 async def test_log_level_filters_job_events(app: App, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,4 +133,4 @@ async def test_log_level_filters_job_events(app: App, capsys: pytest.CaptureFixt
     assert_job_context(events, app)
     assert sorted(r["event"] for r in events) == ["job failed", "job retried"]
     assert {r["job_id"] for r in events} == {failing.id}
-    assert all(r["level"] == "warning" for r in records), records
+    assert {r["level"] for r in records} == {"warning", "error"}, records

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def fetch_one(app: App, consumer: str) -> Message:
-    fetcher = Fetcher(
-        await app.redis(), await app.scripts(), app.keys, app.settings.priorities, consumer, 100
-    )
+    fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, consumer, 100)
     await fetcher.ensure_groups()
     (message,) = await fetcher.fetch(1)
     return message
@@ -37,8 +35,8 @@ def outcome(app: App, message: Message, job_id: str, status: str = "succeeded") 
 async def complete(app: App, consumer: str, *outcomes: Outcome) -> list[int]:
     scripts = await app.scripts()
     return await scripts.complete(
-        app.keys.events, outcomes, group=GROUP, consumer=consumer, now_ms=0,
-        result_ttl_ms=60_000, events_maxlen=1000,
+        app.keys.events, outcomes, delayed=app.keys.delayed, dlq=app.keys.dlq, group=GROUP,
+        consumer=consumer, now_ms=0, result_ttl_ms=60_000, events_maxlen=1000,
     )  # fmt: skip
 
 
@@ -130,9 +128,7 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
     async def t() -> None: ...
 
     jobs = await t.enqueue_many([()] * 5)
-    fetcher = Fetcher(
-        await app.redis(), await app.scripts(), app.keys, app.settings.priorities, "w", 100
-    )
+    fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, "w", 100)
     messages = await fetcher.fetch(5)
     calls: list[int] = []
 
@@ -141,7 +137,7 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
             calls.append(len(outcomes))
             return await super().complete(events, outcomes, **kw)
 
-    settled: list[int] = []
+    settled: list[list[tuple[str, bytes]]] = []
     writer = OutcomeWriter(
         CountingScripts(await app.redis()), app.keys, app.settings, "w", settled.append
     )
@@ -151,5 +147,5 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
     send.close()
     await writer.run(receive)
     assert calls == [5]
-    assert settled == [5]
+    assert [len(keys) for keys in settled] == [5]
     assert [await j.result(timeout=1) for j in jobs] == [42] * 5

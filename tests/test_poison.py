@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from streamq import App, JobStatus, Worker
+from streamq import App, JobStatus, Settings, Worker
 from streamq.keys import GROUP
-from tests.conftest import queue_name
+from tests.conftest import queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -38,10 +38,6 @@ POISON = {
     "pickle": (
         entry(id=b"j5", task=b"ok", ct=b"pickle", payload=b"\x80\x04K\x01."),
         "content type",
-    ),
-    "unknown task": (
-        entry(id=b"j6", task=b"os.system", payload=b'{"args":[],"kwargs":{}}'),
-        "unknown task",
     ),
     "bad attempt": (entry(id=b"j7", task=b"ok", payload=b"{}", attempt=b"x"), "not a number"),
     "task not utf-8": (entry(id=b"j8", task=b"\xff", payload=b"{}"), "UTF-8"),
@@ -75,27 +71,36 @@ async def test_poison_entry_goes_to_the_dlq_with_a_reason(app: App, name: str) -
     assert int((await redis.xpending(stream, GROUP))["pending"]) == 0
 
 
-async def test_unknown_task_marks_its_job_dead(redis_url: str) -> None:
-    """A producer with a task the worker does not know: the job ends dead, with why."""
+async def test_unknown_task_is_redelivered_then_dead_lettered(redis_url: str) -> None:
+    """A task this worker does not know may be known to a newer deployment (a
+    rolling deploy): the message is left pending, reclaimed after the visibility
+    timeout, and moved to the DLQ only past max_deliveries, with why."""
     name = queue_name()
     producer = App(name, redis_url=redis_url)
 
     @producer.task(name="only.in.producer")
     async def newer() -> None: ...
 
-    worker_app = App(name, redis_url=redis_url)
+    fast = Settings(visibility_timeout_s=0.2, janitor_interval_s=0.05, max_deliveries=2)
+    worker_app = App(name, redis_url=redis_url, settings=fast)
     async with producer, worker_app:
         job = await newer.enqueue()
-        await Worker(worker_app, burst=True).run()
-        assert await job.status() == JobStatus.DEAD
+        async with running_worker(worker_app):
+
+            async def dead() -> bool:
+                return await job.status() == JobStatus.DEAD
+
+            await wait_until(dead, timeout=20, description="the unknown-task job to be dead")
         info = await job.info()
-        assert "unknown task 'only.in.producer'" in info["error"]
+        assert info["error_type"] == "TooManyDeliveries"
+        assert "delivered 3 times; max_deliveries is 2" in info["error"]
         redis = await producer.redis()
         assert await redis.ttl(producer.keys.job(job.id)) > 0
-        ((_, dead),) = await redis.xrange(producer.keys.dlq)
-        assert dead[b"id"] == job.id.encode()
-        events = [e[b"kind"] for _, e in await redis.xrange(producer.keys.events)]
-        assert events == [b"enqueued", b"started", b"dead"]
+        ((_, dead_entry),) = await redis.xrange(producer.keys.dlq)
+        assert dead_entry[b"id"] == job.id.encode()
+        assert dead_entry[b"dlq_deliveries"] == b"3"
+        kinds = [e[b"kind"] for _, e in await redis.xrange(producer.keys.events)]
+        assert kinds.count(b"reclaimed") == 2 and kinds[-1] == b"dead"
 
 
 async def test_many_poison_entries_among_good_jobs(app: App) -> None:

@@ -21,7 +21,11 @@ def load_app(path: str, redis_url: str | None) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise typer.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
-    app = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise typer.BadParameter(
+            f"module {module_name!r} has no attribute {attr!r}", param_hint="APP"
+        )
+    app = getattr(module, attr)
     if not isinstance(app, App):
         raise typer.BadParameter(
             f"{module_name}:{attr} is {type(app).__name__}, not a streamq App", param_hint="APP"

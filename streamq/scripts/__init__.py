@@ -10,7 +10,7 @@ Retrying is safe because every script is idempotent for the same arguments.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeAlias, cast
@@ -34,7 +34,10 @@ class Script:
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-NAMES = ("enqueue", "fetch", "start", "complete", "dead")
+NAMES = (
+    "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
+    "drain", "prune_consumers", "requeue", "lease", "release",
+)  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
 
@@ -50,10 +53,13 @@ class Outcome:
     task: str
     attempt: int
     status: str
+    """'succeeded', 'retry' or 'failed'."""
     result_or_error_type: bytes | str
     error: str
     traceback: str
     duration_ms: int
+    retry_delay_ms: int = 0
+    priority: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +114,12 @@ class Scripts:
     def enqueue_call(
         *, stream: str, job_key: str, events: str, group: str, job_id: str, task: str,
         content_type: str, payload: bytes, now_ms: int, priority: str, events_maxlen: int,
-        extra: Sequence[Arg] = (),
+        delayed: str, due_ms: int = 0, extra: Sequence[Arg] = (),
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
-        keys = [stream, job_key, events]
+        keys = [stream, job_key, events, delayed]
         args: list[Arg] = [
-            group, job_id, task, content_type, payload, now_ms, priority, events_maxlen, *extra
+            group, job_id, task, content_type, payload, now_ms, priority, events_maxlen,
+            due_ms, *extra,
         ]  # fmt: skip
         return keys, args
 
@@ -142,17 +149,18 @@ class Scripts:
         return int(await self._call("start", [events, *(j.job_key for j in jobs)], args))
 
     async def complete(
-        self, events: str, outcomes: Sequence[Outcome], *, group: str, consumer: str,
-        now_ms: int, result_ttl_ms: int, events_maxlen: int,
+        self, events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
+        consumer: str, now_ms: int, result_ttl_ms: int, events_maxlen: int,
     ) -> list[int]:  # fmt: skip
         """Per outcome: 1 recorded, 2 recorded by an earlier run, 0 lost ownership."""
-        keys = [events]
+        keys = [events, delayed, dlq]
         args: list[Arg] = [group, consumer, now_ms, result_ttl_ms, events_maxlen]
         for o in outcomes:
             keys += [o.stream, o.job_key]
             args += [
                 o.msg_id, o.deliveries, o.job_id, o.task, o.attempt, o.status,
                 o.result_or_error_type, o.error, o.traceback, o.duration_ms,
+                o.retry_delay_ms, o.priority,
             ]  # fmt: skip
         return [int(r) for r in await self._call("complete", keys, args)]
 
@@ -160,15 +168,94 @@ class Scripts:
         self, *, stream: str, dlq: str, events: str, job_key: str, group: str, consumer: str,
         msg_id: bytes, deliveries: int, reason: str, now_ms: int, events_maxlen: int,
         result_ttl_ms: int, job_id: str | None, task: str | None,
+        error_type: str = "PoisonMessage",
     ) -> bytes | None:  # fmt: skip
         """Returns the DLQ entry id, or None when the message is no longer ours."""
         reply = await self._call(
             "dead",
             [stream, dlq, events, job_key],
             [group, consumer, msg_id, deliveries, reason, now_ms, events_maxlen,
-             result_ttl_ms, job_id or "", task or ""],
+             result_ttl_ms, job_id or "", task or "", error_type],
         )  # fmt: skip
         return None if reply == 0 else cast(bytes, reply)
+
+    async def promote(
+        self, *, delayed: str, events: str, streams: Sequence[str], priorities: Sequence[str],
+        now_ms: int, limit: int, group: str, events_maxlen: int,
+    ) -> int:  # fmt: skip
+        reply = await self._call(
+            "promote", [delayed, events, *streams],
+            [now_ms, limit, group, events_maxlen, *priorities],
+        )  # fmt: skip
+        return int(reply)
+
+    async def heartbeat(
+        self, streams: Sequence[str], group: str, consumer: str, ids: Sequence[tuple[int, bytes]]
+    ) -> list[bool]:
+        """``ids`` pairs a 0-based index into ``streams`` with a message id."""
+        args: list[Arg] = [group, consumer]
+        for index, msg_id in ids:
+            args += [index + 1, msg_id]
+        return [bool(r) for r in await self._call("heartbeat", streams, args)]
+
+    async def reclaim(
+        self, *, stream: str, dlq: str, events: str, group: str, consumer: str, count: int,
+        min_idle_ms: int, now_ms: int, events_maxlen: int, default_visibility_ms: int,
+        visibility_ms: Mapping[str, int],
+    ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:  # fmt: skip
+        """Claimed messages as (id, fields, delivery count, previous owner)."""
+        args: list[Arg] = [
+            group,
+            consumer,
+            count,
+            min_idle_ms,
+            now_ms,
+            events_maxlen,
+            default_visibility_ms,
+        ]
+        for task, ms in visibility_ms.items():
+            args += [task, ms]
+        reply = await self._call("reclaim", [stream, dlq, events], args)
+        return [(msg_id, _pairs(flat), int(count_), owner) for msg_id, flat, count_, owner in reply]
+
+    async def drain(
+        self, streams: Sequence[str], group: str, consumer: str, count: int,
+        start_ids: Sequence[bytes | str],
+    ) -> list[tuple[int, bytes, dict[bytes, bytes] | None, int]]:  # fmt: skip
+        """Own pending messages as (0-based stream index, id, fields or None, deliveries)."""
+        reply = await self._call("drain", streams, [group, consumer, count, *start_ids])
+        return [
+            (int(index) - 1, msg_id, _pairs(flat) or None, int(count_))
+            for index, msg_id, flat, count_ in reply
+        ]
+
+    async def prune_consumers(
+        self, stream: str, group: str, min_idle_ms: int, keep: str
+    ) -> list[bytes]:
+        """Remove consumers idle ``min_idle_ms`` with nothing pending; returns their names."""
+        return list(await self._call("prune_consumers", [stream], [group, min_idle_ms, keep]))
+
+    async def requeue(
+        self, *, dlq: str, stream: str, job_key: str, events: str, dlq_id: bytes | str,
+        group: str, now_ms: int, events_maxlen: int,
+    ) -> bytes | None:  # fmt: skip
+        """Returns the new stream id, or None when the DLQ entry was already gone."""
+        reply = await self._call(
+            "requeue", [dlq, stream, job_key, events], [dlq_id, group, now_ms, events_maxlen]
+        )
+        return None if reply == 0 else cast(bytes, reply)
+
+    async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(await self._call("lease", [key], [token, ttl_ms]))
+
+    async def release(self, key: str, token: str) -> bool:
+        return bool(await self._call("release", [key], [token]))
+
+
+def _pairs(flat: Sequence[Any] | None) -> dict[bytes, bytes]:
+    if not flat:
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _entry(raw: list[Any]) -> Entry:

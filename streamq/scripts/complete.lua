@@ -1,67 +1,92 @@
--- complete: record a batch of outcomes (succeeded, failed or retry), each fenced.
+-- complete: record a batch of outcomes (succeeded, retry or failed), each fenced.
 -- For each job: only if its message is still pending to this consumer with the
--- delivery count the worker was given (DESIGN.md invariant 3), XACK it, write the
--- final status with its result or error, set the job hash TTL, append an event.
+-- delivery count the worker was given (DESIGN.md invariant 3), XACK it and
+-- record the outcome, in this one script:
+--   succeeded  result in the job hash, TTL set, event
+--   retry      the entry, attempt + 1, goes to the delayed set due at now + delay
+--              (straight back to its stream when the delay is 0); error recorded
+--   failed     error in the job hash, TTL set, and the entry with the last error
+--              and traceback appended to the DLQ (so it can be requeued after a fix)
 -- A repeated run (client retry) finds the message acked and the job hash already
 -- holding this message's outcome, and changes nothing (invariant 9).
 --
--- KEYS[1] events stream, then per job: stream, job hash
+-- KEYS[1] events stream   KEYS[2] delayed zset   KEYS[3] dlq stream
+-- then per job: stream, job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now ms   ARGV[4] result ttl ms
 -- ARGV[5] events maxlen
--- ARGV[6..] per job, 10 values: msg id, delivery count, job id, task, attempt,
---   status ('succeeded' | 'failed' | 'retry'), result or error type, error message, traceback,
---   duration ms
--- A 'retry' re-adds the original entry with attempt + 1 to the same stream
--- (the job hash then points at the new entry) and records the error.
+-- ARGV[6..] per job, 12 values: msg id, delivery count, job id, task, attempt,
+--   status, result or error type, error message, traceback, duration ms,
+--   retry delay ms, priority
 -- reply: per job 1 = recorded, 2 = already recorded by an earlier run, 0 = lost
 --   (the message belongs to another consumer or delivery now)
-local STRIDE = 10
+local STRIDE = 12
 local replies = {}
-local n = (#KEYS - 1) / 2
+local now = ARGV[3]
+local n = (#KEYS - 3) / 2
+
+local function event(kind, a, extra)
+  local fields = {'kind', kind, 'job', ARGV[a + 2], 'task', ARGV[a + 3],
+    'attempt', ARGV[a + 4], 'deliveries', ARGV[a + 1], 'worker', ARGV[2],
+    'duration_ms', ARGV[a + 9], 'ts', now}
+  for _, v in ipairs(extra) do fields[#fields + 1] = v end
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+end
+
 for i = 1, n do
-  local stream, job = KEYS[2 * i], KEYS[2 * i + 1]
+  local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 6 + (i - 1) * STRIDE
   local msg_id, deliveries = ARGV[a], tonumber(ARGV[a + 1])
-  local pending = redis.call('XPENDING', stream, ARGV[1], msg_id, msg_id, 1)
-  local entry = pending[1]
+  local entry = redis.call('XPENDING', stream, ARGV[1], msg_id, msg_id, 1)[1]
   if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == deliveries then
     redis.call('XACK', stream, ARGV[1], msg_id)
     local status = ARGV[a + 5]
-    local kind = status
-    if status == 'retry' then
-      local original = redis.call('XRANGE', stream, msg_id, msg_id)[1]
-      if original then
-        local fields = original[2]
-        for f = 1, #fields, 2 do
-          if fields[f] == 'attempt' then fields[f + 1] = tostring(tonumber(ARGV[a + 4]) + 1) end
-        end
-        local new_id = redis.call('XADD', stream, '*', unpack(fields))
-        redis.call('HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
-          'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', new_id,
-          'outcome_msg', msg_id)
-        kind = 'retried'
-      else
+    local original = nil
+    if status ~= 'succeeded' then
+      original = redis.call('XRANGE', stream, msg_id, msg_id)[1]
+      if status == 'retry' and not original then
         status = 'failed'  -- the entry was trimmed: nothing left to retry from
-        kind = status
       end
     end
     if status == 'succeeded' then
       redis.call('HSET', job, 'status', status, 'result', ARGV[a + 6],
-        'finished_ms', ARGV[3], 'duration_ms', ARGV[a + 9], 'outcome_msg', msg_id)
-      redis.call('HDEL', job, 'error_type', 'error', 'traceback')
-    elseif status == 'failed' then
-      redis.call('HSET', job, 'status', status, 'error_type', ARGV[a + 6],
-        'error', ARGV[a + 7], 'traceback', ARGV[a + 8],
-        'finished_ms', ARGV[3], 'duration_ms', ARGV[a + 9], 'outcome_msg', msg_id)
+        'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', msg_id)
+      redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
+      redis.call('PEXPIRE', job, ARGV[4])
+      event('succeeded', a, {})
+    elseif status == 'retry' then
+      local fields = original[2]
+      for f = 1, #fields - 1, 2 do
+        if fields[f] == 'attempt' then fields[f + 1] = tostring(tonumber(ARGV[a + 4]) + 1) end
+      end
+      local delay = tonumber(ARGV[a + 10])
+      local next_id = 'delayed'
+      if delay > 0 then
+        table.insert(fields, 1, ARGV[a + 11])
+        redis.call('ZADD', KEYS[2], tonumber(now) + delay, cjson.encode(fields))
+      else
+        next_id = redis.call('XADD', stream, '*', unpack(fields))
+      end
+      redis.call('HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
+        'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
+        'due_ms', tostring(tonumber(now) + delay), 'outcome_msg', msg_id)
+      event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})
+    else
+      local fields = {}
+      if original then fields = original[2] end
+      for _, v in ipairs({'dlq_reason', 'failed: ' .. ARGV[a + 6],
+          'dlq_error_type', ARGV[a + 6], 'dlq_error', ARGV[a + 7],
+          'dlq_traceback', ARGV[a + 8], 'dlq_attempts', ARGV[a + 4],
+          'dlq_origin', stream, 'dlq_origin_id', msg_id,
+          'dlq_deliveries', ARGV[a + 1], 'dlq_ms', now}) do
+        fields[#fields + 1] = v
+      end
+      local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
+      redis.call('HSET', job, 'status', 'failed', 'error_type', ARGV[a + 6],
+        'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
+        'duration_ms', ARGV[a + 9], 'outcome_msg', msg_id, 'dlq_id', dlq_id)
+      redis.call('PEXPIRE', job, ARGV[4])
+      event('failed', a, {'error_type', ARGV[a + 6], 'dlq_id', dlq_id})
     end
-    if status ~= 'retry' then redis.call('PEXPIRE', job, ARGV[4]) end
-    local error_type = ''
-    if status ~= 'succeeded' then error_type = ARGV[a + 6] end
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
-      'kind', kind, 'job', ARGV[a + 2], 'task', ARGV[a + 3], 'attempt', ARGV[a + 4],
-      'deliveries', ARGV[a + 1], 'worker', ARGV[2], 'duration_ms', ARGV[a + 9],
-      'error_type', error_type,
-      'ts', ARGV[3])
     replies[i] = 1
   elseif redis.call('HGET', job, 'outcome_msg') == msg_id then
     replies[i] = 2

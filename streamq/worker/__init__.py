@@ -1,8 +1,11 @@
 """Worker: fetch, run, record, inside one task group.
 
-One fetcher reads messages (``fetch``), starts each as a handler task up to
-``concurrency`` at once (``execute``), and one writer records outcomes in
-batches (``outcome``). ``stop()`` (or a signal, see ``shutdown``) ends the
+One fetch loop picks messages (``fetch``: own pending ones first, then
+reclaimed ones, then new ones in strict priority order) and starts each as a
+handler task, up to ``concurrency`` at once (``execute``). One writer records
+outcomes in batches (``outcome``); a heartbeat keeps held messages from being
+reclaimed (``heartbeat``); the janitor's singleton duties run beside them
+(``streamq.janitor``). ``stop()`` (or a signal, see ``shutdown``) ends the
 fetching; in-flight handlers get ``grace_s`` to finish before they are
 cancelled and left pending.
 """
@@ -22,18 +25,23 @@ from anyio.abc import ObjectSendStream, TaskGroup
 from redis.exceptions import RedisError
 
 from streamq.app import App
-from streamq.envelope import PoisonMessage, decode
+from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
+from streamq.janitor import Janitor
 from streamq.logging import get_logger
+from streamq.retry import retry_delay_s
 from streamq.scripts import Outcome, Scripts, Started
+from streamq.task import Task
 from streamq.worker.execute import Execution, execute, load_arguments
 from streamq.worker.fetch import Fetcher, Message
+from streamq.worker.heartbeat import Heartbeat
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import stop_on_signals
 
 __all__ = ["Worker"]
 
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+_WRITER_DRAIN_S = 30.0
 
 
 def consumer_name() -> str:
@@ -48,8 +56,11 @@ class Worker:
         concurrency: handlers running at once (async tasks, or threads for sync ones).
         grace_s: on stop, how long in-flight handlers may take to finish.
         block_ms: how long an idle fetch blocks (kept under the socket timeout).
-        burst: stop by itself once no job is waiting and none is in flight.
+        burst: stop by itself once no job is waiting, delayed or in flight.
         handle_signals: stop gracefully on SIGTERM/SIGINT (for the CLI).
+        consumer: consumer name; reuse one across restarts to finish its own
+            pending messages first (default: a fresh ``host:pid:random``).
+        janitor: also run the janitor's singleton duties (under a lease).
     """
 
     def __init__(
@@ -62,6 +73,7 @@ class Worker:
         burst: bool = False,
         handle_signals: bool = False,
         consumer: str | None = None,
+        janitor: bool = True,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -76,6 +88,7 @@ class Worker:
         self.burst = burst
         self.handle_signals = handle_signals
         self.consumer = consumer or consumer_name()
+        self.run_janitor = janitor
         self.stopping = False
         self.processed = 0
         self._running = 0
@@ -83,6 +96,7 @@ class Worker:
         self._changed = anyio.Event()
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
+        self._heartbeat: Heartbeat | None = None
         self._log = get_logger(queue=app.name, worker=self.consumer)
 
     # -- control -----------------------------------------------------------------
@@ -104,47 +118,55 @@ class Worker:
 
         Use ``await tg.start(worker.run)`` to continue once the worker is ready.
         """
-        redis = await self.app.redis()
-        scripts = await self.app.scripts()
+        app = self.app
+        redis = await app.redis()
+        scripts = await app.scripts()
+        visibility_ms = {
+            name: int(t.options.visibility_timeout_s * 1000)
+            for name, t in app.tasks.items()
+            if t.options.visibility_timeout_s is not None
+        }
         fetcher = Fetcher(
-            redis,
-            scripts,
-            self.app.keys,
-            self.app.settings.priorities,
-            self.consumer,
-            self.block_ms,
+            redis, scripts, app.keys, app.settings, self.consumer, self.block_ms, visibility_ms
         )
         await fetcher.ensure_groups()
-        writer = OutcomeWriter(
-            scripts, self.app.keys, self.app.settings, self.consumer, self._settled
+        heartbeat = Heartbeat(
+            scripts,
+            fetcher.streams,
+            self.consumer,
+            max(0.05, fetcher.min_visibility_s / 3),
+            app.name,
         )
+        self._heartbeat = heartbeat
+        writer = OutcomeWriter(scripts, app.keys, app.settings, self.consumer, self._settled)
         send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=math.inf)
         self._thread_limiter = anyio.CapacityLimiter(self.concurrency)
         self._log.info(
-            "worker started", concurrency=self.concurrency, tasks=sorted(self.app.tasks),
-            priorities=list(self.app.settings.priorities),
+            "worker started", concurrency=self.concurrency, tasks=sorted(app.tasks),
+            priorities=list(app.settings.priorities), janitor=self.run_janitor,
         )  # fmt: skip
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(writer.run, receive)
+        async with anyio.create_task_group() as services:
+            services.start_soon(heartbeat.run)
+            if self.run_janitor:
+                await services.start(Janitor(app, self.consumer).run)
             if self.handle_signals:
-                await outer.start(stop_on_signals, self)
-            async with send, anyio.create_task_group() as jobs:
-                self._jobs_scope = jobs.cancel_scope
-                task_status.started()
-                with anyio.CancelScope() as self._fetch_scope:
-                    if not self.stopping:
-                        await self._fetch_loop(fetcher, scripts, jobs, send)
-                self.stopping = True
-                jobs.cancel_scope.deadline = min(
-                    jobs.cancel_scope.deadline, anyio.current_time() + self.grace_s
-                )
-                # Handlers are done (or cancelled and left pending); closing
-                # `send` lets the writer record what is queued and exit.
-            outer.cancel_scope.deadline = anyio.current_time() + 30  # writer drain bound
-            if self.handle_signals:
-                # The writer ends by itself; the signal listener does not.
-                await self._wait_unsettled_zero(timeout_s=30)
-                outer.cancel_scope.cancel()
+                await services.start(stop_on_signals, self)
+            async with anyio.create_task_group() as recording:
+                recording.start_soon(writer.run, receive)
+                async with send, anyio.create_task_group() as jobs:
+                    self._jobs_scope = jobs.cancel_scope
+                    task_status.started()
+                    with anyio.CancelScope() as self._fetch_scope:
+                        if not self.stopping:
+                            await self._fetch_loop(fetcher, scripts, jobs, send)
+                    self.stopping = True
+                    jobs.cancel_scope.deadline = min(
+                        jobs.cancel_scope.deadline, anyio.current_time() + self.grace_s
+                    )
+                # Handlers are done (or cancelled and left pending); `send` is
+                # closed, so the writer records what is queued and returns.
+                recording.cancel_scope.deadline = anyio.current_time() + _WRITER_DRAIN_S
+            services.cancel_scope.cancel()
         self._log.info("worker stopped", processed=self.processed)
 
     # -- fetching ------------------------------------------------------------------
@@ -154,6 +176,8 @@ class Worker:
     ) -> None:
         ready: deque[Message] = deque()
         failures = 0
+        interval_s = self.app.settings.janitor_interval_s
+        next_reclaim = time.monotonic()
         while not self.stopping:
             try:
                 if not ready:
@@ -161,16 +185,24 @@ class Worker:
                     if free <= 0:
                         await self._wait_change()
                         continue
-                    ready.extend(await fetcher.fetch(free))
-                    if not ready:
+                    if fetcher.draining:
+                        ready.extend(await fetcher.drain(self.concurrency))
+                    elif time.monotonic() >= next_reclaim:
+                        next_reclaim = time.monotonic() + interval_s
+                        ready.extend(await fetcher.reclaim(free))
+                    if not ready and not fetcher.draining:
+                        ready.extend(await fetcher.fetch(free))
+                    if not ready and not fetcher.draining:
                         if self.burst:
-                            if self._unsettled == 0:
+                            if await self._burst_done():
                                 return
-                            await self._wait_change()
+                            await self._wait_change(timeout_s=min(interval_s, 0.2))
                             continue
                         ready.extend(await fetcher.wait())
-                        if not ready:
-                            continue
+                    if not ready:
+                        continue
+                    for message in ready:
+                        self._hold(message)
                     await self._mark_started(scripts, ready)
                 failures = 0
             except RedisError as exc:
@@ -182,10 +214,20 @@ class Worker:
             while ready and self._running < self.concurrency:
                 message = ready.popleft()
                 self._running += 1
-                self._unsettled += 1
                 jobs.start_soon(self._run_one, message, send)
             if ready:
                 await self._wait_change()
+
+    async def _burst_done(self) -> bool:
+        if self._unsettled > 0:
+            return False
+        redis = await self.app.redis()
+        return int(await redis.zcard(self.app.keys.delayed)) == 0
+
+    def _hold(self, message: Message) -> None:
+        self._unsettled += 1
+        if self._heartbeat is not None:
+            self._heartbeat.hold(message)
 
     async def _mark_started(self, scripts: Scripts, messages: deque[Message]) -> None:
         started: list[Started] = []
@@ -214,7 +256,7 @@ class Worker:
         finally:
             self._running -= 1
             if not handed_off:
-                self._settled(1)
+                self._settled([(message.stream, message.msg_id)])
             self._notify()
 
     async def _process(self, message: Message, send: ObjectSendStream[Outcome]) -> bool:
@@ -222,87 +264,123 @@ class Worker:
         app = self.app
         try:
             env = decode(message.fields)
-            task = app.tasks.get(env.task)
-            if task is None:
-                raise PoisonMessage(f"unknown task {env.task!r}", env.job_id, env.task)
+        except PoisonMessage as poison:
+            await self._dead_letter(message, poison.reason, poison.job_id, poison.task)
+            return False
+        task = app.tasks.get(env.task)
+        max_retries = self._max_retries(env, task)
+        max_deliveries = app.settings.max_deliveries or max_retries + 2
+        if message.deliveries > max_deliveries:
+            reason = f"delivered {message.deliveries} times; max_deliveries is {max_deliveries}"
+            await self._dead_letter(message, reason, env.job_id, env.task, "TooManyDeliveries")
+            return False
+        if task is None:
+            # Perhaps a newer deployment knows it (rolling deploy): leave the message
+            # pending, unheld, so it is reclaimed after the visibility timeout and,
+            # past max_deliveries, dead-lettered.
+            self._log.warning(
+                "unknown task; leaving it for a worker that knows it", job_id=env.job_id,
+                task=env.task, attempt=env.attempt, duration_ms=0, deliveries=message.deliveries,
+            )  # fmt: skip
+            return False
+        try:
             args, kwargs = load_arguments(app.serializer, env)
         except PoisonMessage as poison:
-            await self._dead_letter(message, poison)
+            await self._dead_letter(message, poison.reason, env.job_id, env.task)
             return False
-        log = self._log.bind(job_id=env.job_id, task=env.task, attempt=env.attempt)
-        log.debug("job started", priority=message.priority)
         timeout_s = env.timeout_s if env.timeout_s is not None else task.options.timeout_s
-        max_retries = env.max_retries if env.max_retries is not None else task.options.max_retries
         result: Execution = await execute(
             task, args, kwargs, app.serializer, self._thread_limiter, timeout_s
         )
-        first: bytes | str
-        if result.ok:
-            status, first = "succeeded", result.result
-        else:
-            retry = result.retryable and env.attempt <= max_retries
-            status, first = ("retry" if retry else "failed"), result.error_type
         self.processed += 1
-        with anyio.CancelScope(shield=True):
-            await send.send(
-                Outcome(
-                    stream=message.stream,
-                    job_key=app.keys.job(env.job_id),
-                    msg_id=message.msg_id,
-                    deliveries=message.deliveries,
-                    job_id=env.job_id,
-                    task=env.task,
-                    attempt=env.attempt,
-                    status=status,
-                    result_or_error_type=first,
-                    error=result.error,
-                    traceback=result.traceback,
-                    duration_ms=result.duration_ms,
-                )
-            )
+        await send.send(self._outcome(message, env, task, max_retries, result))
         return True
 
-    async def _dead_letter(self, message: Message, poison: PoisonMessage) -> None:
+    def _max_retries(self, env: Envelope, task: Task[Any, Any, Any] | None) -> int:
+        if env.max_retries is not None:
+            return env.max_retries
+        return task.options.max_retries if task is not None else self.app.settings.max_retries
+
+    def _outcome(
+        self,
+        message: Message,
+        env: Envelope,
+        task: Task[Any, Any, Any],
+        max_retries: int,
+        result: Execution,
+    ) -> Outcome:
+        first: bytes | str = result.result
+        status, delay_s = "succeeded", None
+        if not result.ok:
+            first = result.error_type
+            options = task.options
+            if result.retryable:
+                delay_s = retry_delay_s(
+                    result.exception, attempt=env.attempt, max_retries=max_retries,
+                    retry_on=options.retry_on, backoff_base_s=options.backoff_base_s,
+                    backoff_cap_s=options.backoff_cap_s,
+                )  # fmt: skip
+            status = "failed" if delay_s is None else "retry"
+        return Outcome(
+            stream=message.stream,
+            job_key=self.app.keys.job(env.job_id),
+            msg_id=message.msg_id,
+            deliveries=message.deliveries,
+            job_id=env.job_id,
+            task=env.task,
+            attempt=env.attempt,
+            status=status,
+            result_or_error_type=first,
+            error=result.error,
+            traceback=result.traceback,
+            duration_ms=result.duration_ms,
+            retry_delay_ms=0 if delay_s is None else int(delay_s * 1000),
+            priority=message.priority,
+        )
+
+    async def _dead_letter(
+        self,
+        message: Message,
+        reason: str,
+        job_id: str | None,
+        task: str | None,
+        error_type: str = "PoisonMessage",
+    ) -> None:
         log = self._log.bind(
-            job_id=poison.job_id, task=poison.task, attempt=None, duration_ms=0,
-            msg_id=message.msg_id.decode(), stream=message.stream,
+            job_id=job_id, task=task, attempt=None, duration_ms=0,
+            msg_id=message.msg_id.decode(), stream=message.stream, deliveries=message.deliveries,
         )  # fmt: skip
         try:
             moved = await move_to_dlq(
                 await self.app.scripts(), self.app.keys, self.app.settings, self.consumer,
-                message, poison.reason, poison.job_id, poison.task,
+                message, reason, job_id, task, error_type,
             )  # fmt: skip
         except RedisError as exc:
             log.error(
-                "poison message not moved to the DLQ; it stays pending",
-                reason=poison.reason,
-                error=repr(exc),
+                "message not moved to the DLQ; it stays pending", reason=reason, error=repr(exc)
             )
             return
         if moved:
-            log.warning("poison message moved to the DLQ", reason=poison.reason)
+            log.warning("message moved to the DLQ", reason=reason, error_type=error_type)
         else:
-            log.warning(
-                "poison message lost ownership before it reached the DLQ", reason=poison.reason
-            )
+            log.warning("message lost ownership before it reached the DLQ", reason=reason)
 
     # -- bookkeeping ---------------------------------------------------------------
 
-    def _settled(self, count: int) -> None:
-        self._unsettled -= count
+    def _settled(self, keys: list[tuple[str, bytes]]) -> None:
+        self._unsettled -= len(keys)
+        if self._heartbeat is not None:
+            for stream, msg_id in keys:
+                self._heartbeat.release(stream, msg_id)
         self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
 
-    async def _wait_change(self) -> None:
+    async def _wait_change(self, timeout_s: float | None = None) -> None:
         self._changed = anyio.Event()
-        await self._changed.wait()
-
-    async def _wait_unsettled_zero(self, timeout_s: float) -> None:
         with anyio.move_on_after(timeout_s):
-            while self._unsettled > 0:
-                await self._wait_change()
+            await self._changed.wait()
 
     @property
     def in_flight(self) -> int:

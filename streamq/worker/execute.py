@@ -37,6 +37,8 @@ class Execution:
     traceback: str = ""
     retryable: bool = True
     """False when running again cannot help (the result cannot be encoded)."""
+    exception: BaseException | None = None
+    """What the handler raised (None for success and timeouts); decides retry_on."""
 
 
 def load_arguments(serializer: Serializer, envelope: Envelope) -> tuple[list[Any], dict[str, Any]]:
@@ -112,6 +114,7 @@ def _failure(exc: BaseException, started: float) -> Execution:
         error_type=type(exc).__qualname__,
         error=str(exc)[:4000],
         traceback=text,
+        exception=exc,
     )
 
 

@@ -1,13 +1,22 @@
-"""Fetching: new messages for this consumer, strictly highest priority first.
+"""Fetching: which message this worker runs next.
 
-First the ``fetch`` script reads the priority streams in order in one round
-trip. Only when all are empty does the fetcher block (XREADGROUP BLOCK on
-every stream), so an idle worker wakes as soon as a job arrives instead of
-polling. The block stays well under the client's socket timeout.
+In order of preference:
+
+1. its own pending messages (``drain``), once at start: a worker restarting
+   under the same consumer name finishes what it held before;
+2. messages idle past their visibility timeout in any consumer's PEL
+   (``reclaim``), every janitor interval: a crashed worker's jobs come back;
+3. new messages (``fetch``), read by one script in strict priority order;
+4. when all are empty, a blocking XREADGROUP on every stream (``wait``), so an
+   idle worker wakes as soon as a job arrives instead of polling.
+
+Delivery counts always come from Redis (DESIGN.md invariant 5).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -16,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from streamq.keys import GROUP, Keyspace
 from streamq.scripts import Entry, Scripts
+from streamq.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,30 +44,88 @@ class Fetcher:
         redis: Redis,
         scripts: Scripts,
         keys: Keyspace,
-        priorities: tuple[str, ...],
+        settings: Settings,
         consumer: str,
         block_ms: int,
+        visibility_ms: Mapping[str, int] | None = None,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._keys = keys
+        self._settings = settings
         self._consumer = consumer
         self._block_ms = block_ms
-        self._streams = [keys.stream(p) for p in priorities]
-        self._priority_of = dict(zip(self._streams, priorities, strict=True))
-        self._rank = {s: i for i, s in enumerate(self._streams)}
+        self.streams = [keys.stream(p) for p in settings.priorities]
+        self._priority_of = dict(zip(self.streams, settings.priorities, strict=True))
+        self._rank = {s: i for i, s in enumerate(self.streams)}
+        self._default_vis_ms = int(settings.visibility_timeout_s * 1000)
+        self._vis_ms = dict(visibility_ms or {})
+        self._min_vis_ms = min([self._default_vis_ms, *self._vis_ms.values()])
+        self._drain_from: list[bytes | str] | None = ["0"] * len(self.streams)
+
+    @property
+    def min_visibility_s(self) -> float:
+        return self._min_vis_ms / 1000
 
     async def ensure_groups(self) -> None:
         """Create the group on every stream at id 0 (not ``$``: keep earlier jobs)."""
-        for stream in self._streams:
+        for stream in self.streams:
             try:
                 await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
+    @property
+    def draining(self) -> bool:
+        return self._drain_from is not None
+
+    async def drain(self, count: int) -> list[Message]:
+        """The next page of this consumer's own pending messages; [] once none are left."""
+        if self._drain_from is None:
+            return []
+        got = await self._scripts.drain(
+            self.streams, GROUP, self._consumer, count, self._drain_from
+        )
+        if not got:
+            self._drain_from = None
+            return []
+        messages = []
+        for index, msg_id, fields, deliveries in got:
+            self._drain_from[index] = msg_id
+            stream = self.streams[index]
+            messages.append(Message(stream, self._priority_of[stream], msg_id, fields, deliveries))
+        return messages
+
+    async def reclaim(self, count: int) -> list[Message]:
+        """Up to ``count`` messages idle past their visibility timeout, highest priority first."""
+        messages: list[Message] = []
+        for stream in self.streams:
+            if len(messages) >= count:
+                break
+            got = await self._scripts.reclaim(
+                stream=stream,
+                dlq=self._keys.dlq,
+                events=self._keys.events,
+                group=GROUP,
+                consumer=self._consumer,
+                count=count - len(messages),
+                min_idle_ms=self._min_vis_ms,
+                now_ms=int(time.time() * 1000),
+                events_maxlen=self._settings.events_maxlen,
+                default_visibility_ms=self._default_vis_ms,
+                visibility_ms=self._vis_ms,
+            )
+            priority = self._priority_of[stream]
+            messages += [
+                Message(stream, priority, msg_id, fields or None, deliveries)
+                for msg_id, fields, deliveries, _owner in got
+            ]
+        return messages
+
     async def fetch(self, count: int) -> list[Message]:
         """Up to ``count`` new messages without blocking, highest priority first."""
-        reply = await self._scripts.fetch(self._streams, GROUP, self._consumer, count)
+        reply = await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
         return self._messages(reply)
 
     async def wait(self) -> list[Message]:
@@ -69,7 +137,7 @@ class Fetcher:
         reply = await self._redis.xreadgroup(
             GROUP,
             self._consumer,
-            dict.fromkeys(self._streams, ">"),
+            dict.fromkeys(self.streams, ">"),
             count=1,
             block=self._block_ms,
         )

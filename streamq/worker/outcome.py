@@ -32,7 +32,7 @@ class OutcomeWriter:
         keys: Keyspace,
         settings: Settings,
         consumer: str,
-        on_settled: Callable[[int], None],
+        on_settled: Callable[[list[tuple[str, bytes]]], None],
         max_batch: int = 200,
     ) -> None:
         self._scripts = scripts
@@ -60,6 +60,8 @@ class OutcomeWriter:
             replies = await self._scripts.complete(
                 self._keys.events,
                 batch,
+                delayed=self._keys.delayed,
+                dlq=self._keys.dlq,
                 group=GROUP,
                 consumer=self._consumer,
                 now_ms=int(time.time() * 1000),
@@ -75,7 +77,7 @@ class OutcomeWriter:
                     job_id=o.job_id, task=o.task, attempt=o.attempt,
                     duration_ms=o.duration_ms, error=repr(exc),
                 )  # fmt: skip
-            self._on_settled(len(batch))
+            self._on_settled([(o.stream, o.msg_id) for o in batch])
             return
         for o, reply in zip(batch, replies, strict=True):
             event = {"succeeded": "job succeeded", "failed": "job failed", "retry": "job retried"}[
@@ -91,11 +93,14 @@ class OutcomeWriter:
                 )
             elif o.status == "succeeded":
                 self._log.info(event, **context)
-            else:
+            elif o.status == "retry":
                 self._log.warning(
-                    event, error_type=o.result_or_error_type, error=o.error, **context
-                )
-        self._on_settled(len(batch))
+                    event, error_type=o.result_or_error_type, error=o.error,
+                    retry_in_ms=o.retry_delay_ms, **context,
+                )  # fmt: skip
+            else:
+                self._log.error(event, error_type=o.result_or_error_type, error=o.error, **context)
+        self._on_settled([(o.stream, o.msg_id) for o in batch])
 
 
 async def move_to_dlq(
@@ -107,6 +112,7 @@ async def move_to_dlq(
     reason: str,
     job_id: str | None,
     task: str | None,
+    error_type: str = "PoisonMessage",
 ) -> bool:
     """Dead-letter one message that cannot run; False when it is no longer ours."""
     with anyio.CancelScope(shield=True):
@@ -127,5 +133,6 @@ async def move_to_dlq(
             result_ttl_ms=int(settings.result_ttl_s * 1000),
             job_id=job_id,
             task=task,
+            error_type=error_type,
         )
     return dlq_id is not None

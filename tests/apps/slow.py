@@ -33,7 +33,7 @@ def register(app: App) -> App:
     async def add(a: int, b: int) -> int:
         return a + b
 
-    @app.task(name=FAIL, max_retries=1)
+    @app.task(name=FAIL, max_retries=1, backoff_base=0.05)
     async def fail(message: str) -> None:
         raise ValueError(message)
 

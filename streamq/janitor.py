@@ -1,0 +1,106 @@
+"""The janitor: singleton duties that keep a queue healthy.
+
+Runs inside every worker by default and alone as ``streamq janitor``; a
+leader lease makes one janitor per queue do the work at a time:
+
+- promote due jobs from the delayed set (scheduled jobs and retries waiting
+  for their backoff) into their priority streams, every ``janitor_interval_s``;
+- remove consumers idle for ``consumer_idle_s`` with nothing pending (a fresh
+  consumer name per process would otherwise leave dead ones behind).
+
+Reclaiming stuck messages is not here: a reclaimed message must be run, so
+each worker reclaims for itself (``worker.fetch``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from redis.exceptions import RedisError
+
+from streamq.app import App
+from streamq.keys import GROUP
+from streamq.lease import Lease
+from streamq.logging import get_logger
+
+PROMOTE_BATCH = 500
+
+
+class Janitor:
+    def __init__(self, app: App, owner: str, *, interval_s: float | None = None) -> None:
+        self.app = app
+        self.owner = owner
+        self.interval_s = interval_s or app.settings.janitor_interval_s
+        self.promoted = 0
+        self.consumers_removed = 0
+        self._last_cleanup = 0.0
+        self._log = get_logger(queue=app.name, worker=owner, role="janitor")
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        scripts = await self.app.scripts()
+        # Long enough to survive a slow pass, short enough for a quick failover.
+        lease = Lease(
+            scripts, self.app.keys.lock("janitor"), max(3 * self.interval_s, 2.0), self.owner
+        )
+        task_status.started()
+        try:
+            while True:
+                try:
+                    if await lease.acquire_or_renew():
+                        await self.run_once()
+                except RedisError as exc:
+                    self._log.warning("janitor pass failed; retrying", error=repr(exc))
+                await anyio.sleep(self.interval_s)
+        finally:
+            await lease.release()
+
+    async def run_once(self) -> None:
+        """One pass of every duty (the caller holds the lease)."""
+        await self.promote_due()
+        now = time.monotonic()
+        if now - self._last_cleanup >= min(60.0, self.app.settings.consumer_idle_s):
+            self._last_cleanup = now
+            await self.remove_idle_consumers()
+
+    async def promote_due(self) -> int:
+        app = self.app
+        scripts = await app.scripts()
+        total = 0
+        while True:
+            moved = await scripts.promote(
+                delayed=app.keys.delayed,
+                events=app.keys.events,
+                streams=[app.keys.stream(p) for p in app.settings.priorities],
+                priorities=app.settings.priorities,
+                now_ms=int(time.time() * 1000),
+                limit=PROMOTE_BATCH,
+                group=GROUP,
+                events_maxlen=app.settings.events_maxlen,
+            )
+            total += moved
+            if moved < PROMOTE_BATCH:
+                break
+        if total:
+            self.promoted += total
+            self._log.info("promoted due jobs", count=total)
+        return total
+
+    async def remove_idle_consumers(self) -> list[str]:
+        app = self.app
+        scripts = await app.scripts()
+        removed: list[str] = []
+        for priority in app.settings.priorities:
+            names = await scripts.prune_consumers(
+                app.keys.stream(priority),
+                GROUP,
+                int(app.settings.consumer_idle_s * 1000),
+                self.owner,
+            )
+            removed += [n.decode(errors="replace") for n in names]
+        if removed:
+            self.consumers_removed += len(removed)
+            self._log.info("removed idle consumers", consumers=removed)
+        return removed

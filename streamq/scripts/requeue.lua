@@ -1,0 +1,37 @@
+-- requeue: move one DLQ entry back to its priority stream as a fresh first
+-- attempt, atomically removing it from the DLQ (no window where it is in both
+-- or in neither). The job hash, if it still exists, is queued again with its
+-- TTL removed (it is no longer final).
+--
+-- KEYS[1] dlq stream   KEYS[2] target stream   KEYS[3] job hash   KEYS[4] events stream
+-- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms   ARGV[4] events maxlen
+-- reply: the new stream id, or 0 when the DLQ entry is gone (already requeued)
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
+if not entry then return 0 end
+local fields, job, task = {}, '', ''
+local src = entry[2]
+for f = 1, #src - 1, 2 do
+  local name, value = src[f], src[f + 1]
+  if string.sub(name, 1, 4) ~= 'dlq_' then
+    if name == 'attempt' then value = '1' end
+    if name == 'id' then job = value end
+    if name == 'task' then task = value end
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+if job == '' then return redis.error_reply('DLQ entry has no job id to requeue') end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
+end
+local msg_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+redis.call('XDEL', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', '0', 'msg_id', msg_id)
+  redis.call('HDEL', KEYS[3], 'result', 'error_type', 'error', 'traceback', 'outcome_msg',
+    'finished_ms', 'dlq_id')
+  redis.call('PERSIST', KEYS[3])
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'requeued', 'job', job,
+  'task', task, 'msg', msg_id, 'from_dlq', ARGV[1], 'ts', ARGV[3])
+return msg_id
