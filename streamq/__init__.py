@@ -1,6 +1,7 @@
 """streamq: background jobs on Redis Streams consumer groups."""
 
 from streamq.app import App
+from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters
 from streamq.errors import (
     ConfigError,
     EmbeddedServerError,
@@ -15,6 +16,7 @@ from streamq.errors import (
 )
 from streamq.job import Job, JobStatus
 from streamq.logging import configure_logging
+from streamq.retry import Retry
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings
 from streamq.task import Task, TaskOptions
@@ -23,6 +25,9 @@ from streamq.worker import Worker
 __all__ = (
     "App",
     "ConfigError",
+    "DeadLetter",
+    "DeadLetterNotFound",
+    "DeadLetters",
     "EmbeddedServerError",
     "EnqueueError",
     "JSONSerializer",
@@ -32,6 +37,7 @@ __all__ = (
     "JobStatus",
     "JobTimedOut",
     "PayloadTooLarge",
+    "Retry",
     "SerializationError",
     "Serializer",
     "Settings",

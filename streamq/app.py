@@ -77,7 +77,7 @@ class App:
         self._scripts: Scripts | None = None
         self._embedded: embedded.Embedded | None = None
         self._connect_lock = anyio.Lock()
-        self._default_priority = (
+        self.default_priority = (
             "default"
             if "default" in settings.priorities
             else settings.priorities[len(settings.priorities) // 2]
@@ -140,7 +140,7 @@ class App:
             retry_on: exception types that are retried; others fail at once.
         """
         options = TaskOptions(
-            priority=priority or self._default_priority,
+            priority=priority or self.default_priority,
             max_retries=self.settings.max_retries if max_retries is None else max_retries,
             timeout_s=timeout,
             visibility_timeout_s=visibility_timeout,

@@ -146,7 +146,7 @@ async def test_failure_is_recorded_with_traceback_and_acked(app: App) -> None:
 async def test_retries_up_to_max_retries_then_succeed(app: App) -> None:
     calls = 0
 
-    @app.task(max_retries=2)
+    @app.task(max_retries=2, backoff_base=0.01)
     async def flaky() -> str:
         nonlocal calls
         calls += 1
@@ -167,7 +167,7 @@ async def test_retries_up_to_max_retries_then_succeed(app: App) -> None:
 async def test_retries_spent_means_failed(app: App) -> None:
     calls = 0
 
-    @app.task(max_retries=1)
+    @app.task(max_retries=1, backoff_base=0.01)
     async def always() -> None:
         nonlocal calls
         calls += 1
@@ -257,7 +257,7 @@ async def test_result_that_cannot_be_encoded_fails_without_retry(app: App) -> No
 
 
 async def test_burst_worker_returns_once_the_queue_is_empty(app: App) -> None:
-    @app.task(max_retries=1)
+    @app.task(max_retries=1, backoff_base=0.01)
     async def flaky(n: int) -> int:
         if n % 3 == 0 and not flaky_seen.setdefault(n, False):
             flaky_seen[n] = True
@@ -318,3 +318,56 @@ async def test_with_options_max_retries_and_timeout_apply_to_that_job(app: App) 
     (_, first), (_, second) = await redis.xrange(app.keys.stream("default"))
     assert first[b"max_retries"] == b"0" and b"timeout" not in first
     assert second[b"timeout"] == b"0.1"
+
+
+async def test_retry_waits_for_its_backoff_in_the_delayed_set(app: App) -> None:
+    """A retry is not re-run at once: it waits in the delayed set until due."""
+    calls = 0
+
+    @app.task(max_retries=1, backoff_base=0.5, backoff_cap=0.5)
+    async def once_more() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("first attempt fails")
+        return "second"
+
+    job = await once_more.enqueue()
+    redis = await app.redis()
+    async with running_worker(app):
+
+        async def retrying() -> bool:
+            return await job.status() == JobStatus.RETRYING
+
+        await wait_until(retrying, description="the job to wait for its retry")
+        info = await job.info()
+        assert int(info["due_ms"]) >= int(info["started_ms"])
+        assert await redis.zcard(app.keys.delayed) == 1
+        assert await job.result(timeout=10) == "second"
+    assert await redis.zcard(app.keys.delayed) == 0
+    kinds = await event_kinds(app, job.id)
+    assert kinds == ["enqueued", "started", "retried", "promoted", "started", "succeeded"]
+
+
+async def test_retry_on_and_retry_exception(app: App) -> None:
+    from streamq.retry import Retry
+
+    calls: dict[str, int] = {"typed": 0, "asked": 0}
+
+    @app.task(max_retries=3, retry_on=(ConnectionError,), backoff_base=0.01)
+    async def typed() -> None:
+        calls["typed"] += 1
+        raise KeyError("not retried: not a ConnectionError")
+
+    @app.task(max_retries=3, retry_on=(ConnectionError,))
+    async def asked() -> str:
+        calls["asked"] += 1
+        if calls["asked"] < 3:
+            raise Retry(delay=0.01)
+        return "third time"
+
+    first, second = await typed.enqueue(), await asked.enqueue()
+    async with running_worker(app):
+        assert await first.wait(timeout=10) == JobStatus.FAILED
+        assert await second.result(timeout=10) == "third time"
+    assert calls == {"typed": 1, "asked": 3}

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import typer
 
-from streamq.cli import demo, worker
+from streamq.cli import demo, janitor, worker
+from streamq.cli.dlq import dlq_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -24,6 +25,8 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 cli.command("worker")(worker.worker)
+cli.command("janitor")(janitor.janitor)
+cli.add_typer(dlq_cli, name="dlq")
 cli.command("demo")(demo.demo)
 
 

@@ -237,11 +237,13 @@ class Scripts:
 
     async def requeue(
         self, *, dlq: str, stream: str, job_key: str, events: str, dlq_id: bytes | str,
-        group: str, now_ms: int, events_maxlen: int,
+        group: str, now_ms: int, events_maxlen: int, priority: str,
     ) -> bytes | None:  # fmt: skip
         """Returns the new stream id, or None when the DLQ entry was already gone."""
         reply = await self._call(
-            "requeue", [dlq, stream, job_key, events], [dlq_id, group, now_ms, events_maxlen]
+            "requeue",
+            [dlq, stream, job_key, events],
+            [dlq_id, group, now_ms, events_maxlen, priority],
         )
         return None if reply == 0 else cast(bytes, reply)
 

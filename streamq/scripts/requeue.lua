@@ -1,10 +1,11 @@
 -- requeue: move one DLQ entry back to its priority stream as a fresh first
 -- attempt, atomically removing it from the DLQ (no window where it is in both
--- or in neither). The job hash, if it still exists, is queued again with its
--- TTL removed (it is no longer final).
+-- or in neither). The job hash is queued again with its TTL removed (it is no
+-- longer final), or written anew if it had expired.
 --
 -- KEYS[1] dlq stream   KEYS[2] target stream   KEYS[3] job hash   KEYS[4] events stream
 -- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms   ARGV[4] events maxlen
+-- ARGV[5] priority (of the target stream)
 -- reply: the new stream id, or 0 when the DLQ entry is gone (already requeued)
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
 if not entry then return 0 end
@@ -26,12 +27,11 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 local msg_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', '0', 'msg_id', msg_id)
-  redis.call('HDEL', KEYS[3], 'result', 'error_type', 'error', 'traceback', 'outcome_msg',
-    'finished_ms', 'dlq_id')
-  redis.call('PERSIST', KEYS[3])
-end
+redis.call('HDEL', KEYS[3], 'result', 'error_type', 'error', 'traceback', 'outcome_msg',
+  'finished_ms', 'dlq_id', 'due_ms', 'started_ms', 'worker', 'duration_ms')
+redis.call('HSET', KEYS[3], 'status', 'queued', 'task', task, 'priority', ARGV[5],
+  'attempts', '0', 'msg_id', msg_id, 'enqueued_ms', ARGV[3])
+redis.call('PERSIST', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'requeued', 'job', job,
   'task', task, 'msg', msg_id, 'from_dlq', ARGV[1], 'ts', ARGV[3])
 return msg_id

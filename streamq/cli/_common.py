@@ -1,0 +1,59 @@
+"""Helpers shared by subcommands: options, durations, running with an App."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import anyio
+import typer
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from streamq.app import App
+from streamq.errors import EmbeddedServerError
+
+T = TypeVar("T")
+
+AppArg = Annotated[str, typer.Argument(metavar="APP", help="module:attribute of your App")]
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option(envvar="STREAMQ_REDIS_URL", help="Redis URL; default: the embedded server."),
+]
+LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+JsonLogsOpt = Annotated[
+    bool | None, typer.Option("--json/--no-json", help="Default: JSON unless on a terminal.")
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` → seconds; exit 2 otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration like 90s, 15m, 12h or 7d", param_hint=option
+        )
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def check_log_level(level: str) -> str:
+    if level.lower() not in {"debug", "info", "warning", "error"}:
+        raise typer.BadParameter(f"unknown level {level!r}", param_hint="--log-level")
+    return level
+
+
+def run_with_app(app: App, body: Callable[[App], Awaitable[T]]) -> T:
+    """Run ``body`` with the App connected; exit 3 if Redis cannot be reached or started."""
+
+    async def main() -> T:
+        async with app:
+            return await body(app)
+
+    try:
+        return anyio.run(main)
+    except (EmbeddedServerError, RedisConnectionError) as exc:
+        typer.echo(f"streamq: cannot reach Redis: {exc}", err=True)
+        raise typer.Exit(3) from None

@@ -1,0 +1,181 @@
+"""The dead-letter queue: inspect, requeue and purge dead jobs.
+
+A DLQ entry holds the original stream entry's fields (when they still
+existed) plus ``dlq_*`` fields: why it died, where it came from, its delivery
+count, and for a handler failure the last error and traceback. Requeueing
+moves it back to its priority stream as a fresh first attempt in one script,
+so an entry is never in both places or in neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import cast
+
+from streamq.app import App
+from streamq.errors import StreamqError
+from streamq.keys import GROUP
+
+_PAGE = 500
+
+
+class DeadLetterNotFound(StreamqError, LookupError):
+    """Raised for a DLQ entry id that is not (or no longer) in the DLQ."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"no DLQ entry {entry_id!r} (requeued or purged?)")
+        self.entry_id = entry_id
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    """The DLQ entry id (also when it died: ms-seq)."""
+    job_id: str | None
+    task: str | None
+    reason: str
+    error_type: str
+    error: str
+    traceback: str
+    attempts: int | None
+    deliveries: int | None
+    origin_stream: str
+    origin_id: str
+    dead_ms: int
+    fields: dict[str, str]
+    """Every field of the entry, decoded leniently, for ``dlq show``."""
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.dead_ms / 1000)
+
+    @classmethod
+    def from_entry(cls, entry_id: bytes, raw: dict[bytes, bytes]) -> DeadLetter:
+        f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        dead_ms = _int(f.get("dlq_ms")) or int(entry_id.split(b"-")[0])
+        return cls(
+            id=entry_id.decode(),
+            job_id=f.get("id"),
+            task=f.get("task"),
+            reason=f.get("dlq_reason", ""),
+            error_type=f.get("dlq_error_type", ""),
+            error=f.get("dlq_error", ""),
+            traceback=f.get("dlq_traceback", ""),
+            attempts=_int(f.get("dlq_attempts") or f.get("attempt")),
+            deliveries=_int(f.get("dlq_deliveries")),
+            origin_stream=f.get("dlq_origin", ""),
+            origin_id=f.get("dlq_origin_id", ""),
+            dead_ms=dead_ms,
+            fields=f,
+        )
+
+
+class DeadLetters:
+    """The DLQ of one App's queue."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def count(self) -> int:
+        redis = await self.app.redis()
+        return int(await redis.xlen(self.app.keys.dlq))
+
+    async def iter(self, *, task: str | None = None) -> AsyncIterator[DeadLetter]:
+        """Every entry, oldest first, optionally only those of one task."""
+        redis = await self.app.redis()
+        start = "-"
+        while True:
+            page = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                await redis.xrange(self.app.keys.dlq, start, "+", count=_PAGE),
+            )
+            for entry_id, raw in page:
+                letter = DeadLetter.from_entry(entry_id, raw)
+                if task is None or letter.task == task:
+                    yield letter
+            if len(page) < _PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def entries(self, *, limit: int = 100, task: str | None = None) -> list[DeadLetter]:
+        """Up to ``limit`` entries, oldest first."""
+        out: list[DeadLetter] = []
+        async for letter in self.iter(task=task):
+            out.append(letter)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def get(self, entry_id: str) -> DeadLetter:
+        redis = await self.app.redis()
+        page = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await redis.xrange(self.app.keys.dlq, entry_id, entry_id),
+        )
+        if not page:
+            raise DeadLetterNotFound(entry_id)
+        return DeadLetter.from_entry(*page[0])
+
+    async def requeue(self, entry_id: str) -> str:
+        """Move one entry back to its priority stream; returns the job id.
+
+        Raises DeadLetterNotFound if it is gone, and ValueError for an entry
+        with no job id (garbage that never was a job: purge it instead).
+        """
+        letter = await self.get(entry_id)
+        if not letter.job_id:
+            raise ValueError(f"DLQ entry {entry_id} has no job id; it cannot be requeued")
+        app = self.app
+        priority = self._priority_of(letter)
+        scripts = await app.scripts()
+        new_id = await scripts.requeue(
+            dlq=app.keys.dlq,
+            stream=app.keys.stream(priority),
+            job_key=app.keys.job(letter.job_id),
+            events=app.keys.events,
+            dlq_id=entry_id,
+            group=GROUP,
+            now_ms=int(time.time() * 1000),
+            events_maxlen=app.settings.events_maxlen,
+            priority=priority,
+        )
+        if new_id is None:
+            raise DeadLetterNotFound(entry_id)
+        return letter.job_id
+
+    async def requeue_all(self, *, task: str | None = None) -> list[str]:
+        """Requeue every entry (of one task) that has a job id; returns the job ids."""
+        ids = [letter.id async for letter in self.iter(task=task) if letter.job_id]
+        requeued = []
+        for entry_id in ids:
+            try:
+                requeued.append(await self.requeue(entry_id))
+            except DeadLetterNotFound:
+                continue  # requeued or purged by someone else meanwhile
+        return requeued
+
+    async def purge(self, *, older_than_s: float | None = None) -> int:
+        """Delete entries (older than ``older_than_s``, or all); returns how many."""
+        redis = await self.app.redis()
+        if older_than_s is None:
+            return int(await redis.xtrim(self.app.keys.dlq, maxlen=0, approximate=False))
+        min_id = f"{int((time.time() - older_than_s) * 1000)}-0"
+        return int(await redis.xtrim(self.app.keys.dlq, minid=min_id, approximate=False))
+
+    def _priority_of(self, letter: DeadLetter) -> str:
+        for priority in self.app.settings.priorities:
+            if self.app.keys.stream(priority) == letter.origin_stream:
+                return priority
+        task = self.app.tasks.get(letter.task or "")
+        if task is not None:
+            return task.options.priority
+        return self.app.default_priority
+
+
+def _int(raw: str | None) -> int | None:
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
