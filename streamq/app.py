@@ -131,7 +131,8 @@ class App:
 
         Args:
             max_retries: attempts after the first (default: the App's, 3).
-            timeout: seconds before the handler is cancelled (default: none).
+            timeout: seconds before the handler is cancelled (default: the App's
+                ``task_timeout_s``, one hour).
             visibility_timeout: seconds a crashed worker's job waits before another
                 worker takes it (default: the App's, 300). Running jobs heartbeat,
                 so this bounds crash detection, not job length.

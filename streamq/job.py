@@ -19,12 +19,15 @@ _BLOCK_SLICE_S = 2.0  # stays well under the client's socket timeout
 
 
 class JobStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    """Waiting in the delayed set for its due time (``enqueue_in`` / ``enqueue_at``)."""
     QUEUED = "queued"
     """In its priority stream, not yet handed to a worker."""
     RUNNING = "running"
     """A worker fetched it and runs the handler."""
     RETRYING = "retrying"
-    """The handler failed and the job waits for its next attempt."""
+    """The handler failed; the job waits for its next attempt (in the delayed set
+    until its backoff is over, then in its stream)."""
     SUCCEEDED = "succeeded"
     """Final: the result is stored."""
     FAILED = "failed"

@@ -46,6 +46,9 @@ class Settings:
     """Size of the connection pool; callers past it wait instead of failing."""
     max_retries: int = 3
     """Default for tasks that do not set their own."""
+    task_timeout_s: float | None = 3600.0
+    """Default handler timeout for tasks that set none; None: no limit. A bound
+    by default, so a handler that hangs forever cannot hold a slot forever."""
     visibility_timeout_s: float = 300.0
     """A message pending this long without a heartbeat is reclaimed by another worker."""
     max_deliveries: int | None = None
@@ -76,6 +79,10 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive integer")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ConfigError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if self.task_timeout_s is not None and not 0 < self.task_timeout_s < float("inf"):
+            raise ConfigError(
+                f"task_timeout_s must be positive or None, got {self.task_timeout_s!r}"
+            )
         if self.max_deliveries is not None and (
             not isinstance(self.max_deliveries, int) or self.max_deliveries < 1
         ):

@@ -34,7 +34,7 @@ class TaskOptions:
     max_retries: int = 3
     """Attempts after the first that a failing handler gets."""
     timeout_s: float | None = None
-    """The handler is cancelled after this many seconds (None: no limit)."""
+    """The handler is cancelled after this many seconds (None: the App's task_timeout_s)."""
     visibility_timeout_s: float | None = None
     """None: the App's. Bounds how long a crashed worker's job waits to be reclaimed."""
     backoff_base_s: float = 1.0

@@ -22,7 +22,7 @@ from streamq.embedded import ValkeyServer
 
 # Keys that legitimately live without a TTL (the audit history and queues).
 PERMANENT_KINDS = {"stream", "events", "dlq", "delayed"}
-NOT_FINAL = {b"queued", b"running", b"retrying"}
+NOT_FINAL = {b"scheduled", b"queued", b"running", b"retrying"}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from streamq import App, JobFailed, JobStatus, JobTimedOut, Worker
+from streamq import App, JobFailed, JobStatus, JobTimedOut, Settings, Worker
 from streamq.keys import GROUP
 from tests.conftest import queue_name, running_worker, wait_until
 
@@ -371,3 +371,21 @@ async def test_retry_on_and_retry_exception(app: App) -> None:
         assert await first.wait(timeout=10) == JobStatus.FAILED
         assert await second.result(timeout=10) == "third time"
     assert calls == {"typed": 1, "asked": 3}
+
+
+async def test_app_default_timeout_bounds_a_handler_that_hangs_forever(redis_url: str) -> None:
+    """A handler with no timeout of its own still cannot hold a slot forever."""
+    app = App(queue_name(), redis_url=redis_url, settings=Settings(task_timeout_s=0.2))
+
+    @app.task(max_retries=0)
+    async def hangs() -> None:
+        await anyio.sleep_forever()
+
+    async with app:
+        job = await hangs.enqueue()
+        async with running_worker(app):
+            with pytest.raises(JobTimedOut):
+                await job.result(timeout=10)
+        redis = await app.redis()
+        async for key in redis.scan_iter(match=app.keys.pattern()):
+            await redis.delete(key)

@@ -288,7 +288,7 @@ class Worker:
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, env.job_id, env.task)
             return False
-        timeout_s = env.timeout_s if env.timeout_s is not None else task.options.timeout_s
+        timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         result: Execution = await execute(
             task, args, kwargs, app.serializer, self._thread_limiter, timeout_s
         )
