@@ -6,7 +6,10 @@ leader lease makes one janitor per queue do the work at a time:
 - promote due jobs from the delayed set (scheduled jobs and retries waiting
   for their backoff) into their priority streams, every ``janitor_interval_s``;
 - remove consumers idle for ``consumer_idle_s`` with nothing pending (a fresh
-  consumer name per process would otherwise leave dead ones behind).
+  consumer name per process would otherwise leave dead ones behind);
+- trim history older than ``retention_s`` (or beyond ``retention_maxlen``)
+  from the priority streams and the events stream, every ``trim_interval_s``,
+  never past a pending or unread entry (``scripts/trim.lua``).
 
 Reclaiming stuck messages is not here: a reclaimed message must be run, so
 each worker reclaims for itself (``worker.fetch``).
@@ -35,6 +38,8 @@ class Janitor:
         self.promoted = 0
         self.consumers_removed = 0
         self._last_cleanup = 0.0
+        self._last_trim = 0.0
+        self.trimmed = 0
         self._log = get_logger(queue=app.name, worker=owner, role="janitor")
 
     async def run(
@@ -64,6 +69,9 @@ class Janitor:
         if now - self._last_cleanup >= min(60.0, self.app.settings.consumer_idle_s):
             self._last_cleanup = now
             await self.remove_idle_consumers()
+        if now - self._last_trim >= self.app.settings.trim_interval_s:
+            self._last_trim = now
+            await self.trim()
 
     async def promote_due(self) -> int:
         app = self.app
@@ -86,6 +94,28 @@ class Janitor:
         if total:
             self.promoted += total
             self._log.info("promoted due jobs", count=total)
+        return total
+
+    async def trim(self) -> int:
+        """Apply the retention limits to every priority stream and the events stream."""
+        app = self.app
+        settings = app.settings
+        if settings.retention_s is None and settings.retention_maxlen is None:
+            return 0
+        scripts = await app.scripts()
+        min_id = "0"
+        if settings.retention_s is not None:
+            min_id = f"{int((time.time() - settings.retention_s) * 1000)}-0"
+        total = 0
+        streams = [app.keys.stream(p) for p in settings.priorities] + [app.keys.events]
+        for stream in streams:
+            removed, _cut = await scripts.trim(
+                stream, min_id=min_id, maxlen=settings.retention_maxlen or 0
+            )
+            total += removed
+        if total:
+            self.trimmed += total
+            self._log.info("trimmed history", entries=total)
         return total
 
     async def remove_idle_consumers(self) -> list[str]:

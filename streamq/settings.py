@@ -57,6 +57,12 @@ class Settings:
     """How often the janitor promotes due delayed jobs and workers look for stuck ones."""
     consumer_idle_s: float = 3600.0
     """Consumers idle this long with nothing pending are removed from the group."""
+    retention_s: float | None = 7 * 86_400.0
+    """Acked history older than this is trimmed from the streams (None: keep)."""
+    retention_maxlen: int | None = None
+    """Also trim each stream to about this many entries (None: no length limit).
+    Neither limit ever trims a pending or unread entry."""
+    trim_interval_s: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,7 +75,7 @@ class Settings:
             raise ConfigError(f"priorities must be distinct, got {list(self.priorities)}")
         for name in (
             "result_ttl_s", "socket_timeout_s", "visibility_timeout_s", "janitor_interval_s",
-            "consumer_idle_s",
+            "consumer_idle_s", "trim_interval_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -79,6 +85,12 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive integer")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ConfigError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if self.retention_s is not None and not 0 <= self.retention_s < float("inf"):
+            raise ConfigError(f"retention_s must be >= 0 or None, got {self.retention_s!r}")
+        if self.retention_maxlen is not None and (
+            not isinstance(self.retention_maxlen, int) or self.retention_maxlen < 0
+        ):
+            raise ConfigError("retention_maxlen must be an integer >= 0 or None")
         if self.task_timeout_s is not None and not 0 < self.task_timeout_s < float("inf"):
             raise ConfigError(
                 f"task_timeout_s must be positive or None, got {self.task_timeout_s!r}"
@@ -103,6 +115,8 @@ class Settings:
             values["priorities"] = tuple(p.strip() for p in prios.split(",") if p.strip())
         if ttl := env.get("STREAMQ_RESULT_TTL"):
             values["result_ttl_s"] = _number("STREAMQ_RESULT_TTL", ttl)
+        if retention := env.get("STREAMQ_RETENTION"):
+            values["retention_s"] = _number("STREAMQ_RETENTION", retention)
         if vis := env.get("STREAMQ_VISIBILITY_TIMEOUT"):
             values["visibility_timeout_s"] = _number("STREAMQ_VISIBILITY_TIMEOUT", vis)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -36,7 +36,7 @@ class Script:
 
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
-    "drain", "prune_consumers", "requeue", "lease", "release",
+    "drain", "prune_consumers", "requeue", "lease", "release", "trim",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -246,6 +246,13 @@ class Scripts:
             [dlq_id, group, now_ms, events_maxlen, priority],
         )
         return None if reply == 0 else cast(bytes, reply)
+
+    async def trim(
+        self, stream: str, *, min_id: str, maxlen: int, max_examine: int = 10_000
+    ) -> tuple[int, str]:
+        """Trim history, never past pending or unread entries; returns (removed, cut)."""
+        removed, cut = await self._call("trim", [stream], [min_id, maxlen, max_examine])
+        return int(removed), cut.decode() if isinstance(cut, bytes) else str(cut)
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))

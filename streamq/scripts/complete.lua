@@ -91,6 +91,8 @@ for i = 1, n do
   elseif redis.call('HGET', job, 'outcome_msg') == msg_id then
     replies[i] = 2
   else
+    -- Fenced off: record that this worker's outcome was dropped, for the audit.
+    event('lost-ownership', a, {'outcome', ARGV[a + 5], 'error_type', ARGV[a + 6]})
     replies[i] = 0
   end
 end

@@ -1,0 +1,45 @@
+-- trim: drop old history from one stream without ever dropping work.
+-- The cut is the smallest of: the age cutoff, the length cutoff, and, for every
+-- consumer group on the stream, its oldest pending entry and its last-delivered
+-- id. So a pending entry is never trimmed (XAUTOCLAIM and XCLAIM would then drop
+-- it from the PEL: silent loss, DESIGN.md invariant 2) and neither is an entry
+-- no consumer has read yet. XTRIM MINID ~ only removes whole nodes below the
+-- cut, so it may keep a little more, never less.
+--
+-- KEYS[1] stream
+-- ARGV[1] age cutoff id ('0' for none)   ARGV[2] max length (0 for none)
+-- ARGV[3] max entries to examine for the length cutoff
+-- reply: {entries removed, the cut used ('' when nothing could be trimmed)}
+local function less(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+local cut = nil
+if ARGV[1] ~= '0' then cut = ARGV[1] end
+local maxlen = tonumber(ARGV[2])
+if maxlen > 0 then
+  local excess = redis.call('XLEN', KEYS[1]) - maxlen
+  if excess > 0 then
+    excess = math.min(excess, tonumber(ARGV[3]))
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess + 1)
+    local boundary = oldest[#oldest][1]
+    if cut == nil or less(boundary, cut) == false then cut = boundary end
+  end
+end
+if cut == nil then return {0, ''} end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for f = 1, #g - 1, 2 do info[g[f]] = g[f + 1] end
+  local summary = redis.call('XPENDING', KEYS[1], info['name'])
+  if tonumber(summary[1]) > 0 and less(summary[2], cut) then cut = summary[2] end
+  local delivered = info['last-delivered-id']
+  if delivered == '0-0' then return {0, ''} end
+  -- Entries after last-delivered-id are unread: keep the first of them too.
+  if less(delivered, cut) then cut = delivered end
+end
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', '~', cut)
+return {removed, cut}
