@@ -10,12 +10,14 @@ from streamq.errors import (
     JobNotFound,
     JobTimedOut,
     PayloadTooLarge,
+    QueueFull,
     SerializationError,
     StreamqError,
     UnknownPriorityError,
 )
-from streamq.job import Job, JobStatus
+from streamq.job import Job, JobProgress, JobStatus
 from streamq.logging import configure_logging
+from streamq.progress import JobContext, current_job, progress, progress_sync
 from streamq.retry import Retry
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings
@@ -32,11 +34,14 @@ __all__ = (
     "EnqueueError",
     "JSONSerializer",
     "Job",
+    "JobContext",
     "JobFailed",
     "JobNotFound",
+    "JobProgress",
     "JobStatus",
     "JobTimedOut",
     "PayloadTooLarge",
+    "QueueFull",
     "Retry",
     "SerializationError",
     "Serializer",
@@ -47,5 +52,8 @@ __all__ = (
     "UnknownPriorityError",
     "Worker",
     "configure_logging",
+    "current_job",
+    "progress",
+    "progress_sync",
 )
 __version__ = "0.1.0"

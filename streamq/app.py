@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from streamq import embedded
 from streamq.connection import make_client
-from streamq.errors import ConfigError, PayloadTooLarge, SerializationError
+from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, SerializationError
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.scripts import Arg, Scripts
@@ -20,6 +20,7 @@ from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
 from streamq.task import Task, TaskOptions
 
+QUEUE_FULL = -1  # enqueue.lua's reply code when max_pending is reached
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -51,6 +52,7 @@ class App:
         result_ttl: float | None = None,
         max_retries: int | None = None,
         visibility_timeout: float | None = None,
+        max_pending: int | None = None,
         serializer: Serializer | None = None,
         settings: Settings | None = None,
     ) -> None:
@@ -62,6 +64,7 @@ class App:
             "result_ttl_s": result_ttl,
             "max_retries": max_retries,
             "visibility_timeout_s": visibility_timeout,
+            "max_pending": max_pending,
         }
         if settings is None:
             settings = Settings.from_env(**overrides)
@@ -231,6 +234,7 @@ class App:
         """
         now_ms = int(time.time() * 1000)
         extra = self._option_fields(task)
+        all_streams = [self.keys.stream(p) for p in self.settings.priorities]
         prepared: list[tuple[list[str], list[Arg]]] = []
         ids: list[str] = []
         for args, kwargs in calls:
@@ -253,16 +257,24 @@ class App:
                     delayed=self.keys.delayed,
                     due_ms=due_ms,
                     extra=extra,
+                    max_pending=self.settings.max_pending or 0,
+                    all_streams=all_streams,
                 )
             )
         if not prepared:
             return []
         scripts = await self.scripts()
         if len(prepared) == 1:
-            await scripts.enqueue(prepared[0])
+            replies = [await scripts.enqueue(prepared[0])]
         else:
-            await scripts.enqueue_many(prepared)
-        return [Job(self, jid, task.name) for jid in ids]
+            replies = await scripts.enqueue_many(prepared)
+        jobs: list[Job[Any]] = [Job(self, jid, task.name) for jid in ids]
+        refused = [i for i, (code, _) in enumerate(replies) if code == QUEUE_FULL]
+        if refused:
+            accepted = [job for i, job in enumerate(jobs) if i not in set(refused)]
+            depth = int(replies[refused[0]][1])
+            raise QueueFull(self.name, depth, self.settings.max_pending or 0, accepted)
+        return jobs
 
     def _option_fields(self, task: Task[Any, Any, Any]) -> list[Arg]:
         """Entry fields for options a ``with_options`` copy changed from the registered task."""

@@ -7,7 +7,8 @@
     ├── UnknownPriorityError   a priority name the App does not define (also a ValueError)
     ├── EnqueueError           enqueue refused; nothing was written
     │   ├── SerializationError arguments the serializer cannot encode (also a TypeError)
-    │   └── PayloadTooLarge    encoded arguments over ``max_payload_bytes``
+    │   ├── PayloadTooLarge    encoded arguments over ``max_payload_bytes``
+    │   └── QueueFull          the queue already holds ``max_pending`` jobs
     ├── EmbeddedServerError    the embedded valkey-server could not be found or started
     ├── JobNotFound            no job hash for that id (never enqueued, or expired)
     └── JobFailed              the handler failed; carries its error type, message, traceback
@@ -18,6 +19,8 @@ is not finished in time, so callers can use one ``except`` for every timeout.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class StreamqError(Exception):
@@ -58,6 +61,21 @@ class PayloadTooLarge(EnqueueError):
         self.task = task
         self.size = size
         self.limit = limit
+
+
+class QueueFull(EnqueueError):
+    """Raised when the queue already holds ``max_pending`` unfinished jobs.
+
+    A web app turns this into 503. For ``enqueue_many``, ``accepted`` lists the
+    jobs that did go in before the limit was reached (they stay queued).
+    """
+
+    def __init__(self, queue: str, depth: int, limit: int, accepted: list[Any]) -> None:
+        super().__init__(f"queue {queue!r} holds {depth} pending jobs; max_pending is {limit}")
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.accepted = accepted
 
 
 class EmbeddedServerError(StreamqError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from streamq.errors import JobFailed, JobNotFound, JobTimedOut
@@ -16,6 +17,13 @@ R = TypeVar("R")
 
 _XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None
 _BLOCK_SLICE_S = 2.0  # stays well under the client's socket timeout
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    percent: float
+    message: str
+    at_ms: int
 
 
 class JobStatus(enum.StrEnum):
@@ -62,6 +70,19 @@ class Job(Generic[R]):
         redis = await self._app.redis()
         raw = cast(dict[bytes, bytes], await redis.hgetall(self._app.keys.job(self.id)))
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+    async def progress(self) -> JobProgress | None:
+        """The last progress the handler reported, or None if it reported none."""
+        redis = await self._app.redis()
+        raw = cast(
+            list[bytes | None],
+            await redis.hmget(
+                self._app.keys.job(self.id), ["progress", "progress_msg", "progress_ms"]
+            ),
+        )
+        if raw[0] is None:
+            return None
+        return JobProgress(float(raw[0]), (raw[1] or b"").decode(), int(raw[2] or 0))
 
     async def status(self) -> JobStatus:
         """Raises JobNotFound when no job hash exists for this id."""

@@ -41,6 +41,9 @@ class Settings:
     """Approximate cap on the lifecycle events stream."""
     max_payload_bytes: int = 1024 * 1024
     """Encoded arguments larger than this are refused at enqueue."""
+    max_pending: int | None = None
+    """Backpressure: enqueue raises QueueFull once the queue holds this many unfinished
+    jobs (unread + delivered-not-acked + delayed, over all priorities). None: no limit."""
     socket_timeout_s: float = 10.0
     max_connections: int = 64
     """Size of the connection pool; callers past it wait instead of failing."""
@@ -91,6 +94,12 @@ class Settings:
             not isinstance(self.retention_maxlen, int) or self.retention_maxlen < 0
         ):
             raise ConfigError("retention_maxlen must be an integer >= 0 or None")
+        if self.max_pending is not None and (
+            not isinstance(self.max_pending, int) or self.max_pending < 1
+        ):
+            raise ConfigError(
+                f"max_pending must be an integer >= 1 or None, got {self.max_pending!r}"
+            )
         if self.task_timeout_s is not None and not 0 < self.task_timeout_s < float("inf"):
             raise ConfigError(
                 f"task_timeout_s must be positive or None, got {self.task_timeout_s!r}"

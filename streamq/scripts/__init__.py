@@ -36,7 +36,7 @@ class Script:
 
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
-    "drain", "prune_consumers", "requeue", "lease", "release", "trim",
+    "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -114,25 +114,26 @@ class Scripts:
     def enqueue_call(
         *, stream: str, job_key: str, events: str, group: str, job_id: str, task: str,
         content_type: str, payload: bytes, now_ms: int, priority: str, events_maxlen: int,
-        delayed: str, due_ms: int = 0, extra: Sequence[Arg] = (),
+        delayed: str, due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
+        all_streams: Sequence[str] = (),
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
-        keys = [stream, job_key, events, delayed]
+        keys = [stream, job_key, events, delayed, *(all_streams if max_pending else ())]
         args: list[Arg] = [
             group, job_id, task, content_type, payload, now_ms, priority, events_maxlen,
-            due_ms, *extra,
+            due_ms, max_pending, *extra,
         ]  # fmt: skip
         return keys, args
 
-    async def enqueue(self, call: tuple[list[str], list[Arg]]) -> tuple[bool, bytes]:
-        """Returns (added, stream id); added is False when the job id already existed."""
-        added, msg_id = await self._call("enqueue", *call)
-        return bool(added), msg_id
+    async def enqueue(self, call: tuple[list[str], list[Arg]]) -> tuple[int, Any]:
+        """(1, stream id) added; (0, id) the job id already existed; (-1, depth) queue full."""
+        code, value = await self._call("enqueue", *call)
+        return int(code), value
 
     async def enqueue_many(
         self, calls: Sequence[tuple[list[str], list[Arg]]]
-    ) -> list[tuple[bool, bytes]]:
+    ) -> list[tuple[int, Any]]:
         replies = await self.pipelined("enqueue", calls)
-        return [(bool(added), msg_id) for added, msg_id in replies]
+        return [(int(code), value) for code, value in replies]
 
     async def fetch(
         self, streams: Sequence[str], group: str, consumer: str, count: int
@@ -253,6 +254,16 @@ class Scripts:
         """Trim history, never past pending or unread entries; returns (removed, cut)."""
         removed, cut = await self._call("trim", [stream], [min_id, maxlen, max_examine])
         return int(removed), cut.decode() if isinstance(cut, bytes) else str(cut)
+
+    async def progress(
+        self, *, job_key: str, events: str, percent: float, message: str, now_ms: int,
+        job_id: str, task: str, attempt: int, worker: str, events_maxlen: int,
+    ) -> bool:  # fmt: skip
+        reply = await self._call(
+            "progress", [job_key, events],
+            [repr(percent), message, now_ms, job_id, task, attempt, worker, events_maxlen],
+        )  # fmt: skip
+        return bool(reply)
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))

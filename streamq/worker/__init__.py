@@ -29,6 +29,7 @@ from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
 from streamq.logging import get_logger
+from streamq.progress import JobContext, reset_current, set_current
 from streamq.retry import retry_delay_s
 from streamq.scripts import Outcome, Scripts, Started
 from streamq.task import Task
@@ -289,9 +290,16 @@ class Worker:
             await self._dead_letter(message, poison.reason, env.job_id, env.task)
             return False
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
-        result: Execution = await execute(
-            task, args, kwargs, app.serializer, self._thread_limiter, timeout_s
+        context = JobContext(
+            app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer
         )
+        token = set_current(context)
+        try:
+            result: Execution = await execute(
+                task, args, kwargs, app.serializer, self._thread_limiter, timeout_s
+            )
+        finally:
+            reset_current(token)
         self.processed += 1
         await send.send(self._outcome(message, env, task, max_retries, result))
         return True

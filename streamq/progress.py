@@ -1,0 +1,89 @@
+"""Progress reports from inside a handler, and the running job's context.
+
+The worker sets a context variable around each handler call, so a handler
+needs no extra parameter to learn its job id or to report progress:
+
+    @app.task
+    async def resize_all(paths: list[str]) -> None:
+        for i, path in enumerate(paths, 1):
+            ...
+            await streamq.progress(100 * i / len(paths), f"resized {i}/{len(paths)}")
+
+Sync handlers (run in worker threads, which inherit the context) call
+``progress_sync``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio.from_thread
+
+if TYPE_CHECKING:
+    from streamq.app import App
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a handler may know about the job it runs."""
+
+    app: App
+    job_id: str
+    task: str
+    attempt: int
+    deliveries: int
+    worker: str
+
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "streamq_job", default=None
+)
+
+
+def current_job() -> JobContext:
+    """The job the calling handler runs; RuntimeError outside a handler."""
+    context = _current.get()
+    if context is None:
+        raise RuntimeError("not inside a streamq handler")
+    return context
+
+
+async def progress(percent: float, message: str = "") -> bool:
+    """Record progress (0–100) of the running job; False if it is no longer running.
+
+    Lands in the job hash (``job.progress()``) and the events stream.
+    """
+    if not isinstance(percent, int | float) or not math.isfinite(percent):
+        raise ValueError(f"percent must be a finite number, got {percent!r}")
+    ctx = current_job()
+    app = ctx.app
+    scripts = await app.scripts()
+    return await scripts.progress(
+        job_key=app.keys.job(ctx.job_id),
+        events=app.keys.events,
+        percent=min(100.0, max(0.0, float(percent))),
+        message=message[:1000],
+        now_ms=int(time.time() * 1000),
+        job_id=ctx.job_id,
+        task=ctx.task,
+        attempt=ctx.attempt,
+        worker=ctx.worker,
+        events_maxlen=app.settings.events_maxlen,
+    )
+
+
+def progress_sync(percent: float, message: str = "") -> bool:
+    """``progress`` for sync handlers, which run in worker threads."""
+    return anyio.from_thread.run(progress, percent, message)
+
+
+def set_current(context: JobContext | None) -> contextvars.Token[JobContext | None]:
+    return _current.set(context)
+
+
+def reset_current(token: contextvars.Token[JobContext | None]) -> None:
+    _current.reset(token)
