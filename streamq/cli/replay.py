@@ -1,0 +1,170 @@
+"""``streamq replay``: the retained history as JSON lines or a table; re-drive old jobs."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamq.app import App
+from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
+from streamq.cli._load import load_app
+from streamq.errors import ConfigError
+from streamq.replay import HistoryRecord, Replay, parse_bound
+
+
+class Source(enum.StrEnum):
+    events = "events"
+    jobs = "jobs"
+    dlq = "dlq"
+
+
+class Format(enum.StrEnum):
+    json = "json"
+    table = "table"
+
+
+_DETAIL = ("attempt", "deliveries", "worker", "duration_ms", "error_type", "error", "dlq_reason",
+           "progress", "message", "delay_ms", "payload", "status")  # fmt: skip
+
+
+def replay(
+    app_path: AppArg,
+    since: Annotated[
+        str | None, typer.Option(help="Date, datetime, epoch ms or stream id.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Date (whole day), datetime, ms or id.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Events: this kind. Jobs: this latest status.")
+    ] = None,
+    job: Annotated[str | None, typer.Option(help="One job's full story, in order.")] = None,
+    source: Annotated[Source, typer.Option(help="Which history to read.")] = Source.events,
+    output: Annotated[
+        Format, typer.Option("--format", help="JSON lines or a table.")
+    ] = Format.json,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many records.")] = None,
+    follow: Annotated[
+        bool, typer.Option(help="Print new events as they happen (after --since's history).")
+    ] = False,
+    redrive: Annotated[
+        bool, typer.Option(help="Enqueue the selected jobs again (dry run unless --yes).")
+    ] = False,
+    into: Annotated[str | None, typer.Option(help="With --redrive: target queue.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Really re-drive.")] = False,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """Read the queue's history for audit: events, job messages or the DLQ."""
+    for value, option in ((since, "--since"), (until, "--until")):
+        try:
+            parse_bound(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from None
+    if redrive and (job or follow):
+        raise typer.BadParameter(
+            "--redrive selects with --since/--until/--task/--status", param_hint="--redrive"
+        )
+    if into and not redrive:
+        raise typer.BadParameter("--into goes with --redrive", param_hint="--into")
+    if redrive:
+        source = Source.jobs
+    app = load_app(app_path, redis_url)
+    console = Console()
+    table = _table() if output is Format.table else None
+
+    def emit(record: HistoryRecord) -> None:
+        if table is None:
+            typer.echo(json.dumps(record.as_dict(), ensure_ascii=False))
+        else:
+            table.add_row(*_row(record))
+
+    async def select(history: Replay) -> AsyncIterator[HistoryRecord]:
+        if job and not follow:
+            for record in await history.story(job):
+                yield record
+            return
+        kinds = [status] if status and source is Source.events else None
+        if source is Source.events:
+            records = history.events(since=since, until=until, task=task, kinds=kinds, job=job)
+        elif source is Source.jobs:
+            records = history.messages(since=since, until=until, task=task, status=status, job=job)
+        else:
+            records = history.dead(since=since, until=until, task=task, job=job)
+        async for record in records:
+            yield record
+
+    async def body(app: App) -> int:
+        history = Replay(app)
+        selected: list[HistoryRecord] = []
+        count = 0
+        last_event = "$"
+        if not follow or since or until:
+            async for record in select(history):
+                if record.source == "event":
+                    last_event = record.id
+                emit(record)
+                if redrive:
+                    selected.append(record)
+                count += 1
+                if limit is not None and count >= limit:
+                    break
+        if table is not None:
+            console.print(table)
+        if redrive:
+            return await _redrive(history, selected, into or app.name, yes)
+        if follow:
+            kinds = [status] if status else None
+            # Go on from the last event printed, so nothing falls in between.
+            after = last_event if since else "$"
+            async for record in history.follow(after=after, task=task, kinds=kinds, job=job):
+                if table is None:
+                    emit(record)
+                else:
+                    console.print(" ".join(_row(record)))
+        return 0
+
+    try:
+        code = run_with_app(app, body)
+    except KeyboardInterrupt:  # Ctrl-C ends --follow
+        code = 0
+    raise typer.Exit(code)
+
+
+async def _redrive(history: Replay, records: list[HistoryRecord], into: str, yes: bool) -> int:
+    err = Console(stderr=True)
+    if not records:
+        err.print("nothing selected to re-drive")
+        return 0
+    if not yes:
+        confirmed = await anyio.to_thread.run_sync(
+            lambda: typer.confirm(
+                f"Re-enqueue these {len(records)} jobs into queue {into}?", default=False, err=True
+            )
+        )
+        if not confirmed:
+            err.print(
+                f"dry run: {len(records)} jobs would be re-enqueued into {into}; nothing written"
+            )
+            return 0
+    ids = await history.redrive(records, into)
+    err.print(f"re-enqueued {len(ids)} jobs into {into}")
+    return 0
+
+
+def _table() -> Table:
+    table = Table(show_header=True)
+    for column in ("time", "source", "kind", "job", "task", "detail"):
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _row(record: HistoryRecord) -> tuple[str, ...]:
+    when = record.as_dict()["time"]
+    detail = " ".join(f"{k}={record.fields[k]}" for k in _DETAIL if record.fields.get(k))
+    return (when, record.source, record.kind, record.job_id or "", record.task or "", detail[:200])

@@ -1,0 +1,125 @@
+"""``streamq stats``: a queue's depth, lag, pending work, consumers and throughput."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from streamq.app import App
+from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
+from streamq.cli._load import load_app
+from streamq.stats import PriorityStats, QueueStats, collect
+
+
+def stats(
+    app_path: AppArg,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per snapshot.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+    count: Annotated[
+        int | None, typer.Option(min=1, hidden=True, help="Stop after this many snapshots.")
+    ] = None,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """Per priority: length, lag, pending, oldest pending; delayed, DLQ, consumers, jobs/s."""
+    app = load_app(app_path, redis_url)
+    console = Console()
+    # Redrawing in place needs a terminal; piped output gets one snapshot after another.
+    live = watch and not as_json and console.is_terminal
+    snapshots = count if count is not None else (None if watch else 1)
+
+    async def body(app: App) -> None:
+        taken = 0
+        with Live(console=console, auto_refresh=False) if live else _NoLive() as screen:
+            while True:
+                snapshot = await collect(app)
+                taken += 1
+                if as_json:
+                    typer.echo(json.dumps(snapshot.to_dict()))
+                elif screen is not None:
+                    screen.update(render(snapshot), refresh=True)
+                else:
+                    console.print(render(snapshot))
+                if snapshots is not None and taken >= snapshots:
+                    return
+                await anyio.sleep(interval)
+
+    try:
+        run_with_app(app, body)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --watch ends
+
+
+class _NoLive:
+    """Stands in for rich's Live when output is not redrawn in place."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def render(snapshot: QueueStats) -> RenderableType:
+    """The table ``streamq stats`` prints: priorities, then totals, then consumers."""
+    when = datetime.fromtimestamp(snapshot.server_time_ms / 1000).strftime("%H:%M:%S")
+    table = Table(title=f"queue {snapshot.queue} at {when}", title_justify="left")
+    for column in ("priority", "length", "lag", "pending", "oldest pending", "consumers"):
+        table.add_column(column, justify="left" if column == "priority" else "right")
+    for prio in snapshot.priorities:
+        oldest = prio.oldest_pending_age_s
+        table.add_row(
+            prio.priority, str(prio.length), _lag(prio), str(prio.pending),
+            "-" if oldest is None else _duration(oldest), str(len(prio.consumers)),
+        )  # fmt: skip
+    t = snapshot.throughput
+    lines: list[RenderableType] = [
+        table,
+        Text(f"delayed {snapshot.delayed}   DLQ {snapshot.dlq}"),
+        Text(
+            f"last {t.window_s:.0f} s: {t.per_s:.2f} jobs/s "
+            f"(succeeded {t.succeeded}, failed {t.failed}, retried {t.retried}, dead {t.dead})"
+        ),
+    ]
+    if any(p.lag is None or p.lag_estimated for p in snapshot.priorities):
+        lines.append(
+            Text(
+                "lag ~N: estimate (entries were deleted after the group's position, so it "
+                "may count them); ?: the server cannot tell",
+                style="dim",
+            )
+        )
+    consumers = snapshot.consumers
+    if consumers:
+        people = Table(title="consumers", title_justify="left")
+        for column in ("consumer", "pending", "idle"):
+            people.add_column(column, justify="left" if column == "consumer" else "right")
+        for c in consumers:
+            people.add_row(c.name, str(c.pending), _duration(c.idle_ms / 1000))
+        lines.append(people)
+    else:
+        lines.append(Text("no consumers (no worker has read this queue yet)"))
+    return Group(*lines)
+
+
+def _lag(prio: PriorityStats) -> str:
+    if prio.lag is None:
+        return "?"
+    return f"~{prio.lag}" if prio.lag_estimated else str(prio.lag)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
