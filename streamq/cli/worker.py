@@ -16,7 +16,9 @@ from streamq.cli._common import (
     run_with_app,
 )
 from streamq.cli._load import load_app
-from streamq.logging import configure_logging
+from streamq.errors import ConfigError
+from streamq.logging import configure_logging, get_logger
+from streamq.metrics import WorkerMetrics
 from streamq.worker import Worker
 
 
@@ -34,6 +36,15 @@ def worker(
     janitor: Annotated[
         bool, typer.Option(help="Also run the janitor's duties (one leader per queue).")
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve Prometheus metrics on this port (streamq[metrics])."
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address for the metrics endpoint (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
     redis_url: RedisUrlOpt = None,
     log_level: LogLevelOpt = "info",
     json_logs: JsonLogsOpt = None,
@@ -41,6 +52,12 @@ def worker(
     """Run a worker: fetch jobs highest priority first and run them."""
     configure_logging(json=json_logs, level=check_log_level(log_level))
     app = load_app(app_path, redis_url)
+    metrics = None
+    if metrics_port is not None:
+        try:
+            metrics = WorkerMetrics(app)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--metrics-port") from None
     w = Worker(
         app,
         concurrency=concurrency,
@@ -49,9 +66,17 @@ def worker(
         handle_signals=True,
         consumer=name,
         janitor=janitor,
+        metrics=metrics,
     )
 
     async def body(_: App) -> None:
-        await w.run()
+        if metrics is not None and metrics_port is not None:
+            port = metrics.serve(metrics_port, metrics_host)
+            get_logger(queue=app.name).info("metrics served", host=metrics_host, port=port)
+        try:
+            await w.run()
+        finally:
+            if metrics is not None:
+                metrics.close()
 
     run_with_app(app, body)

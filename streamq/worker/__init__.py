@@ -29,6 +29,7 @@ from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
 from streamq.logging import get_logger
+from streamq.metrics import WorkerMetrics
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.retry import retry_delay_s
 from streamq.scripts import Outcome, Scripts, Started
@@ -62,6 +63,7 @@ class Worker:
         consumer: consumer name; reuse one across restarts to finish its own
             pending messages first (default: a fresh ``host:pid:random``).
         janitor: also run the janitor's singleton duties (under a lease).
+        metrics: Prometheus metrics to update (``streamq.metrics.WorkerMetrics``).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Worker:
         handle_signals: bool = False,
         consumer: str | None = None,
         janitor: bool = True,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -90,6 +93,7 @@ class Worker:
         self.handle_signals = handle_signals
         self.consumer = consumer or consumer_name()
         self.run_janitor = janitor
+        self.metrics = metrics
         self.stopping = False
         self.processed = 0
         self._running = 0
@@ -139,7 +143,10 @@ class Worker:
             app.name,
         )
         self._heartbeat = heartbeat
-        writer = OutcomeWriter(scripts, app.keys, app.settings, self.consumer, self._settled)
+        writer = OutcomeWriter(
+            scripts, app.keys, app.settings, self.consumer, self._settled,
+            on_recorded=self._recorded if self.metrics else None,
+        )  # fmt: skip
         send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=math.inf)
         self._thread_limiter = anyio.CapacityLimiter(self.concurrency)
         self._log.info(
@@ -152,6 +159,8 @@ class Worker:
                 await services.start(Janitor(app, self.consumer).run)
             if self.handle_signals:
                 await services.start(stop_on_signals, self)
+            if self.metrics is not None:
+                services.start_soon(self.metrics.run_sampler)
             async with anyio.create_task_group() as recording:
                 recording.start_soon(writer.run, receive)
                 async with send, anyio.create_task_group() as jobs:
@@ -190,7 +199,10 @@ class Worker:
                         ready.extend(await fetcher.drain(self.concurrency))
                     elif time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + interval_s
-                        ready.extend(await fetcher.reclaim(free))
+                        reclaimed = await fetcher.reclaim(free)
+                        if self.metrics is not None:
+                            self.metrics.reclaimed(len(reclaimed))
+                        ready.extend(reclaimed)
                     if not ready and not fetcher.draining:
                         ready.extend(await fetcher.fetch(free))
                     if not ready and not fetcher.draining:
@@ -370,10 +382,17 @@ class Worker:
             return
         if moved:
             log.warning("message moved to the DLQ", reason=reason, error_type=error_type)
+            if self.metrics is not None:
+                self.metrics.outcome(task or "?", "dead", 0)
         else:
             log.warning("message lost ownership before it reached the DLQ", reason=reason)
 
     # -- bookkeeping ---------------------------------------------------------------
+
+    def _recorded(self, outcome: Outcome, recorded: bool) -> None:
+        assert self.metrics is not None
+        name = {"succeeded": "succeeded", "retry": "retried", "failed": "failed"}[outcome.status]
+        self.metrics.outcome(outcome.task, name if recorded else "lost", outcome.duration_ms)
 
     def _settled(self, keys: list[tuple[str, bytes]]) -> None:
         self._unsettled -= len(keys)

@@ -34,6 +34,7 @@ class OutcomeWriter:
         consumer: str,
         on_settled: Callable[[list[tuple[str, bytes]]], None],
         max_batch: int = 200,
+        on_recorded: Callable[[Outcome, bool], None] | None = None,
     ) -> None:
         self._scripts = scripts
         self._keys = keys
@@ -41,6 +42,7 @@ class OutcomeWriter:
         self._consumer = consumer
         self._on_settled = on_settled
         self._max_batch = max_batch
+        self._on_recorded = on_recorded
         self._log = get_logger(queue=keys.queue, worker=consumer)
 
     async def run(self, receive: MemoryObjectReceiveStream[Outcome]) -> None:
@@ -87,6 +89,8 @@ class OutcomeWriter:
                 "job_id": o.job_id, "task": o.task, "attempt": o.attempt,
                 "duration_ms": o.duration_ms,
             }  # fmt: skip
+            if self._on_recorded is not None and reply != ALREADY_RECORDED:
+                self._on_recorded(o, reply == RECORDED)
             if reply == LOST:
                 self._log.warning(
                     "job lost ownership; its outcome was dropped", outcome=o.status, **context

@@ -1,0 +1,131 @@
+"""Prometheus metrics for a worker (the optional extra ``streamq[metrics]``).
+
+Counters and histograms are updated where the worker learns the fact (an
+outcome recorded by Redis, a reclaim, a dead letter), so they count what
+happened, not what was attempted. Queue gauges (depth, lag, pending, delayed,
+DLQ size) are sampled from Redis every few seconds. Each worker has its own
+registry, so two workers in one process do not collide.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import RedisError
+
+from streamq.errors import ConfigError
+from streamq.keys import GROUP
+from streamq.logging import get_logger
+
+if TYPE_CHECKING:
+    from streamq.app import App
+
+try:
+    import prometheus_client as prom
+except ImportError:  # pragma: no cover - exercised only without the extra
+    prom = None  # type: ignore[assignment]
+
+_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+class WorkerMetrics:
+    def __init__(self, app: App, sample_interval_s: float = 5.0) -> None:
+        if prom is None:
+            raise ConfigError("metrics need prometheus-client: pip install 'streamq[metrics]'")
+        self.app = app
+        self.sample_interval_s = sample_interval_s
+        self.registry = prom.CollectorRegistry()
+        q = ["queue"]
+        self.jobs = prom.Counter(
+            "streamq_jobs", "Jobs whose outcome was recorded, by task and outcome "
+            "(succeeded, retried, failed, dead, lost).", [*q, "task", "outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.duration = prom.Histogram(
+            "streamq_job_duration_seconds", "Handler run time.", [*q, "task"],
+            buckets=_BUCKETS_S, registry=self.registry,
+        )  # fmt: skip
+        self.retries = prom.Counter(
+            "streamq_retries", "Failed attempts scheduled to run again.", [*q, "task"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.reclaims = prom.Counter(
+            "streamq_reclaims", "Messages taken over from a stalled or dead consumer.", q,
+            registry=self.registry,
+        )  # fmt: skip
+        p = [*q, "priority"]
+        self.depth = prom.Gauge(
+            "streamq_queue_depth", "Unread plus pending messages per stream.", p,
+            registry=self.registry,
+        )  # fmt: skip
+        self.lag = prom.Gauge(
+            "streamq_queue_lag", "Messages not yet read by the group.", p, registry=self.registry
+        )
+        self.pending = prom.Gauge(
+            "streamq_queue_pending", "Messages delivered and not yet acked.", p,
+            registry=self.registry,
+        )  # fmt: skip
+        self.delayed = prom.Gauge(
+            "streamq_delayed", "Jobs in the delayed set.", q, registry=self.registry
+        )
+        self.dlq = prom.Gauge("streamq_dlq_size", "Entries in the DLQ.", q, registry=self.registry)
+        self._log = get_logger(queue=app.name)
+        self._server: Any = None
+
+    # -- facts from the worker ------------------------------------------------------
+
+    def outcome(self, task: str, outcome: str, duration_ms: int) -> None:
+        name = self.app.name
+        self.jobs.labels(name, task, outcome).inc()
+        if outcome != "lost":
+            self.duration.labels(name, task).observe(duration_ms / 1000)
+        if outcome == "retried":
+            self.retries.labels(name, task).inc()
+
+    def reclaimed(self, count: int) -> None:
+        if count:
+            self.reclaims.labels(self.app.name).inc(count)
+
+    # -- sampling and serving --------------------------------------------------------
+
+    async def sample(self) -> None:
+        app = self.app
+        redis = await app.redis()
+        for priority in app.settings.priorities:
+            groups = await redis.xinfo_groups(app.keys.stream(priority)) if await redis.exists(
+                app.keys.stream(priority)
+            ) else []  # fmt: skip
+            group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+            lag = int(group["lag"] or 0) if group else 0
+            pending = int(group["pending"]) if group else 0
+            self.lag.labels(app.name, priority).set(lag)
+            self.pending.labels(app.name, priority).set(pending)
+            self.depth.labels(app.name, priority).set(lag + pending)
+        self.delayed.labels(app.name).set(int(await redis.zcard(app.keys.delayed)))
+        self.dlq.labels(app.name).set(int(await redis.xlen(app.keys.dlq)))
+
+    async def run_sampler(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except RedisError as exc:
+                self._log.warning("metrics sample failed", error=repr(exc))
+            await anyio.sleep(self.sample_interval_s)
+
+    def serve(self, port: int, host: str) -> int:
+        """Serve /metrics on host:port in a thread; returns the bound port (0 picks one)."""
+        assert prom is not None
+        server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def render(self) -> bytes:
+        assert prom is not None
+        return bytes(prom.generate_latest(self.registry))
