@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import typer
 
-from streamq.cli import demo, janitor, replay, worker
+from streamq.cli import demo, doctor, janitor, replay, stats, worker
 from streamq.cli.dlq import dlq_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -29,6 +29,8 @@ cli.command("janitor")(janitor.janitor)
 cli.command("replay")(replay.replay)
 cli.add_typer(dlq_cli, name="dlq")
 cli.command("demo")(demo.demo)
+cli.command("stats")(stats.stats)
+cli.command("doctor")(doctor.doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime
 from typing import Annotated
@@ -54,10 +55,8 @@ def stats(
                     return
                 await anyio.sleep(interval)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         run_with_app(app, body)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how --watch ends
 
 
 class _NoLive:

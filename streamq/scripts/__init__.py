@@ -69,6 +69,7 @@ class Started:
     task: str
     attempt: int
     priority: str
+    deliveries: int = 1
 
 
 class Scripts:
@@ -146,7 +147,7 @@ class Scripts:
     ) -> int:
         args: list[Arg] = [now_ms, worker, events_maxlen]
         for job in jobs:
-            args += [job.job_id, job.task, job.attempt, job.priority]
+            args += [job.job_id, job.task, job.attempt, job.priority, job.deliveries]
         return int(await self._call("start", [events, *(j.job_key for j in jobs)], args))
 
     async def complete(

@@ -251,7 +251,12 @@ class Worker:
                 continue
             started.append(
                 Started(
-                    self.app.keys.job(env.job_id), env.job_id, env.task, env.attempt, m.priority
+                    self.app.keys.job(env.job_id),
+                    env.job_id,
+                    env.task,
+                    env.attempt,
+                    m.priority,
+                    m.deliveries,
                 )
             )
         if started:

@@ -1,0 +1,332 @@
+"""Server checks: is this Redis set up so that streamq keeps its guarantees?
+
+``run_checks(app)`` reads the server's version, persistence and eviction
+settings, cluster mode and the current user's ACL permissions, and turns each
+into a ``Check``: ok, warn (could not tell, or worth knowing) or problem (jobs
+can be lost or workers will fail), with the fix for anything not ok. Managed
+services often deny CONFIG or ACL commands: such a check becomes a warning
+that says what could not be read, never a crash.
+
+The reads are two pipelined round trips; the evaluations are pure functions
+of what was read (``check_version`` and friends), so each rule is testable on
+its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
+
+from streamq.app import App
+from streamq.keys import GROUP, Keyspace
+
+
+class Status(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    """The check could not be made, or the setting is fine but worth knowing."""
+    PROBLEM = "problem"
+    """Jobs can be lost or streamq cannot work: ``streamq doctor`` exits 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+    """What to run or change; empty when the check is ok."""
+
+
+Readable = str | Exception
+"""A value read from the server, or why it could not be read."""
+
+MIN_REDIS = (6, 2)
+"""XPENDING … IDLE (the reclaim script) and XAUTOCLAIM arrived in Redis 6.2."""
+MIN_VALKEY = (7, 2)
+"""The first Valkey release (forked from Redis 7.2)."""
+
+
+async def run_checks(app: App) -> list[Check]:
+    """Every check, in a fixed order; reads the server, never changes it."""
+    redis = await app.redis()
+    try:
+        return await _checks(redis, app.keys, app.settings.priorities)
+    except NoPermissionError as exc:
+        # Raised while connecting (command errors come back as pipeline values):
+        # no streamq process can connect as this user, whatever else is right.
+        user = redis.connection_pool.connection_kwargs.get("username") or "default"
+        denied = _DENIED_COMMAND.search(str(exc))
+        setname = denied is not None and denied[1] == "client|setname"
+        why = " (every streamq connection names itself with CLIENT SETNAME)" if setname else ""
+        connection = Check(
+            "connection", Status.PROBLEM,
+            f"cannot connect as user {user}: {exc}{why}",
+            f"ACL SETUSER {user} +{denied[1] if denied else '<the command named above>'}",
+        )  # fmt: skip
+        url = app.settings.redis_url
+        if not setname or url is None:
+            return [connection]
+    # The other checks still tell the operator what else to fix: read them on a
+    # connection that does not name itself.
+    unnamed = Redis.from_url(
+        url,
+        socket_timeout=app.settings.socket_timeout_s,
+        socket_connect_timeout=app.settings.socket_timeout_s,
+    )
+    try:
+        return [connection, *await _checks(unnamed, app.keys, app.settings.priorities)]
+    finally:
+        await unnamed.aclose()
+
+
+async def _checks(redis: Redis, keys: Keyspace, priorities: Sequence[str]) -> list[Check]:
+    params = ("appendonly", "appendfsync", "maxmemory-policy", "maxmemory")
+    async with redis.pipeline(transaction=False) as pipe:
+        for section in ("server", "persistence", "cluster"):
+            pipe.info(section)
+        for param in params:
+            pipe.config_get(param)
+        pipe.execute_command("ACL", "WHOAMI")
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    server, persistence, cluster = replies[:3]
+    config = {p: _config_value(p, r) for p, r in zip(params, replies[3:7], strict=True)}
+    whoami: Any = replies[7]
+    return [
+        check_version(server),
+        check_appendonly(config["appendonly"]),
+        check_appendfsync(config["appendfsync"]),
+        check_maxmemory_policy(config["maxmemory-policy"], config["maxmemory"]),
+        check_persistence(persistence),
+        check_cluster(cluster),
+        await _check_acl(redis, keys, priorities, whoami),
+    ]
+
+
+def _config_value(param: str, reply: Any) -> Readable:
+    if isinstance(reply, Exception):
+        return reply
+    value = reply.get(param) if isinstance(reply, Mapping) else None
+    if value is None:
+        return LookupError("the server does not report it")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cannot_read(name: str, what: str, error: Exception, fix: str) -> Check:
+    return Check(name, Status.WARN, f"cannot read {what}: {error}", fix)
+
+
+def _config_fix(param: str, value: str) -> str:
+    return (
+        f"CONFIG SET {param} {value}, then CONFIG REWRITE to keep it "
+        f"(redis.conf: {param} {value}; on a managed service, its parameter settings)"
+    )
+
+
+def _unreadable_config_fix(param: str, want: str) -> str:
+    return f"check that {param} is {want} in the provider's settings, or grant +config|get"
+
+
+def check_version(info: Mapping[str, Any] | Exception) -> Check:
+    if isinstance(info, Exception):
+        return _cannot_read("version", "INFO server", info, "grant +info so doctor can check")
+    redis_version = str(info.get("redis_version", "0"))
+    if "valkey_version" in info:
+        product, version, minimum = "Valkey", str(info["valkey_version"]), MIN_VALKEY
+    else:
+        product, version, minimum = "Redis", redis_version, MIN_REDIS
+    label = f"{product} {version}" + (
+        f" (redis_version {redis_version})" if product != "Redis" else ""
+    )
+    if _version(version) < minimum:
+        wanted = ".".join(map(str, minimum))
+        return Check(
+            "version", Status.PROBLEM,
+            f"{label}: streamq needs {product} {wanted} or later (XPENDING IDLE, XAUTOCLAIM)",
+            "upgrade to Redis 6.2 or later, or Valkey 7.2 or later",
+        )  # fmt: skip
+    return Check("version", Status.OK, label)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def check_appendonly(value: Readable) -> Check:
+    if isinstance(value, Exception):
+        fix = _unreadable_config_fix("appendonly", "yes")
+        return _cannot_read("appendonly", "appendonly", value, fix)
+    if value == "yes":
+        return Check("appendonly", Status.OK, "yes: every write goes to the append-only file")
+    return Check(
+        "appendonly", Status.PROBLEM,
+        f"{value}: a restart loses the jobs written since the last RDB snapshot, if any",
+        _config_fix("appendonly", "yes"),
+    )  # fmt: skip
+
+
+def check_appendfsync(value: Readable) -> Check:
+    if isinstance(value, Exception):
+        fix = _unreadable_config_fix("appendfsync", "everysec or always")
+        return _cannot_read("appendfsync", "appendfsync", value, fix)
+    if value in ("always", "everysec"):
+        return Check("appendfsync", Status.OK, f"{value}")
+    return Check(
+        "appendfsync", Status.PROBLEM,
+        f"{value}: the OS decides when to flush, so a machine crash can lose ~30 s of jobs",
+        _config_fix("appendfsync", "everysec"),
+    )  # fmt: skip
+
+
+def check_maxmemory_policy(value: Readable, maxmemory: Readable = "") -> Check:
+    if isinstance(value, Exception):
+        fix = _unreadable_config_fix("maxmemory-policy", "noeviction")
+        return _cannot_read("maxmemory-policy", "maxmemory-policy", value, fix)
+    if value == "noeviction":
+        return Check(
+            "maxmemory-policy", Status.OK,
+            "noeviction: a full server refuses writes instead of dropping jobs",
+        )  # fmt: skip
+    if isinstance(maxmemory, Exception) or not maxmemory:
+        limit = ""
+    elif maxmemory == "0":
+        limit = " (no maxmemory yet; a limit set later, or by a provider, starts evicting)"
+    else:
+        limit = f" (maxmemory {maxmemory} bytes)"
+    return Check(
+        "maxmemory-policy", Status.PROBLEM,
+        f"{value}{limit}: under memory pressure the server evicts keys, and jobs with them",
+        _config_fix("maxmemory-policy", "noeviction"),
+    )  # fmt: skip
+
+
+_PERSISTENCE_FIELDS = (
+    "aof_last_write_status",
+    "aof_last_bgrewrite_status",
+    "rdb_last_bgsave_status",
+)
+
+
+def check_persistence(info: Mapping[str, Any] | Exception) -> Check:
+    if isinstance(info, Exception):
+        fix = "grant +info so doctor can check"
+        return _cannot_read("persistence", "INFO persistence", info, fix)
+    failing = [f"{f}:{info[f]}" for f in _PERSISTENCE_FIELDS if str(info.get(f, "ok")) != "ok"]
+    if not failing:
+        return Check(
+            "persistence", Status.OK, "the last AOF write, AOF rewrite and RDB save succeeded"
+        )
+    return Check(
+        "persistence", Status.PROBLEM,
+        ", ".join(failing) + ": the server may refuse writes (MISCONF) or lose them on restart",
+        "see the server log (usually a full disk or a data dir it cannot write), fix that, "
+        "then BGREWRITEAOF or BGSAVE and run doctor again",
+    )  # fmt: skip
+
+
+def check_cluster(info: Mapping[str, Any] | Exception) -> Check:
+    if isinstance(info, Exception):
+        return _cannot_read("cluster", "INFO cluster", info, "grant +info so doctor can check")
+    if str(info.get("cluster_enabled", 0)) == "1":
+        return Check(
+            "cluster", Status.OK,
+            "cluster mode on: each queue's keys share one hash tag, so live on one shard",
+        )  # fmt: skip
+    return Check("cluster", Status.OK, "standalone (cluster mode off)")
+
+
+def required_commands(keys: Keyspace, priority: str) -> list[tuple[str, ...]]:
+    """One sample call of each command streamq sends, on the App's own key names,
+    so ACL DRYRUN checks key patterns as well as commands. Commands inside the Lua
+    scripts count: a script runs them with the caller's permissions."""
+    stream, job, lock = keys.stream(priority), keys.job("doctor"), keys.lock("doctor")
+    return [
+        ("CLIENT", "SETNAME", "streamq"),
+        ("EVALSHA", "0" * 40, "1", stream),
+        ("SCRIPT", "LOAD", "return 1"),
+        ("XADD", stream, "*", "f", "v"),
+        ("XREADGROUP", "GROUP", GROUP, "doctor", "COUNT", "1", "STREAMS", stream, ">"),
+        ("XREAD", "COUNT", "1", "STREAMS", keys.events, "$"),
+        ("XACK", stream, GROUP, "0-1"),
+        ("XCLAIM", stream, GROUP, "doctor", "0", "0-1", "JUSTID"),
+        ("XPENDING", stream, GROUP, "IDLE", "0", "-", "+", "1"),
+        ("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM"),
+        ("XGROUP", "DELCONSUMER", stream, GROUP, "doctor"),
+        ("XINFO", "GROUPS", stream),
+        ("XINFO", "CONSUMERS", stream, GROUP),
+        ("XRANGE", stream, "-", "+"),
+        ("XREVRANGE", keys.events, "+", "-"),
+        ("XLEN", keys.dlq),
+        ("XDEL", keys.dlq, "0-1"),
+        ("XTRIM", stream, "MINID", "0"),
+        ("ZADD", keys.delayed, "0", "m"),
+        ("ZRANGEBYSCORE", keys.delayed, "-inf", "+inf"),
+        ("ZREM", keys.delayed, "m"),
+        ("ZCARD", keys.delayed),
+        ("HSET", job, "f", "v"),
+        ("HGET", job, "f"),
+        ("HGETALL", job),
+        ("HDEL", job, "f"),
+        ("PEXPIRE", job, "1"),
+        ("PERSIST", job),
+        ("EXISTS", job),
+        ("DEL", job),
+        ("GET", lock),
+        ("SET", lock, "v", "PX", "1", "NX"),
+    ]
+
+
+_DENIED_COMMAND = re.compile(r"permissions to run the '([^']+)' command")
+_DENIED_KEY = re.compile(r"permissions to access the '([^']+)' key")
+
+
+async def _check_acl(redis: Redis, keys: Keyspace, priorities: Sequence[str], whoami: Any) -> Check:
+    fix_to_check = "grant +acl|whoami +acl|dryrun so doctor can check, or review the user by hand"
+    if isinstance(whoami, Exception):
+        return _cannot_read("acl", "the current user (ACL WHOAMI)", whoami, fix_to_check)
+    user = whoami.decode() if isinstance(whoami, bytes) else str(whoami)
+    calls = required_commands(keys, priorities[0])
+    async with redis.pipeline(transaction=False) as pipe:
+        for call in calls:
+            pipe.execute_command("ACL", "DRYRUN", user, *call)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    errors = [(call, r) for call, r in zip(calls, replies, strict=True) if isinstance(r, Exception)]
+    if len(errors) == len(calls):
+        return _cannot_read(
+            "acl", f"permissions of {user} (ACL DRYRUN)", errors[0][1], fix_to_check
+        )
+    commands: list[str] = []
+    key_denied: list[str] = []
+    for reply in replies:
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        if isinstance(reply, Exception) or text == "OK":
+            continue
+        if match := _DENIED_COMMAND.search(text):
+            commands.append(match[1])
+        elif (match := _DENIED_KEY.search(text)) and match[1] not in key_denied:
+            key_denied.append(match[1])
+    if commands or key_denied:
+        detail = []
+        if commands:
+            detail.append(f"user {user} may not run {', '.join(commands)}")
+        if key_denied:
+            detail.append(f"user {user} may not access {', '.join(key_denied)}")
+        rules = [f"+{c}" for c in commands] + ([f"~{keys.prefix}:*"] if key_denied else [])
+        return Check(
+            "acl", Status.PROBLEM, "; ".join(detail),
+            f"ACL SETUSER {user} {' '.join(rules)} (then ACL SAVE if users live in an aclfile)",
+        )  # fmt: skip
+    if errors:
+        unchecked = ", ".join(f"{' '.join(call[:1])} ({error})" for call, error in errors)
+        return Check(
+            "acl", Status.WARN,
+            f"user {user} may run what was checked; could not check {unchecked}",
+            "check those commands by hand (an older server may not know them)",
+        )  # fmt: skip
+    return Check("acl", Status.OK, f"user {user} may run all {len(calls)} commands streamq sends")
