@@ -1,5 +1,10 @@
 """Redis connections: a URL (or the embedded server) becomes one pooled client.
 
+Commands are packed by hiredis when it is installed (it is a dependency), as
+redis-py's sync client already does: redis-py's asyncio packer is pure Python
+and grows its buffer by copying once per argument, which made a batched
+outcome script (hundreds of arguments) cost milliseconds to serialize.
+
 The pool is a BlockingConnectionPool: past ``max_connections`` a caller waits
 for a free connection instead of getting MaxConnectionsError (redis-py's
 default pool raises). Commands are retried after a dropped connection or a
@@ -8,13 +13,23 @@ timeout, which is safe because every streamq write is idempotent by job id.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamq.settings import Settings
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _pack = None
 
 POOL_WAIT_S = 30.0
 
@@ -31,4 +46,38 @@ def make_client(url: str, settings: Settings) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name="streamq",
     )
+    if _pack is not None:
+        pool.connection_class = _FAST_CLASSES.get(pool.connection_class, pool.connection_class)
     return Redis(connection_pool=pool)
+
+
+class _HiredisPacker:
+    """pack_command through hiredis, with redis-py's own argument normalization."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        assert _pack is not None
+        packed = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+        return [_pack(packed)]
+
+
+class _FastConnection(_HiredisPacker, Connection):
+    pass
+
+
+class _FastUnixConnection(_HiredisPacker, UnixDomainSocketConnection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacker, SSLConnection):
+    pass
+
+
+_FAST_CLASSES: dict[type[Any], type[Any]] = {
+    Connection: _FastConnection,
+    UnixDomainSocketConnection: _FastUnixConnection,
+    SSLConnection: _FastSSLConnection,
+}

@@ -9,6 +9,7 @@ from typing import Annotated, TypeVar
 import anyio
 import typer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 
 from streamq.app import App
 from streamq.errors import EmbeddedServerError
@@ -56,4 +57,7 @@ def run_with_app(app: App, body: Callable[[App], Awaitable[T]]) -> T:
         return anyio.run(main)
     except (EmbeddedServerError, RedisConnectionError) as exc:
         typer.echo(f"streamq: cannot reach Redis: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except NoPermissionError as exc:
+        typer.echo(f"streamq: Redis refused a command: {exc} (see `streamq doctor`)", err=True)
         raise typer.Exit(3) from None

@@ -188,11 +188,15 @@ class Worker:
         failures = 0
         interval_s = self.app.settings.janitor_interval_s
         next_reclaim = time.monotonic()
+        refill = max(1, min(self.concurrency // 4, 50))
         while not self.stopping:
             try:
                 if not ready:
                     free = self.concurrency - self._running
-                    if free <= 0:
+                    if free <= 0 or (self._running and free < refill):
+                        # Saturated: wait for a batch's worth of free slots, so a
+                        # busy worker fetches many messages per round trip instead
+                        # of one each time a single job finishes.
                         await self._wait_change()
                         continue
                     if fetcher.draining:

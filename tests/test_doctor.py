@@ -1,0 +1,194 @@
+"""``streamq doctor`` against real servers: a sound one, a misconfigured one, ACL users.
+
+The misconfigured server is a dedicated valkey-server on a loopback port with
+AOF off, ``appendfsync no`` and an evicting ``maxmemory-policy`` (valkey-server
+takes the last value of a repeated option, so ``extra_args`` override the
+embedded defaults). Its ACL users each lack something streamq needs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from streamq import App
+from streamq.doctor import (
+    Check,
+    Status,
+    check_cluster,
+    check_persistence,
+    check_version,
+    run_checks,
+)
+from streamq.embedded import ValkeyServer
+from tests.conftest import queue_name, subprocess_env
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "pw-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def misconfigured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    port = free_port()
+    server = ValkeyServer(
+        tmp_path_factory.mktemp("misconfigured"),
+        port=port,
+        appendfsync="no",
+        extra_args=["--maxmemory-policy", "allkeys-lru", "--appendonly", "no"],
+    )
+    server.start()
+    admin = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        # May read, and may ask what it may do: the doctor can list what is missing.
+        admin.acl_setuser(
+            "limited", enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"],
+            commands=["+@read", "+client|setname", "+acl|whoami", "+acl|dryrun"],
+        )  # fmt: skip
+        # Everything, but only on other keys.
+        admin.acl_setuser(
+            "elsewhere", enabled=True, passwords=[f"+{PASSWORD}"], keys=["other:*"],
+            commands=["+@all"],
+        )  # fmt: skip
+        # Read only, and not even CLIENT SETNAME: no streamq connection can open.
+        admin.acl_setuser(
+            "bare", enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@read"]
+        )
+    finally:
+        admin.close()
+    yield server
+    server.stop()
+
+
+def as_user(server: ValkeyServer, user: str) -> str:
+    return f"redis://{user}:{PASSWORD}@127.0.0.1:{server.port}"
+
+
+async def checks_for(url: str) -> dict[str, Check]:
+    async with App(queue_name(), redis_url=url) as app:
+        return {check.name: check for check in await run_checks(app)}
+
+
+def streamq_doctor(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamq", "doctor", "tests.apps.slow:app", *args],
+        cwd=ROOT, env=subprocess_env(url, STREAMQ_TEST_QUEUE=queue_name()),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def test_the_embedded_configuration_passes_every_check(redis_url: str) -> None:
+    """The session server is started as the embedded default is: AOF, everysec,
+    noeviction, default user. Every check is ok and the command exits 0."""
+    checks = await checks_for(redis_url)
+    assert list(checks) == [
+        "version", "appendonly", "appendfsync", "maxmemory-policy", "persistence", "cluster",
+        "acl",
+    ]  # fmt: skip
+    assert {c.status for c in checks.values()} == {Status.OK}, checks
+    assert checks["version"].detail.startswith("Valkey ")
+    assert checks["acl"].detail.startswith("user default may run all")
+
+    result = streamq_doctor(redis_url, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert {c["status"] for c in report["checks"]} == {"ok"}
+
+
+async def test_misconfigured_server_problems_come_with_fixes(misconfigured: ValkeyServer) -> None:
+    """AOF off, fsync left to the OS and an evicting policy can each lose jobs: each
+    is a problem with the CONFIG SET and the redis.conf line, and the exit code is 1."""
+    checks = await checks_for(misconfigured.url)
+    problems = {name for name, c in checks.items() if c.status is Status.PROBLEM}
+    assert problems == {"appendonly", "appendfsync", "maxmemory-policy"}
+    policy = checks["maxmemory-policy"]
+    assert policy.detail.startswith("allkeys-lru")
+    assert "CONFIG SET maxmemory-policy noeviction" in policy.fix
+    assert "redis.conf: maxmemory-policy noeviction" in policy.fix
+    assert "CONFIG SET appendonly yes" in checks["appendonly"].fix
+    assert "CONFIG SET appendfsync everysec" in checks["appendfsync"].fix
+    assert all(c.fix == "" for c in checks.values() if c.status is Status.OK)
+
+    result = streamq_doctor(misconfigured.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "problem  maxmemory-policy" in result.stdout
+    assert "fix: CONFIG SET maxmemory-policy noeviction" in result.stdout
+    assert "3 problem(s), 0 warning(s)" in result.stdout
+
+
+async def test_acl_check_names_the_commands_a_limited_user_lacks(
+    misconfigured: ValkeyServer,
+) -> None:
+    """ACL DRYRUN with the App's own key names finds what a read-only user may not do,
+    including commands only the Lua scripts send, and the fix grants exactly those."""
+    checks = await checks_for(as_user(misconfigured, "limited"))
+    assert "connection" not in checks  # PING is not needed: not a problem
+    acl = checks["acl"]
+    assert acl.status is Status.PROBLEM
+    denied = acl.detail.removeprefix("user limited may not run ").split(", ")
+    for command in ("evalsha", "script|load", "xadd", "xreadgroup", "xack", "xclaim",
+                    "xtrim", "xgroup|create", "zadd", "hset", "del"):  # fmt: skip
+        assert command in denied
+    assert "xrange" not in denied and "xlen" not in denied  # +@read covers these
+    assert acl.fix.startswith("ACL SETUSER limited +")
+    assert "+evalsha" in acl.fix and "+xadd" in acl.fix
+
+    keys = (await checks_for(as_user(misconfigured, "elsewhere")))["acl"]
+    assert keys.status is Status.PROBLEM
+    assert "may not access streamq:{" in keys.detail
+    assert "~streamq:*" in keys.fix and "may not run" not in keys.detail
+
+
+async def test_denied_admin_commands_are_warnings_not_crashes(misconfigured: ValkeyServer) -> None:
+    """A user denied CONFIG, INFO and ACL (as on managed services) gets "cannot read"
+    warnings; the one thing that stops every worker (no CLIENT SETNAME, which each
+    streamq connection sends) is a problem, and the other checks still run."""
+    checks = await checks_for(as_user(misconfigured, "bare"))
+    assert checks["connection"].status is Status.PROBLEM
+    assert "CLIENT SETNAME" in checks["connection"].detail
+    assert checks["connection"].fix == "ACL SETUSER bare +client|setname"
+    for name in ("version", "appendonly", "appendfsync", "maxmemory-policy", "acl"):
+        assert checks[name].status is Status.WARN, checks[name]
+        assert checks[name].detail.startswith("cannot read"), checks[name]
+        assert checks[name].fix
+    assert "no permissions" in checks["appendonly"].detail
+
+
+@pytest.mark.parametrize(
+    ("info", "status"),
+    [
+        ({"redis_version": "6.0.16"}, Status.PROBLEM),
+        ({"redis_version": "6.2.0"}, Status.OK),
+        ({"redis_version": "7.4.1"}, Status.OK),
+        ({"redis_version": "7.2.4", "valkey_version": "7.2.5", "server_name": "valkey"}, Status.OK),
+    ],
+)
+def test_version_rule(info: dict[str, str], status: Status) -> None:
+    """XPENDING IDLE needs Redis 6.2; on Valkey its own version is what counts."""
+    assert check_version(info).status is status
+
+
+def test_a_failed_persistence_write_is_a_problem_and_cluster_mode_is_reported() -> None:
+    """The server's own status fields decide; cluster mode is information, not a fault."""
+    failing = check_persistence(
+        {"aof_last_write_status": "err", "aof_last_bgrewrite_status": "ok",
+         "rdb_last_bgsave_status": "ok"}
+    )  # fmt: skip
+    assert failing.status is Status.PROBLEM and "aof_last_write_status:err" in failing.detail
+    assert "server log" in failing.fix
+    cluster = check_cluster({"cluster_enabled": 1})
+    assert cluster.status is Status.OK and "cluster mode on" in cluster.detail
