@@ -17,7 +17,7 @@ import anyio
 
 from streamq import App, Worker, configure_logging
 
-app = App(os.environ.get("STREAMQ_EXAMPLE_QUEUE", "emails"))
+app = App(os.environ.get("STREAMQ_EXAMPLE_QUEUE", "quickstart"))
 
 
 # Explicit task names: the default is "<module>.<function>", which would be

@@ -78,6 +78,7 @@ async def progress(percent: float, message: str = "") -> bool:
 
 def progress_sync(percent: float, message: str = "") -> bool:
     """``progress`` for sync handlers, which run in worker threads."""
+    current_job()  # the clear error outside a handler, before anyio's own
     return anyio.from_thread.run(progress, percent, message)
 
 

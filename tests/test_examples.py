@@ -2,19 +2,29 @@
 
 Each example runs in a subprocess against the session's valkey-server (or, for
 one test, the embedded default), on a fresh queue named by
-``$STREAMQ_EXAMPLE_QUEUE``, so a run never sees another test's jobs.
+``$STREAMQ_EXAMPLE_QUEUE``, so a run never sees another test's jobs. Each one
+checks its own outcome and exits 1 when what it demonstrates did not happen;
+these tests also pin the lines a reader is told to expect. The web app runs
+in this process instead, through an ASGI transport: no port is opened.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
 
 from streamq.embedded import ping, socket_path
+from tests.conftest import assert_no_key_leak, queue_name, running_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60
@@ -87,7 +97,7 @@ def test_priorities_run_highest_first(redis_url: str) -> None:
 
 
 def test_quickstart_app_loads_in_the_worker_command(redis_url: str) -> None:
-    """The command compose.yaml runs finds the app and its tasks (burst: exits when idle)."""
+    """``streamq worker examples.quickstart:app`` finds the app and its tasks (burst: exits)."""
     proc = run(
         [
             str(Path(sys.executable).parent / "streamq"),
@@ -106,3 +116,168 @@ def test_quickstart_app_loads_in_the_worker_command(redis_url: str) -> None:
     assert started["tasks"] == ["resize", "send_email"]
     assert started["concurrency"] == 50
     assert events[-1]["event"] == "worker stopped"
+
+
+def test_emails_run_concurrently(redis_url: str) -> None:
+    """I/O-bound async handlers overlap: one worker sends the batch several at once."""
+    proc = run_example("emails.py", redis_url)
+    assert_clean_exit(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "enqueued 20 welcome emails and 1 digest"
+    assert lines[1].startswith("first: user0@example.com -> sent <")
+    assert lines[2] == "digest -> {'to': 'ops@example.com', 'items': 2, 'status': 'sent'}"
+    assert re.fullmatch(r"sent 20 emails in [\d.]+ s, up to \d+ at once", lines[3]), lines[3]
+
+
+def test_cpu_bound_sync_handlers_return_correct_results(redis_url: str) -> None:
+    """Sync handlers run in worker threads and their results come back intact."""
+    proc = run_example("cpu_bound.py", redis_url)
+    assert_clean_exit(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[:3] == [
+        "primes below 20000: 2262",
+        "primes below 40000: 4203",
+        "primes below 60000: 6057",
+    ]
+    assert lines[-1] == "every result checks out"
+
+
+def test_flaky_retries(redis_url: str) -> None:
+    """A flaky handler succeeds on attempt 3; retry_on and max_retries end the others in the DLQ."""
+    proc = run_example("flaky_retries.py", redis_url)
+    assert_clean_exit(proc)
+    assert proc.stdout.splitlines() == [
+        "fetch_rates -> {'currency_eur': 0.92, 'attempt': 3}",
+        "post_webhook -> 200 after a Retry(delay=0.2)",
+        "parse_invoice failed after 1 attempt(s): ValueError",
+        "sync_crm failed after 3 attempt(s): ConnectionRefusedError",
+        "in the DLQ: parse_invoice, sync_crm",
+    ]
+
+
+def test_scheduled_jobs_run_when_due(redis_url: str) -> None:
+    """enqueue_in / enqueue_at jobs wait as 'scheduled' and start after, never before, due."""
+    proc = run_example("scheduled.py", redis_url)
+    assert_clean_exit(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "enqueued 2 reminders; status now: scheduled, scheduled"
+    for line, to in zip(lines[1:3], ("ada", "bob"), strict=True):
+        assert re.fullmatch(rf"reminded {to}@example.com: succeeded, [\d.]+ s after due", line)
+    assert lines[-1] == "both ran on time"
+
+
+def test_dlq_requeue(redis_url: str) -> None:
+    """A job that failed for good waits in the DLQ; requeued after the fix, it succeeds."""
+    proc = run_example("dlq_requeue.py", redis_url)
+    assert_clean_exit(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[1].endswith(" -> failed: KeyError: 'EUR'")
+    assert re.fullmatch(r"DLQ \d+-\d+: charge_card 'failed: KeyError', attempts: 1", lines[3])
+    assert lines[4:] == [
+        "requeued 1; status now: queued",
+        "after the fix: [{'order': 'A-2', 'charged_usd': 16.2}]",
+        "no dead letter of this run is left",
+    ]
+
+
+def test_audit_replay(redis_url: str) -> None:
+    """The history tells a retried job's story, lists failures, and re-drives them."""
+    proc = run_example("audit_replay.py", redis_url)
+    assert_clean_exit(proc)
+    lines = proc.stdout.splitlines()
+    failed = json.loads(next(line for line in lines if line.startswith("{")))
+    assert (failed["kind"], failed["task"], failed["error_type"]) == (
+        "failed",
+        "refund",
+        "PermissionError",
+    )
+    assert "re-driven 1: [{'customer': 'bob', 'refunded': 12.5}]" in lines
+    assert lines[-1] == "the history holds every step"
+
+
+def test_producer_with_its_own_worker(redis_url: str) -> None:
+    """compose.yaml's producer, run alone with --with-worker (test_compose runs it with the
+    worker service's command)."""
+    proc = run(
+        [sys.executable, "-W", "error", "examples/producer.py", "--jobs", "30", "--with-worker"],
+        redis_url,
+    )
+    assert_clean_exit(proc)
+    assert re.fullmatch(r"30/30 sent, 0 failed, in [\d.]+ s", proc.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def web_example(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """examples/web_app.py imported afresh, on a fresh queue with room for 2 pending jobs."""
+    monkeypatch.setenv("STREAMQ_REDIS_URL", redis_url)
+    monkeypatch.setenv("STREAMQ_EXAMPLE_QUEUE", queue_name())
+    monkeypatch.setenv("STREAMQ_EXAMPLE_MAX_PENDING", "2")
+    spec = importlib.util.spec_from_file_location(
+        f"web_app_{uuid.uuid4().hex}", ROOT / "examples" / "web_app.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+async def test_web_app_enqueues_and_awaits_results(web_example: ModuleType) -> None:
+    """POST /jobs enqueues (503 once max_pending jobs wait, 422 for bad arguments);
+    GET /jobs/{id}?wait= returns the result once an in-process worker ran the job."""
+    api, app = web_example.api, web_example.app
+    # httpx's ASGITransport sends no lifespan events: run the app's lifespan here.
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://web") as client,
+    ):
+        first = await client.post("/jobs", json={"customer": "acme", "days": 7})
+        assert first.status_code == 202, first.text
+        job_id = first.json()["id"]
+        assert first.headers["location"] == f"/jobs/{job_id}"
+        assert (await client.post("/jobs", json={"customer": "globex"})).status_code == 202
+        full = await client.post("/jobs", json={"customer": "initech"})
+        assert full.status_code == 503, full.text
+        assert full.headers["retry-after"] == "5"
+        bad = await client.post("/jobs", json={"customer": "acme", "weeks": 2})
+        assert bad.status_code == 422
+        assert "weeks" in bad.json()["error"]
+        assert (await client.post("/jobs", content=b"not json")).status_code == 400
+
+        queued = await client.get(f"/jobs/{job_id}")
+        assert queued.json() == {"id": job_id, "status": "queued"}
+        async with running_worker(app):
+            done = await client.get(f"/jobs/{job_id}", params={"wait": 10})
+        assert done.status_code == 200
+        assert done.json() == {
+            "id": job_id,
+            "status": "succeeded",
+            "result": {"customer": "acme", "days": 7, "orders": 21},
+        }
+        assert (await client.get("/jobs/no-such-job")).status_code == 404
+        assert (await client.get(f"/jobs/{job_id}", params={"wait": "x"})).status_code == 400
+        await assert_no_key_leak(app)
+
+
+@pytest.mark.anyio
+async def test_web_app_with_worker_runs_jobs_in_its_own_process(web_example: ModuleType) -> None:
+    """``--with-worker``: the lifespan also runs a worker, which stops on shutdown."""
+    api = web_example.api
+    api.state.with_worker = True
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://web") as client,
+    ):
+        job_id = (await client.post("/jobs", json={"customer": "acme"})).json()["id"]
+        done = await client.get(f"/jobs/{job_id}", params={"wait": 10})
+        assert done.json()["result"] == {"customer": "acme", "days": 30, "orders": 90}
+
+
+def test_web_app_serves_on_loopback_only(
+    web_example: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python examples/web_app.py`` binds 127.0.0.1 (uvicorn.run is replaced: no port opens)."""
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(web_example.uvicorn, "run", lambda app, **kw: calls.append(kw))
+    web_example.main(["--port", "8123"])
+    assert calls == [{"host": "127.0.0.1", "port": 8123}]

@@ -389,3 +389,22 @@ async def test_app_default_timeout_bounds_a_handler_that_hangs_forever(redis_url
         redis = await app.redis()
         async for key in redis.scan_iter(match=app.keys.pattern()):
             await redis.delete(key)
+
+
+async def test_a_timeout_error_raised_by_the_handler_is_its_own_failure(app: App) -> None:
+    """Regression: the worker took any TimeoutError for its own timeout, so a socket
+    timeout inside a handler lost its traceback and ignored retry_on. Now only the
+    worker's own deadline makes a JobTimedOut."""
+
+    @app.task(retry_on=(ConnectionError,), backoff_base=0.01)
+    async def reads_socket() -> None:
+        raise TimeoutError("socket read timed out")
+
+    job = await reads_socket.enqueue()
+    async with running_worker(app):
+        with pytest.raises(JobFailed) as info:
+            await job.result(timeout=10)
+    assert not isinstance(info.value, JobTimedOut)
+    assert info.value.error_type == "TimeoutError"
+    assert "socket read timed out" in info.value.traceback
+    assert (await job.info())["attempts"] == "1"

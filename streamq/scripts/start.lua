@@ -10,7 +10,8 @@ local marked = 0
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * 5
   local status = redis.call('HGET', KEYS[i], 'status')
-  if status == 'queued' or status == 'running' or status == 'retrying' then
+  if status == 'queued' or status == 'running' or status == 'retrying'
+      or status == 'scheduled' then
     redis.call('HSET', KEYS[i], 'status', 'running', 'started_ms', ARGV[1],
       'worker', ARGV[2], 'attempts', ARGV[a + 2])
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',

@@ -69,8 +69,11 @@ async def execute(
     timeout_s: float | None,
 ) -> Execution:
     started = time.perf_counter()
+    value: Any = None
     try:
-        with anyio.fail_after(timeout_s):
+        # move_on_after, not fail_after: a TimeoutError the handler raises itself
+        # (a socket timeout) is its own failure, subject to retry_on, not ours.
+        with anyio.move_on_after(timeout_s) as scope:
             if task.is_async:
                 value = await task.fn(*args, **kwargs)
             else:
@@ -79,17 +82,17 @@ async def execute(
                     abandon_on_cancel=True,  # a thread cannot be interrupted; stop waiting
                     limiter=thread_limiter,
                 )
-    except TimeoutError:
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:  # a handler's failure is data, not our crash
+        return _failure(exc, started)
+    if scope.cancelled_caught:
         return Execution(
             ok=False,
             duration_ms=_ms_since(started),
             error_type="JobTimedOut",
             error=f"handler ran past its timeout of {timeout_s} s",
         )
-    except anyio.get_cancelled_exc_class():
-        raise
-    except BaseException as exc:  # a handler's failure is data, not our crash
-        return _failure(exc, started)
     try:
         encoded = serializer.dumps(value)
     except (TypeError, ValueError) as exc:
