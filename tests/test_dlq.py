@@ -150,8 +150,9 @@ async def test_dlq_cli_list_show_requeue_purge(redis_url: str) -> None:
         assert purged.returncode == 0 and "deleted 1" in purged.stdout
         bad = streamq_cli(redis_url, name, "dlq", "purge", path, "--older-than", "soon", "--yes")
         assert bad.returncode == 2
+        requeued_job = app.job(records[0]["job_id"])  # oldest DLQ entry: either job
         async with running_worker(app):  # the requeued job fails again, for good
-            assert await jobs[0].wait(timeout=10) == JobStatus.FAILED
+            assert await requeued_job.wait(timeout=10) == JobStatus.FAILED
         redis = await app.redis()
         assert int((await redis.xpending(app.keys.stream("default"), GROUP))["pending"]) == 0
         async for key in redis.scan_iter(match=app.keys.pattern()):

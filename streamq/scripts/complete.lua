@@ -8,7 +8,8 @@
 --   failed     error in the job hash, TTL set, and the entry with the last error
 --              and traceback appended to the DLQ (so it can be requeued after a fix)
 -- A repeated run (client retry) finds the message acked and the job hash already
--- holding this message's outcome, and changes nothing (invariant 9).
+-- holding the outcome of this message, consumer and delivery, and changes
+-- nothing (invariant 9); a stale worker's late call is answered 'lost'.
 --
 -- KEYS[1] events stream   KEYS[2] delayed zset   KEYS[3] dlq stream
 -- then per job: stream, job hash
@@ -36,6 +37,9 @@ for i = 1, n do
   local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 6 + (i - 1) * STRIDE
   local msg_id, deliveries = ARGV[a], tonumber(ARGV[a + 1])
+  -- Which delivery recorded the outcome: a reclaim keeps the message id, so the
+  -- id alone cannot tell this worker's retried call from a stale worker's.
+  local token = msg_id .. '|' .. ARGV[2] .. '|' .. ARGV[a + 1]
   local entry = redis.call('XPENDING', stream, ARGV[1], msg_id, msg_id, 1)[1]
   if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == deliveries then
     redis.call('XACK', stream, ARGV[1], msg_id)
@@ -49,7 +53,7 @@ for i = 1, n do
     end
     if status == 'succeeded' then
       redis.call('HSET', job, 'status', status, 'result', ARGV[a + 6],
-        'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', msg_id)
+        'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token)
       redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
       redis.call('PEXPIRE', job, ARGV[4])
       event('succeeded', a, {})
@@ -68,7 +72,7 @@ for i = 1, n do
       end
       redis.call('HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
         'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
-        'due_ms', tostring(tonumber(now) + delay), 'outcome_msg', msg_id)
+        'due_ms', tostring(tonumber(now) + delay), 'outcome_msg', token)
       event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})
     else
       local fields = {}
@@ -83,12 +87,12 @@ for i = 1, n do
       local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
       redis.call('HSET', job, 'status', 'failed', 'error_type', ARGV[a + 6],
         'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
-        'duration_ms', ARGV[a + 9], 'outcome_msg', msg_id, 'dlq_id', dlq_id)
+        'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id)
       redis.call('PEXPIRE', job, ARGV[4])
       event('failed', a, {'error_type', ARGV[a + 6], 'dlq_id', dlq_id})
     end
     replies[i] = 1
-  elseif redis.call('HGET', job, 'outcome_msg') == msg_id then
+  elseif redis.call('HGET', job, 'outcome_msg') == token then
     replies[i] = 2
   else
     -- Fenced off: record that this worker's outcome was dropped, for the audit.
