@@ -102,6 +102,7 @@ class Worker:
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
         self._heartbeat: Heartbeat | None = None
+        self._decoded: dict[tuple[str, bytes], Envelope] = {}
         self._log = get_logger(queue=app.name, worker=self.consumer)
 
     # -- control -----------------------------------------------------------------
@@ -253,6 +254,7 @@ class Worker:
                 env = decode(m.fields)
             except PoisonMessage:
                 continue
+            self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
             started.append(
                 Started(
                     self.app.keys.job(env.job_id),
@@ -285,7 +287,9 @@ class Worker:
         """Run one message; True when its outcome went to the writer."""
         app = self.app
         try:
-            env = decode(message.fields)
+            env = self._decoded.pop((message.stream, message.msg_id), None) or decode(
+                message.fields
+            )
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, poison.job_id, poison.task)
             return False
