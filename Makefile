@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit fmt clean
+.PHONY: demo test lint typecheck unit fmt clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint typecheck unit
 fmt: $(STAMP)
 	$(BIN)/ruff format streamq tests examples
 	$(BIN)/ruff check --fix streamq tests examples
+
+# streamq against its peers on fresh valkey-servers: about 1.5 h; BENCH_ARGS=--quick: about 5 min.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
