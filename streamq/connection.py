@@ -60,8 +60,12 @@ class _HiredisPacker:
         elif b" " in args[0]:
             args = tuple(args[0].split()) + args[1:]
         assert _pack is not None
-        packed = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
-        return [_pack(packed)]
+        try:
+            return [_pack(args)]
+        except TypeError:  # bytearray and the like: hiredis wants bytes
+            return [
+                _pack(tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args))
+            ]
 
 
 class _FastConnection(_HiredisPacker, Connection):
