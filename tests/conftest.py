@@ -79,6 +79,13 @@ async def assert_no_key_leak(application: App) -> None:
     assert not leaked, f"keys without a TTL left behind: {leaked}"
 
 
+async def drop_queue(application: App) -> None:
+    """Delete every key of the queue (tests that build their own App clean up with this)."""
+    redis = await application.redis()
+    async for key in redis.scan_iter(match=application.keys.pattern(), count=1000):
+        await redis.delete(key)
+
+
 async def wait_until(
     condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
     timeout: float = 10.0,

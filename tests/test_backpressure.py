@@ -6,7 +6,7 @@ import pytest
 
 from streamq import App, EnqueueError, QueueFull, Settings
 from streamq.worker.fetch import Fetcher
-from tests.conftest import queue_name, running_worker
+from tests.conftest import drop_queue, queue_name, running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -32,8 +32,7 @@ async def test_queue_full_counts_waiting_pending_and_delayed_jobs(redis_url: str
         assert (info.value.depth, info.value.limit) == (5, 5)
         stream_lengths = [await redis.xlen(app.keys.stream(p)) for p in ("high", "default")]
         assert stream_lengths == [1, 3]  # the refused job wrote nothing
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)
 
 
 async def test_enqueue_many_reports_what_it_accepted(redis_url: str) -> None:
@@ -52,6 +51,4 @@ async def test_enqueue_many_reports_what_it_accepted(redis_url: str) -> None:
             assert [await j.result(timeout=10) for j in accepted] == [0, 1, 2]
             # Once drained there is room again.
             assert await (await t.enqueue(9)).result(timeout=10) == 9
-        redis = await app.redis()
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)

@@ -13,7 +13,7 @@ from streamq import App, JobFailed, JobStatus
 from streamq.dlq import DeadLetterNotFound, DeadLetters
 from streamq.keys import GROUP
 from tests.apps.slow import FAIL, register
-from tests.conftest import queue_name, running_worker, subprocess_env
+from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,5 +155,4 @@ async def test_dlq_cli_list_show_requeue_purge(redis_url: str) -> None:
             assert await requeued_job.wait(timeout=10) == JobStatus.FAILED
         redis = await app.redis()
         assert int((await redis.xpending(app.keys.stream("default"), GROUP))["pending"]) == 0
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)

@@ -9,7 +9,7 @@ import anyio.lowlevel
 import pytest
 
 from streamq import App, JobFailed, JobStatus
-from tests.conftest import queue_name, running_worker, wait_until
+from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -110,5 +110,4 @@ async def test_result_expires_after_result_ttl(redis_url: str) -> None:
             return not await redis.exists(app.keys.job(job.id))
 
         await wait_until(expired, timeout=5, description="the job hash to expire")
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)

@@ -14,7 +14,7 @@ from streamq import App, JobStatus
 from streamq.metrics import WorkerMetrics
 from tests.apps.process import streamq_child
 from tests.apps.slow import ADD, FAIL, register
-from tests.conftest import queue_name, running_worker, subprocess_env, wait_until
+from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -87,6 +87,4 @@ async def test_worker_cli_serves_metrics(redis_url: str) -> None:
         await wait_until(counted, timeout=20, description="the metrics endpoint to count the job")
         child.signal(signal.SIGTERM)
         assert await child.wait(timeout_s=20) == 0
-        redis = await app.redis()
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)

@@ -17,7 +17,7 @@ from streamq import App, ConfigError, JobStatus
 from streamq.replay import Replay, parse_bound
 from tests.apps.process import streamq_child
 from tests.apps.slow import ADD, FAIL, register
-from tests.conftest import queue_name, running_worker, subprocess_env, wait_until
+from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ async def test_story_of_one_job_in_order(redis_url: str) -> None:
         assert [r.ts_ms for r in story[:-1]] == sorted(r.ts_ms for r in story[:-1])
         attempts = [r.fields.get("attempt") for r in story if r.source == "message"]
         assert attempts == ["1", "2"]
-        await cleanup(app)
+        await drop_queue(app)
 
 
 async def test_filters_by_task_kind_status_and_time(redis_url: str) -> None:
@@ -76,7 +76,7 @@ async def test_filters_by_task_kind_status_and_time(redis_url: str) -> None:
         assert future == []
         today = [r async for r in history.events(since=dt.datetime.now(dt.UTC).date())]
         assert len(today) == len([r async for r in history.events()])
-        await cleanup(app)
+        await drop_queue(app)
 
 
 async def test_redrive_enqueues_old_jobs_again_as_new_jobs(redis_url: str) -> None:
@@ -90,8 +90,8 @@ async def test_redrive_enqueues_old_jobs_again_as_new_jobs(redis_url: str) -> No
         assert new_id != ok
         async with running_worker(target):
             assert await target.job(new_id).result(timeout=10) == 3
-        await cleanup(app)
-        await cleanup(target)
+        await drop_queue(app)
+        await drop_queue(target)
 
 
 async def test_follow_yields_new_events(redis_url: str) -> None:
@@ -114,7 +114,7 @@ async def test_follow_yields_new_events(redis_url: str) -> None:
         assert seen == [job.id]
         async with running_worker(app):
             await job.result(timeout=10)
-        await cleanup(app)
+        await drop_queue(app)
 
 
 def cli(
@@ -177,10 +177,4 @@ async def test_replay_cli(redis_url: str) -> None:
             assert await child.wait(timeout_s=20) == 0
         async with running_worker(app):
             await job.result(timeout=10)
-        await cleanup(app)
-
-
-async def cleanup(app: App) -> None:
-    redis = await app.redis()
-    async for key in redis.scan_iter(match=app.keys.pattern()):
-        await redis.delete(key)
+        await drop_queue(app)

@@ -15,7 +15,7 @@ from streamq import App, JobStatus, Settings, Worker
 from streamq.janitor import Janitor
 from streamq.keys import GROUP
 from streamq.worker.fetch import Fetcher
-from tests.conftest import queue_name, running_worker
+from tests.conftest import drop_queue, queue_name, running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -38,12 +38,6 @@ async def enqueue(app: App, count: int) -> list[str]:
     for start in range(0, count, 100):
         jobs += await task.enqueue_many([(i,) for i in range(start, min(count, start + 100))])
     return [j.id for j in jobs]
-
-
-async def cleanup(app: App) -> None:
-    redis = await app.redis()
-    async for key in redis.scan_iter(match=app.keys.pattern()):
-        await redis.delete(key)
 
 
 async def test_pending_entries_survive_trimming_and_still_run(redis_url: str) -> None:
@@ -74,7 +68,7 @@ async def test_pending_entries_survive_trimming_and_still_run(redis_url: str) ->
                 assert await app.job(job_id).result(timeout=20) is not None
         assert int((await redis.xpending(stream, GROUP))["pending"]) == 0
         assert await app.job(first[-1]).status() == JobStatus.SUCCEEDED
-        await cleanup(app)
+        await drop_queue(app)
 
 
 async def test_unread_backlog_is_never_trimmed(redis_url: str) -> None:
@@ -89,7 +83,7 @@ async def test_unread_backlog_is_never_trimmed(redis_url: str) -> None:
         await Worker(app, burst=True, concurrency=50).run()
         await Janitor(app, "janitor").trim()
         assert await redis.xlen(stream) < 300
-        await cleanup(app)
+        await drop_queue(app)
 
 
 async def test_length_limit_trims_to_about_maxlen(redis_url: str) -> None:
@@ -102,7 +96,7 @@ async def test_length_limit_trims_to_about_maxlen(redis_url: str) -> None:
         await Janitor(app, "janitor").trim()
         length = int(await redis.xlen(app.keys.stream("default")))
         assert 100 <= length < 400
-        await cleanup(app)
+        await drop_queue(app)
 
 
 async def test_no_retention_keeps_everything(redis_url: str) -> None:
@@ -112,4 +106,4 @@ async def test_no_retention_keeps_everything(redis_url: str) -> None:
         await Worker(app, burst=True, concurrency=50).run()
         assert await Janitor(app, "janitor").trim() == 0
         assert await (await app.redis()).xlen(app.keys.stream("default")) == 200
-        await cleanup(app)
+        await drop_queue(app)

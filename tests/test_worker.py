@@ -10,7 +10,7 @@ import pytest
 
 from streamq import App, JobFailed, JobStatus, JobTimedOut, Settings, Worker
 from streamq.keys import GROUP
-from tests.conftest import queue_name, running_worker, wait_until
+from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -122,8 +122,7 @@ async def test_success_acks_stores_result_and_records_events(redis_url: str) -> 
         assert 0 < await redis.ttl(app.keys.job(job.id)) <= 120
         assert await pending_count(app) == 0
         assert await event_kinds(app, job.id) == ["enqueued", "started", "succeeded"]
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)
 
 
 async def test_failure_is_recorded_with_traceback_and_acked(app: App) -> None:
@@ -386,9 +385,7 @@ async def test_app_default_timeout_bounds_a_handler_that_hangs_forever(redis_url
         async with running_worker(app):
             with pytest.raises(JobTimedOut):
                 await job.result(timeout=10)
-        redis = await app.redis()
-        async for key in redis.scan_iter(match=app.keys.pattern()):
-            await redis.delete(key)
+        await drop_queue(app)
 
 
 async def test_a_timeout_error_raised_by_the_handler_is_its_own_failure(app: App) -> None:
