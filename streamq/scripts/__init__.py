@@ -1,7 +1,13 @@
 """Typed wrappers for the Lua scripts: one ``.lua`` file per operation.
 
 Each script's header documents its KEYS, ARGV and reply; the wrapper here is
-the Python side of that contract. Scripts are called by SHA (EVALSHA). The SHA
+the Python side of that contract. Scripts that move work along (fetch, start,
+complete, reclaim, promote, trim, ...) carry ``#!lua flags=allow-oom``: at
+maxmemory (noeviction) Redis refuses new enqueues, but workers must still be
+able to finish, ack and record the jobs already accepted, which is also what
+frees memory again. ``enqueue`` and ``requeue`` have no such flag.
+
+Scripts are called by SHA (EVALSHA). The SHA
 is computed locally, so the first call needs no round trip; a NOSCRIPT reply
 (a fresh or restarted server) loads every script once and retries the call.
 Retrying is safe because every script is idempotent for the same arguments.

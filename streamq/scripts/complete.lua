@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- complete: record a batch of outcomes (succeeded, retry or failed), each fenced.
 -- For each job: only if its message is still pending to this consumer with the
 -- delivery count the worker was given (DESIGN.md invariant 3), XACK it and

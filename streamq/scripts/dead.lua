@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- dead: move one message that cannot run (poison) to the DLQ, fenced.
 -- The original entry's fields are copied from the stream itself (an entry
 -- deleted while pending yields none), followed by the DLQ metadata. The message

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- drain: re-read this consumer's own pending messages (a restart under the same
 -- consumer name), with the delivery count each now has. XREADGROUP with an id
 -- reads the consumer's PEL and adds a delivery; an entry whose message was

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fetch: read new messages for one consumer, strictly highest priority first.
 -- One XREADGROUP per stream inside one script, so a lower stream is read only
 -- when the higher ones had fewer than COUNT waiting, with no round trip between.

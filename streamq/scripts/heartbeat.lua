@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- heartbeat: reset the idle time of messages this consumer is still running,
 -- so a long job is not reclaimed while alive (DESIGN.md invariant 6).
 -- XCLAIM takes a message from whoever holds it, so each entry is first checked

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- lease: take or extend a leader lease for singleton janitor duties.
 -- Free → take it; held by this token → extend it; held by another → refuse.
 --

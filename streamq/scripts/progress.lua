@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- progress: record a running job's progress in its hash and as an event.
 -- Only while the job is running, so a late report from a worker that lost the
 -- job cannot write over a finished one.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- promote: move due entries of the delayed set into their priority streams.
 -- ZREM and XADD happen in one script, so two janitors racing cannot promote an
 -- entry twice, and a janitor dying mid-way cannot lose one.

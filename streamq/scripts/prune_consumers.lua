@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- prune_consumers: remove consumers that are idle and hold no pending entries.
 -- XGROUP DELCONSUMER drops a consumer's pending entries with it, so the check
 -- (XPENDING for that consumer) and the delete run atomically here.

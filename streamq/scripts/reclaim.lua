@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- reclaim: take over messages idle past their task's visibility timeout.
 -- XPENDING IDLE finds candidates anywhere in the PEL in one call (XAUTOCLAIM
 -- examines only COUNT x 10 entries per call); each one is then claimed with

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release: give up a leader lease, only if this token still holds it.
 --
 -- KEYS[1] lock key

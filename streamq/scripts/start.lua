@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- start: mark a fetched batch of jobs as running and record a started event each.
 -- A job hash that is missing or already final is left alone, so a late or
 -- repeated call never resurrects a finished job or creates a key without a TTL.

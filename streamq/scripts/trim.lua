@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- trim: drop old history from one stream without ever dropping work.
 -- The cut is the smallest of: the age cutoff, the length cutoff, and, for every
 -- consumer group on the stream, its oldest pending entry and its last-delivered

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from streamq.keys import GROUP, Keyspace
 from streamq.scripts import Entry, Scripts
@@ -70,8 +70,16 @@ class Fetcher:
     async def ensure_groups(self) -> None:
         """Create the group on every stream at id 0 (not ``$``: keep earlier jobs)."""
         for stream in self.streams:
+            # Look before creating: XGROUP CREATE is refused outright at maxmemory,
+            # and a worker restarted during a memory incident must still start.
+            if await self._redis.exists(stream):
+                groups = await self._redis.xinfo_groups(stream)
+                if any(g["name"] in (GROUP, GROUP.encode()) for g in groups):
+                    continue
             try:
                 await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except OutOfMemoryError:
+                continue  # the fetch script (allowed at maxmemory) creates it when needed
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
