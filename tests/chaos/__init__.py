@@ -1,0 +1,1 @@
+"""Chaos scenarios of CHAOS-PLAN.md: seeded, deadline-bounded, behind the ``chaos`` marker."""

@@ -1,0 +1,30 @@
+"""Chaos fixtures: the figures reporter, shown in the terminal summary of every run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.chaos.support import FIGURES, SCALE, SEED, emit_figures
+
+Report = Callable[..., None]
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    """``report("C1", lost=0, ...)``: record one scenario's figures (see ``emit_figures``)."""
+
+    def emit(scenario: str, **figures: Any) -> None:
+        emit_figures(request.config, scenario, figures)
+
+    return emit
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURES, None)
+    if lines:
+        terminalreporter.section(f"streamq chaos figures (scale {SCALE}, seed {SEED})")
+        for line in lines:
+            terminalreporter.write_line(line)
