@@ -216,7 +216,9 @@ class Worker:
                                 return
                             await self._wait_change(timeout_s=min(interval_s, 0.2))
                             continue
-                        ready.extend(await fetcher.wait())
+                        # Wake for the next reclaim pass rather than block past it.
+                        until_reclaim_ms = int((next_reclaim - time.monotonic()) * 1000)
+                        ready.extend(await fetcher.wait(until_reclaim_ms))
                     if not ready:
                         continue
                     for message in ready:

@@ -136,7 +136,7 @@ class Fetcher:
         reply = await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
         return self._messages(reply)
 
-    async def wait(self) -> list[Message]:
+    async def wait(self, max_block_ms: int | None = None) -> list[Message]:
         """Block until at least one stream has a new message (or the block expires).
 
         COUNT 1 per stream: this call only wakes the worker; the next ``fetch``
@@ -147,7 +147,7 @@ class Fetcher:
             self._consumer,
             dict.fromkeys(self.streams, ">"),
             count=1,
-            block=self._block_ms,
+            block=max(1, min(self._block_ms, max_block_ms or self._block_ms)),
         )
         raw = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None, reply)
         entries: list[tuple[str, list[Entry]]] = [
