@@ -89,6 +89,13 @@ class App:
     def __repr__(self) -> str:
         return f"App({self.name!r})"
 
+    def priority_of_stream(self, stream: str) -> str | None:
+        """The priority whose stream key this is, or None for another key."""
+        for priority in self.settings.priorities:
+            if self.keys.stream(priority) == stream:
+                return priority
+        return None
+
     # -- task registry --------------------------------------------------------------
 
     @overload

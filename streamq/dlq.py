@@ -165,9 +165,9 @@ class DeadLetters:
         return int(await redis.xtrim(self.app.keys.dlq, minid=min_id, approximate=False))
 
     def _priority_of(self, letter: DeadLetter) -> str:
-        for priority in self.app.settings.priorities:
-            if self.app.keys.stream(priority) == letter.origin_stream:
-                return priority
+        priority = self.app.priority_of_stream(letter.origin_stream)
+        if priority is not None:
+            return priority
         task = self.app.tasks.get(letter.task or "")
         if task is not None:
             return task.options.priority

@@ -15,8 +15,8 @@ import anyio
 from redis.exceptions import RedisError
 
 from streamq.errors import ConfigError
-from streamq.keys import GROUP
 from streamq.logging import get_logger
+from streamq.stats import collect
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -90,20 +90,16 @@ class WorkerMetrics:
     # -- sampling and serving --------------------------------------------------------
 
     async def sample(self) -> None:
-        app = self.app
-        redis = await app.redis()
-        for priority in app.settings.priorities:
-            groups = await redis.xinfo_groups(app.keys.stream(priority)) if await redis.exists(
-                app.keys.stream(priority)
-            ) else []  # fmt: skip
-            group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-            lag = int(group["lag"] or 0) if group else 0
-            pending = int(group["pending"]) if group else 0
-            self.lag.labels(app.name, priority).set(lag)
-            self.pending.labels(app.name, priority).set(pending)
-            self.depth.labels(app.name, priority).set(lag + pending)
-        self.delayed.labels(app.name).set(int(await redis.zcard(app.keys.delayed)))
-        self.dlq.labels(app.name).set(int(await redis.xlen(app.keys.dlq)))
+        """One ``stats.collect`` snapshot (one pipeline; lag estimated when unknown)."""
+        snapshot = await collect(self.app)
+        name = self.app.name
+        for p in snapshot.priorities:
+            lag = p.lag or 0  # unknown even as an estimate: report none rather than guess
+            self.lag.labels(name, p.priority).set(lag)
+            self.pending.labels(name, p.priority).set(p.pending)
+            self.depth.labels(name, p.priority).set(lag + p.pending)
+        self.delayed.labels(name).set(snapshot.delayed)
+        self.dlq.labels(name).set(snapshot.dlq)
 
     async def run_sampler(self) -> None:
         while True:

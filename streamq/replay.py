@@ -225,7 +225,7 @@ class Replay:
         redis = await self.app.redis()
         start = parse_bound(since) or "-"
         stop = parse_bound(until, end=True) or "+"
-        priority = self._stream_priority(key)
+        priority = self.app.priority_of_stream(key)
         while True:
             page = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
@@ -239,12 +239,6 @@ class Replay:
             if len(page) < _PAGE:
                 return
             start = "(" + page[-1][0].decode()
-
-    def _stream_priority(self, key: str) -> str | None:
-        for priority in self.app.settings.priorities:
-            if self.app.keys.stream(priority) == key:
-                return priority
-        return None
 
     async def _final_kinds(self) -> dict[str, str]:
         final: dict[str, str] = {}
