@@ -31,7 +31,17 @@ from redis.asyncio import Redis
 from streamq import App
 from streamq.embedded import ValkeyServer
 from streamq.keys import GROUP
+from tests.apps.chaos_app import (
+    JANITOR_ENV,
+    LEDGER_KEY_ENV,
+    QUEUE_ENV,
+    VIS_ENV,
+    Ledger,
+    chaos_settings,
+    register,
+)
 from tests.apps.process import ROOT
+from tests.conftest import subprocess_env
 
 SCALE = float(os.environ.get("STREAMQ_CHAOS_SCALE", "0.1"))
 SEED = int(os.environ.get("STREAMQ_CHAOS_SEED", "20261123"))
@@ -99,6 +109,27 @@ async def wait_for(
 
 
 # -- servers -----------------------------------------------------------------------------
+
+
+def queue_ledger_key(queue: str) -> str:
+    """The execution ledger of a queue's workers: outside streamq's keys, same slot."""
+    return f"chaosledger:{{{queue}}}:exec"
+
+
+def worker_env(
+    url: str, queue: str, vis_s: float, janitor_s: float, **extra: str
+) -> dict[str, str]:
+    """Environment of a chaos_app worker child for this queue and these timings."""
+    return subprocess_env(
+        url,
+        **{QUEUE_ENV: queue, VIS_ENV: str(vis_s), JANITOR_ENV: str(janitor_s),
+           LEDGER_KEY_ENV: queue_ledger_key(queue), **extra},
+    )  # fmt: skip
+
+
+def producer_app(url: str, queue: str, vis_s: float, janitor_s: float) -> App:
+    """The test's own App on the workers' queue, with the same tasks (no ledger)."""
+    return register(App(queue, settings=chaos_settings(url, vis_s, janitor_s)), Ledger(None, ""))
 
 
 def free_port() -> int:

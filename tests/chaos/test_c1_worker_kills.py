@@ -25,10 +25,6 @@ from redis.asyncio import Redis
 
 from streamq import App
 from tests.apps.chaos_app import (
-    JANITOR_ENV,
-    LEDGER_KEY_ENV,
-    QUEUE_ENV,
-    VIS_ENV,
     WORK,
     Ledger,
     chaos_settings,
@@ -44,6 +40,7 @@ from tests.chaos.support import (
     ledger_counts,
     percentiles,
     pid_of_consumer,
+    queue_ledger_key,
     quiescent,
     rng,
     scaled,
@@ -51,8 +48,9 @@ from tests.chaos.support import (
     time_budget_s,
     valkey_server,
     wait_for,
+    worker_env,
 )
-from tests.conftest import queue_name, subprocess_env
+from tests.conftest import queue_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -76,17 +74,13 @@ async def test_c1_sigkill_a_worker_every_second_loses_nothing(
 ) -> None:
     random = rng("C1")
     queue = queue_name()
-    ledger_key = f"chaosledger:{{{queue}}}:exec"
+    ledger_key = queue_ledger_key(queue)
     work_items = [(f"k{i}", random.randint(*JOB_MS)) for i in range(JOBS)]
     attempted = {key for key, _ in work_items}
     acked: dict[str, str] = {}  # job id -> ledger key, once enqueue returned
 
     async with valkey_server(tmp_path / "valkey") as server:
-        env = subprocess_env(
-            server.url,
-            **{QUEUE_ENV: queue, VIS_ENV: str(VIS_S), JANITOR_ENV: str(JANITOR_S),
-               LEDGER_KEY_ENV: ledger_key},
-        )  # fmt: skip
+        env = worker_env(server.url, queue, VIS_S, JANITOR_S)
         settings = chaos_settings(server.url, VIS_S, JANITOR_S)
         observer = register(App(queue, settings=settings), Ledger(None, ""))
 

@@ -31,11 +31,7 @@ from redis.exceptions import RedisError
 from streamq import App
 from streamq.embedded import ValkeyServer
 from tests.apps.chaos_app import (
-    JANITOR_ENV,
-    LEDGER_KEY_ENV,
     LEDGER_URL_ENV,
-    QUEUE_ENV,
-    VIS_ENV,
     WORK,
     Ledger,
     chaos_settings,
@@ -48,6 +44,7 @@ from tests.chaos.support import (
     events,
     ledger_counts,
     percentiles,
+    queue_ledger_key,
     quiescent,
     rng,
     scaled,
@@ -55,8 +52,9 @@ from tests.chaos.support import (
     time_budget_s,
     valkey_server,
     wait_for,
+    worker_env,
 )
-from tests.conftest import queue_name, subprocess_env
+from tests.conftest import queue_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -95,7 +93,7 @@ async def test_c2_valkey_sigkill_and_aof_restart_loses_no_acknowledged_enqueue(
 ) -> None:
     random = rng(f"C2-{appendfsync}")
     queue = queue_name()
-    ledger_key = f"chaosledger:{{{queue}}}:exec"
+    ledger_key = queue_ledger_key(queue)
     work_items = [(f"k{i}", random.randint(*JOB_MS)) for i in range(JOBS)]
     acked: dict[str, str] = {}  # job id -> ledger key, once enqueue returned
     refused_calls = 0
@@ -106,11 +104,7 @@ async def test_c2_valkey_sigkill_and_aof_restart_loses_no_acknowledged_enqueue(
         valkey_server(tmp_path / "ledger") as ledger_server,
         valkey_server(tmp_path / "valkey", appendfsync=appendfsync) as server,
     ):
-        env = subprocess_env(
-            server.url,
-            **{QUEUE_ENV: queue, VIS_ENV: str(VIS_S), JANITOR_ENV: str(JANITOR_S),
-               LEDGER_URL_ENV: ledger_server.url, LEDGER_KEY_ENV: ledger_key},
-        )  # fmt: skip
+        env = worker_env(server.url, queue, VIS_S, JANITOR_S, **{LEDGER_URL_ENV: ledger_server.url})
         settings = chaos_settings(server.url, VIS_S, JANITOR_S)
         observer = register(App(queue, settings=settings), Ledger(None, ""))
 

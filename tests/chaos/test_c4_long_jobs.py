@@ -22,13 +22,6 @@ from streamq import App
 from streamq.keys import GROUP
 from tests.apps.chaos_app import (
     HOLD,
-    JANITOR_ENV,
-    LEDGER_KEY_ENV,
-    QUEUE_ENV,
-    VIS_ENV,
-    Ledger,
-    chaos_settings,
-    register,
 )
 from tests.chaos.conftest import Report
 from tests.chaos.support import (
@@ -36,14 +29,17 @@ from tests.chaos.support import (
     events,
     ledger_counts,
     percentiles,
+    producer_app,
+    queue_ledger_key,
     quiescent,
     scaled,
     statuses,
     time_budget_s,
     valkey_server,
     wait_for,
+    worker_env,
 )
-from tests.conftest import queue_name, subprocess_env
+from tests.conftest import queue_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -69,16 +65,10 @@ async def test_c4_heartbeats_keep_long_jobs_and_a_kill_releases_them(
     tmp_path: Path, report: Report
 ) -> None:
     queue = queue_name()
-    ledger_key = f"chaosledger:{{{queue}}}:exec"
+    ledger_key = queue_ledger_key(queue)
     async with valkey_server(tmp_path / "valkey") as server:
-        env = subprocess_env(
-            server.url,
-            **{QUEUE_ENV: queue, VIS_ENV: str(VIS_S), JANITOR_ENV: str(JANITOR_S),
-               LEDGER_KEY_ENV: ledger_key},
-        )  # fmt: skip
-        app = register(
-            App(queue, settings=chaos_settings(server.url, VIS_S, JANITOR_S)), Ledger(None, "")
-        )
+        env = worker_env(server.url, queue, VIS_S, JANITOR_S)
+        app = producer_app(server.url, queue, VIS_S, JANITOR_S)
         async with (
             app,
             WorkerPool(tmp_path / "workers", env, APP_PATH, "--concurrency", str(JOBS)) as pool,

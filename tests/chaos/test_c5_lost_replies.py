@@ -39,6 +39,7 @@ from tests.chaos.support import (
     entries_per_job,
     events,
     percentiles,
+    producer_app,
     quiescent,
     rng,
     scaled,
@@ -90,9 +91,7 @@ async def test_c5_lost_replies_are_retried_without_duplicates_or_loss(
         via_proxy = chaos_settings(proxy.url, VIS_S, JANITOR_S)
         consumer_app = worker_app(queue, proxy.url, runs)
         producer = register(App(queue, settings=via_proxy), Ledger(None, ""))
-        observer = register(
-            App(queue, settings=chaos_settings(server.url, VIS_S, JANITOR_S)), Ledger(None, "")
-        )
+        observer = producer_app(server.url, queue, VIS_S, JANITOR_S)
         try:
             with capture_logs() as logs:
                 async with consumer_app, producer, observer, anyio.create_task_group() as tg:

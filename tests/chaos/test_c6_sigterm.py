@@ -18,16 +18,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from streamq import App
 from tests.apps.chaos_app import (
     HOLD,
-    JANITOR_ENV,
-    LEDGER_KEY_ENV,
-    QUEUE_ENV,
-    VIS_ENV,
-    Ledger,
-    chaos_settings,
-    register,
 )
 from tests.chaos.conftest import Report
 from tests.chaos.support import (
@@ -36,12 +28,15 @@ from tests.chaos.support import (
     backlog,
     events,
     ledger_counts,
+    producer_app,
+    queue_ledger_key,
     quiescent,
     statuses,
     valkey_server,
     wait_for,
+    worker_env,
 )
-from tests.conftest import queue_name, subprocess_env
+from tests.conftest import queue_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -65,16 +60,10 @@ async def test_c6_sigterm_finishes_in_flight_jobs_and_cuts_off_past_the_grace(
     tmp_path: Path, report: Report
 ) -> None:
     queue = queue_name()
-    ledger_key = f"chaosledger:{{{queue}}}:exec"
+    ledger_key = queue_ledger_key(queue)
     async with valkey_server(tmp_path / "valkey") as server:
-        env = subprocess_env(
-            server.url,
-            **{QUEUE_ENV: queue, VIS_ENV: str(VIS_S), JANITOR_ENV: str(JANITOR_S),
-               LEDGER_KEY_ENV: ledger_key},
-        )  # fmt: skip
-        app = register(
-            App(queue, settings=chaos_settings(server.url, VIS_S, JANITOR_S)), Ledger(None, "")
-        )
+        env = worker_env(server.url, queue, VIS_S, JANITOR_S)
+        app = producer_app(server.url, queue, VIS_S, JANITOR_S)
         hold = app.tasks[HOLD]
         options = ("--concurrency", str(IN_FLIGHT))
         async with (

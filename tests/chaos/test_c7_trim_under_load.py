@@ -21,17 +21,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from streamq import App
 from tests.apps.chaos_app import (
-    JANITOR_ENV,
-    LEDGER_KEY_ENV,
-    QUEUE_ENV,
     TRIM_ENV,
-    VIS_ENV,
     WORK,
-    Ledger,
-    chaos_settings,
-    register,
 )
 from tests.chaos.conftest import Report
 from tests.chaos.support import (
@@ -39,6 +31,8 @@ from tests.chaos.support import (
     WorkerPool,
     kill_and_replace,
     ledger_counts,
+    producer_app,
+    queue_ledger_key,
     quiescent,
     rng,
     scaled,
@@ -46,8 +40,9 @@ from tests.chaos.support import (
     time_budget_s,
     valkey_server,
     wait_for,
+    worker_env,
 )
-from tests.conftest import queue_name, subprocess_env
+from tests.conftest import queue_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -68,17 +63,17 @@ async def test_c7_trimming_with_retention_zero_never_drops_pending_work(
 ) -> None:
     random = rng("C7")
     queue = queue_name()
-    ledger_key = f"chaosledger:{{{queue}}}:exec"
+    ledger_key = queue_ledger_key(queue)
     items = [(f"k{i}", random.randint(*JOB_MS)) for i in range(JOBS)]
     async with valkey_server(tmp_path / "valkey") as server:
-        env = subprocess_env(
+        env = worker_env(
             server.url,
-            **{QUEUE_ENV: queue, VIS_ENV: str(VIS_S), JANITOR_ENV: str(JANITOR_S),
-               LEDGER_KEY_ENV: ledger_key, TRIM_ENV: str(TRIM_S), "STREAMQ_RETENTION": "0"},
-        )  # fmt: skip
-        app = register(
-            App(queue, settings=chaos_settings(server.url, VIS_S, JANITOR_S)), Ledger(None, "")
+            queue,
+            VIS_S,
+            JANITOR_S,
+            **{TRIM_ENV: str(TRIM_S), "STREAMQ_RETENTION": "0"},
         )
+        app = producer_app(server.url, queue, VIS_S, JANITOR_S)
         async with (
             app,
             Redis.from_url(server.url) as ledger,
