@@ -89,6 +89,11 @@ class App:
     def __repr__(self) -> str:
         return f"App({self.name!r})"
 
+    @property
+    def streams(self) -> list[str]:
+        """The priority streams' keys, highest priority first."""
+        return [self.keys.stream(p) for p in self.settings.priorities]
+
     def priority_of_stream(self, stream: str) -> str | None:
         """The priority whose stream key this is, or None for another key."""
         for priority in self.settings.priorities:
@@ -241,7 +246,8 @@ class App:
         """
         now_ms = int(time.time() * 1000)
         extra = self._option_fields(task)
-        all_streams = [self.keys.stream(p) for p in self.settings.priorities]
+        # Only the backpressure check reads every stream.
+        all_streams = self.streams if self.settings.max_pending else []
         prepared: list[tuple[list[str], list[Arg]]] = []
         ids: list[str] = []
         for args, kwargs in calls:

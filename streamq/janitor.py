@@ -81,7 +81,7 @@ class Janitor:
             moved = await scripts.promote(
                 delayed=app.keys.delayed,
                 events=app.keys.events,
-                streams=[app.keys.stream(p) for p in app.settings.priorities],
+                streams=app.streams,
                 priorities=app.settings.priorities,
                 now_ms=int(time.time() * 1000),
                 limit=PROMOTE_BATCH,
@@ -107,7 +107,7 @@ class Janitor:
         if settings.retention_s is not None:
             min_id = f"{int((time.time() - settings.retention_s) * 1000)}-0"
         total = 0
-        streams = [app.keys.stream(p) for p in settings.priorities] + [app.keys.events]
+        streams = [*app.streams, app.keys.events]
         for stream in streams:
             removed, _cut = await scripts.trim(
                 stream, min_id=min_id, maxlen=settings.retention_maxlen or 0
