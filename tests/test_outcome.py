@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
-import anyio
 import pytest
 
 from streamq import App
@@ -141,11 +138,10 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
     writer = OutcomeWriter(
         CountingScripts(await app.redis()), app.keys, app.settings, "w", settled.append
     )
-    send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=math.inf)
     for message, job in zip(messages, jobs, strict=True):
-        send.send_nowait(outcome(app, message, job.id))
-    send.close()
-    await writer.run(receive)
+        writer.put(outcome(app, message, job.id))
+    writer.close()
+    await writer.run()
     assert calls == [5]
     assert [len(keys) for keys in settled] == [5]
     assert [await j.result(timeout=1) for j in jobs] == [42] * 5

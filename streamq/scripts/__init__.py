@@ -47,7 +47,7 @@ NAMES = (
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per job, and frozen init costs
 class Outcome:
     """One finished job for ``complete``; ``status`` is 'succeeded' or 'failed'."""
 
@@ -68,7 +68,7 @@ class Outcome:
     priority: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per job, and frozen init costs
 class Started:
     job_key: str
     job_id: str

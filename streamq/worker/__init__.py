@@ -12,7 +12,6 @@ cancelled and left pending.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import socket
@@ -21,7 +20,6 @@ from collections import deque
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectSendStream, TaskGroup
 from redis.exceptions import RedisError
 
 from streamq.app import App
@@ -99,11 +97,15 @@ class Worker:
         self._running = 0
         self._unsettled = 0  # fetched and not yet recorded (or dropped)
         self._changed = anyio.Event()
+        self._ready: deque[Message] = deque()
+        self._idle: deque[anyio.Event] = deque()  # one per runner waiting for a message
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
         self._heartbeat: Heartbeat | None = None
         self._decoded: dict[tuple[str, bytes], Envelope] = {}
         self._log = get_logger(queue=app.name, worker=self.consumer)
+
+    _writer: OutcomeWriter  # set by run()
 
     # -- control -----------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class Worker:
         if self._jobs_scope is not None:
             grace = self.grace_s if grace_s is None else grace_s
             self._jobs_scope.deadline = min(self._jobs_scope.deadline, anyio.current_time() + grace)
+        self._wake_runners()
         self._notify()
 
     async def run(
@@ -148,7 +151,7 @@ class Worker:
             scripts, app.keys, app.settings, self.consumer, self._settled,
             on_recorded=self._recorded if self.metrics else None,
         )  # fmt: skip
-        send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=math.inf)
+        self._writer = writer
         self._thread_limiter = anyio.CapacityLimiter(self.concurrency)
         self._log.info(
             "worker started", concurrency=self.concurrency, tasks=sorted(app.tasks),
@@ -163,80 +166,112 @@ class Worker:
             if self.metrics is not None:
                 services.start_soon(self.metrics.run_sampler)
             async with anyio.create_task_group() as recording:
-                recording.start_soon(writer.run, receive)
-                async with send, anyio.create_task_group() as jobs:
-                    self._jobs_scope = jobs.cancel_scope
-                    task_status.started()
-                    with anyio.CancelScope() as self._fetch_scope:
-                        if not self.stopping:
-                            await self._fetch_loop(fetcher, scripts, jobs, send)
-                    self.stopping = True
-                    jobs.cancel_scope.deadline = min(
-                        jobs.cancel_scope.deadline, anyio.current_time() + self.grace_s
-                    )
-                # Handlers are done (or cancelled and left pending); `send` is
-                # closed, so the writer records what is queued and returns.
+                recording.start_soon(writer.run)
+                try:
+                    async with anyio.create_task_group() as jobs:
+                        self._jobs_scope = jobs.cancel_scope
+                        for _ in range(self.concurrency):
+                            jobs.start_soon(self._runner)
+                        task_status.started()
+                        with anyio.CancelScope() as self._fetch_scope:
+                            if not self.stopping:
+                                await self._fetch_loop(fetcher, scripts)
+                        self.stopping = True
+                        self._wake_runners()
+                        jobs.cancel_scope.deadline = min(
+                            jobs.cancel_scope.deadline, anyio.current_time() + self.grace_s
+                        )
+                finally:
+                    # Handlers are done (or cancelled and left pending): the
+                    # writer records what is queued and returns.
+                    writer.close()
                 recording.cancel_scope.deadline = anyio.current_time() + _WRITER_DRAIN_S
             services.cancel_scope.cancel()
         self._log.info("worker stopped", processed=self.processed)
 
     # -- fetching ------------------------------------------------------------------
 
-    async def _fetch_loop(
-        self, fetcher: Fetcher, scripts: Scripts, jobs: TaskGroup, send: ObjectSendStream[Outcome]
-    ) -> None:
-        ready: deque[Message] = deque()
+    async def _fetch_loop(self, fetcher: Fetcher, scripts: Scripts) -> None:
         failures = 0
         interval_s = self.app.settings.janitor_interval_s
         next_reclaim = time.monotonic()
         refill = max(1, min(self.concurrency // 4, 50))
+        ready = self._ready
         while not self.stopping:
+            free = self.concurrency - self._running - len(ready)
+            if free <= 0 or (self._running and free < refill):
+                # Saturated: wait for a batch's worth of free slots, so a busy
+                # worker fetches many messages per round trip instead of one
+                # each time a single job finishes.
+                await self._wait_change()
+                continue
             try:
-                if not ready:
-                    free = self.concurrency - self._running
-                    if free <= 0 or (self._running and free < refill):
-                        # Saturated: wait for a batch's worth of free slots, so a
-                        # busy worker fetches many messages per round trip instead
-                        # of one each time a single job finishes.
-                        await self._wait_change()
+                batch: list[Message] = []
+                if fetcher.draining:
+                    batch = await fetcher.drain(free)
+                elif time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + interval_s
+                    batch = await fetcher.reclaim(free)
+                    if self.metrics is not None:
+                        self.metrics.reclaimed(len(batch))
+                if not batch and not fetcher.draining:
+                    batch = await fetcher.fetch(free)
+                if not batch and not fetcher.draining:
+                    if self.burst:
+                        if await self._burst_done():
+                            return
+                        await self._wait_change(timeout_s=min(interval_s, 0.2))
                         continue
-                    if fetcher.draining:
-                        ready.extend(await fetcher.drain(self.concurrency))
-                    elif time.monotonic() >= next_reclaim:
-                        next_reclaim = time.monotonic() + interval_s
-                        reclaimed = await fetcher.reclaim(free)
-                        if self.metrics is not None:
-                            self.metrics.reclaimed(len(reclaimed))
-                        ready.extend(reclaimed)
-                    if not ready and not fetcher.draining:
-                        ready.extend(await fetcher.fetch(free))
-                    if not ready and not fetcher.draining:
-                        if self.burst:
-                            if await self._burst_done():
-                                return
-                            await self._wait_change(timeout_s=min(interval_s, 0.2))
-                            continue
-                        # Wake for the next reclaim pass rather than block past it.
-                        until_reclaim_ms = int((next_reclaim - time.monotonic()) * 1000)
-                        ready.extend(await fetcher.wait(until_reclaim_ms))
-                    if not ready:
-                        continue
-                    for message in ready:
-                        self._hold(message)
-                    await self._mark_started(scripts, ready)
+                    # Wake for the next reclaim pass rather than block past it.
+                    until_reclaim_ms = int((next_reclaim - time.monotonic()) * 1000)
+                    batch = await fetcher.wait(until_reclaim_ms)
+                if not batch:
+                    continue
+                for message in batch:
+                    self._hold(message)
+                try:
+                    await self._mark_started(scripts, batch)
+                finally:
+                    # Held messages run even when marking them failed: the
+                    # status is cosmetic, the message is ours either way.
+                    self._dispatch(batch)
                 failures = 0
             except RedisError as exc:
                 delay = _RECONNECT_BACKOFF_S[min(failures, len(_RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
                 self._log.warning("fetch failed; retrying", error=repr(exc), retry_in_s=delay)
                 await anyio.sleep(delay)
-                continue
-            while ready and self._running < self.concurrency:
-                message = ready.popleft()
-                self._running += 1
-                jobs.start_soon(self._run_one, message, send)
-            if ready:
-                await self._wait_change()
+
+    def _dispatch(self, batch: list[Message]) -> None:
+        """Hand fetched messages to idle runners, waking one runner per message."""
+        self._ready.extend(batch)
+        idle = self._idle
+        for _ in range(min(len(batch), len(idle))):
+            idle.popleft().set()
+
+    async def _runner(self) -> None:
+        """One of ``concurrency`` long-lived runners: take a ready message, run it, repeat.
+
+        Long-lived runners instead of a task per job: spawning and joining a
+        task (and its cancel scope) per job cost more than a no-op job itself.
+        """
+        ready = self._ready
+        while True:
+            while not ready:
+                if self.stopping:
+                    return
+                woken = anyio.Event()
+                self._idle.append(woken)
+                await woken.wait()
+            # Even while stopping: a fetched message was marked started, so it
+            # runs (within the grace period) rather than waiting for a reclaim.
+            message = ready.popleft()
+            self._running += 1
+            await self._run_one(message)
+
+    def _wake_runners(self) -> None:
+        while self._idle:
+            self._idle.popleft().set()
 
     async def _burst_done(self) -> bool:
         if self._unsettled > 0:
@@ -249,7 +284,7 @@ class Worker:
         if self._heartbeat is not None:
             self._heartbeat.hold(message)
 
-    async def _mark_started(self, scripts: Scripts, messages: deque[Message]) -> None:
+    async def _mark_started(self, scripts: Scripts, messages: list[Message]) -> None:
         started: list[Started] = []
         for m in messages:
             try:
@@ -275,17 +310,17 @@ class Worker:
 
     # -- running one job -----------------------------------------------------------
 
-    async def _run_one(self, message: Message, send: ObjectSendStream[Outcome]) -> None:
+    async def _run_one(self, message: Message) -> None:
         handed_off = False
         try:
-            handed_off = await self._process(message, send)
+            handed_off = await self._process(message)
         finally:
             self._running -= 1
             if not handed_off:
                 self._settled([(message.stream, message.msg_id)])
             self._notify()
 
-    async def _process(self, message: Message, send: ObjectSendStream[Outcome]) -> bool:
+    async def _process(self, message: Message) -> bool:
         """Run one message; True when its outcome went to the writer."""
         app = self.app
         try:
@@ -328,7 +363,7 @@ class Worker:
         finally:
             reset_current(token)
         self.processed += 1
-        await send.send(self._outcome(message, env, task, max_retries, result))
+        self._writer.put(self._outcome(message, env, task, max_retries, result))
         return True
 
     def _max_retries(self, env: Envelope, task: Task[Any, Any, Any] | None) -> int:

@@ -25,7 +25,7 @@ from streamq.task import Task
 _MAX_TRACEBACK_CHARS = 16_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per job, and frozen init costs
 class Execution:
     """How a handler ended: ``ok`` with an encoded result, or an error."""
 

@@ -28,7 +28,7 @@ from streamq.scripts import Entry, Scripts
 from streamq.settings import Settings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per job, and frozen init costs
 class Message:
     stream: str
     priority: str

@@ -1,7 +1,7 @@
 """Recording outcomes: batched, fenced, and shielded from cancellation.
 
-Handlers hand their outcome to one writer task through a memory stream. The
-writer takes whatever has queued up (up to ``max_batch``) and records it with
+Handlers hand their outcome to one writer task through a queue. The writer
+takes whatever has queued up (up to ``max_batch``) and records it with
 one ``complete`` script call, so under load many acks share a round trip and
 at low load a single ack goes out at once. The call runs shielded: a job that
 ran is recorded even while the worker is being cancelled.
@@ -10,10 +10,10 @@ ran is recorded even while the worker is being cancelled.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from redis.exceptions import RedisError
 
 from streamq.keys import GROUP, Keyspace
@@ -44,18 +44,38 @@ class OutcomeWriter:
         self._max_batch = max_batch
         self._on_recorded = on_recorded
         self._log = get_logger(queue=keys.queue, worker=consumer)
+        self._queue: deque[Outcome] = deque()
+        self._wake = anyio.Event()
+        self._waiting = False
+        self._closed = False
 
-    async def run(self, receive: MemoryObjectReceiveStream[Outcome]) -> None:
-        async with receive:
-            async for first in receive:
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                with anyio.CancelScope(shield=True):
-                    await self._flush(batch)
+    def put(self, outcome: Outcome) -> None:
+        """Queue one outcome; never blocks (the queue is bounded by the worker's concurrency)."""
+        if self._closed:
+            raise RuntimeError("outcome writer is closed")
+        self._queue.append(outcome)
+        if self._waiting:
+            self._waiting = False
+            self._wake.set()
+
+    def close(self) -> None:
+        """No more outcomes: ``run`` records what is queued, then returns."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                self._wake = anyio.Event()
+                self._waiting = True
+                await self._wake.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            with anyio.CancelScope(shield=True):
+                await self._flush(batch)
 
     async def _flush(self, batch: list[Outcome]) -> None:
         try:
