@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -21,6 +21,9 @@ from streamq.settings import Settings, check_name
 from streamq.task import Task, TaskOptions
 
 QUEUE_FULL = -1  # enqueue.lua's reply code when max_pending is reached
+# Jobs per enqueue script call: big enough to share the call's cost, small enough
+# that one call keeps Redis busy for only a few milliseconds.
+ENQUEUE_BATCH = 100
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -245,42 +248,42 @@ class App:
         ``due_ms`` (epoch ms) later than now puts the jobs in the delayed set.
         """
         now_ms = int(time.time() * 1000)
-        extra = self._option_fields(task)
-        # Only the backpressure check reads every stream.
-        all_streams = self.streams if self.settings.max_pending else []
-        prepared: list[tuple[list[str], list[Arg]]] = []
         ids: list[str] = []
+        prepared: list[tuple[str, str, bytes]] = []
         for args, kwargs in calls:
             payload = self._encode(task, args, kwargs)
-            jid = job_id or uuid.uuid4().hex
+            jid = job_id or os.urandom(16).hex()  # 128 random bits, as cheap as it gets
             ids.append(jid)
-            prepared.append(
-                Scripts.enqueue_call(
-                    stream=self.keys.stream(task.options.priority),
-                    job_key=self.keys.job(jid),
-                    events=self.keys.events,
-                    group=GROUP,
-                    job_id=jid,
-                    task=task.name,
-                    content_type=self.serializer.content_type,
-                    payload=payload,
-                    now_ms=now_ms,
-                    priority=task.options.priority,
-                    events_maxlen=self.settings.events_maxlen,
-                    delayed=self.keys.delayed,
-                    due_ms=due_ms,
-                    extra=extra,
-                    max_pending=self.settings.max_pending or 0,
-                    all_streams=all_streams,
-                )
-            )
+            prepared.append((jid, self.keys.job(jid), payload))
         if not prepared:
             return []
+        priority = task.options.priority
+        extra = self._option_fields(task)
+        batches = [
+            Scripts.enqueue_call(
+                stream=self.keys.stream(priority),
+                events=self.keys.events,
+                delayed=self.keys.delayed,
+                group=GROUP,
+                task=task.name,
+                content_type=self.serializer.content_type,
+                now_ms=now_ms,
+                priority=priority,
+                events_maxlen=self.settings.events_maxlen,
+                due_ms=due_ms,
+                extra=extra,
+                jobs=prepared[i : i + ENQUEUE_BATCH],
+                max_pending=self.settings.max_pending or 0,
+                # Only the backpressure check reads every stream.
+                all_streams=self.streams if self.settings.max_pending else (),
+            )  # fmt: skip
+            for i in range(0, len(prepared), ENQUEUE_BATCH)
+        ]
         scripts = await self.scripts()
-        if len(prepared) == 1:
-            replies = [await scripts.enqueue(prepared[0])]
+        if len(batches) == 1:
+            replies = await scripts.enqueue(batches[0])
         else:
-            replies = await scripts.enqueue_many(prepared)
+            replies = await scripts.enqueue_many(batches)
         jobs: list[Job[Any]] = [Job(self, jid, task.name) for jid in ids]
         refused = [i for i, (code, _) in enumerate(replies) if code == QUEUE_FULL]
         if refused:
@@ -305,13 +308,11 @@ class App:
     def _encode(
         self, task: Task[Any, Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> bytes:
-        try:
-            bound = task.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"task {task.name!r}: {exc}") from None
+        task.check_arguments(args, kwargs)
         try:
             payload = self.serializer.dumps({"args": list(args), "kwargs": dict(kwargs)})
         except (TypeError, ValueError) as exc:
+            bound = task.signature.bind(*args, **kwargs)
             raise SerializationError(task.name, self._culprit(bound.arguments), str(exc)) from exc
         if len(payload) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(task.name, len(payload), self.settings.max_payload_bytes)

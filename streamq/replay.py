@@ -199,13 +199,11 @@ class Replay:
             calls.append(
                 Scripts.enqueue_call(
                     stream=target.stream(priority),
-                    job_key=target.job(job_id),
                     events=target.events,
                     group=GROUP,
-                    job_id=job_id,
                     task=record.task,
                     content_type=record.fields.get("ct", "json"),
-                    payload=record.fields.get("payload", "").encode(),
+                    jobs=[(job_id, target.job(job_id), record.fields.get("payload", "").encode())],
                     now_ms=now_ms,
                     priority=priority,
                     events_maxlen=self.app.settings.events_maxlen,

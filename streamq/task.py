@@ -86,11 +86,29 @@ class Task(Generic[P, R, Ret]):
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        self._fitting_shapes: set[tuple[int, tuple[str, ...]]] = set()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, priority={self.options.priority!r})"
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """TypeError unless the arguments fit the handler's signature.
+
+        Whether arguments bind depends only on how many are positional and which
+        names are passed, so each such shape is checked once (bulk enqueues repeat
+        one shape; ``Signature.bind`` costs more than encoding a small payload).
+        """
+        shape = (len(args), tuple(kwargs))
+        if shape in self._fitting_shapes:
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r}: {exc}") from None
+        if len(self._fitting_shapes) < 1000:
+            self._fitting_shapes.add(shape)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Ret:
         """Call the handler directly, as if it were not decorated."""

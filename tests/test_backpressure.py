@@ -52,3 +52,25 @@ async def test_enqueue_many_reports_what_it_accepted(redis_url: str) -> None:
             # Once drained there is room again.
             assert await (await t.enqueue(9)).result(timeout=10) == 9
         await drop_queue(app)
+
+
+async def test_a_bulk_enqueue_straddling_the_limit_accepts_exactly_up_to_it(
+    redis_url: str,
+) -> None:
+    """The limit holds across the several script calls of one large enqueue_many."""
+    from streamq.app import ENQUEUE_BATCH
+
+    limit = ENQUEUE_BATCH + ENQUEUE_BATCH // 2
+    app = App(queue_name(), redis_url=redis_url, settings=Settings(max_pending=limit))
+
+    @app.task(name="t")
+    async def t(n: int) -> None: ...
+
+    async with app:
+        with pytest.raises(QueueFull) as info:
+            await t.enqueue_many([(i,) for i in range(ENQUEUE_BATCH * 3)])
+        assert len(info.value.accepted) == limit
+        assert info.value.depth == limit
+        redis = await app.redis()
+        assert await redis.xlen(app.keys.stream("default")) == limit
+        await drop_queue(app)

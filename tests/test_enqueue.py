@@ -186,3 +186,25 @@ async def test_enqueue_by_name(app: App) -> None:
         assert await job.result(timeout=10) == 42
     with pytest.raises(ValueError, match="no task"):
         await app.enqueue("missing")
+
+
+async def test_enqueue_many_over_several_script_calls_keeps_order_and_events(app: App) -> None:
+    """Past ENQUEUE_BATCH jobs, one enqueue_many sends several script calls in one round trip."""
+    from streamq.app import ENQUEUE_BATCH
+
+    @app.task(name="t")
+    async def t(n: int) -> None: ...
+
+    count = ENQUEUE_BATCH * 2 + 7
+    jobs = await t.enqueue_many([(i,) for i in range(count)])
+    stream = await entries(app, "default")
+    assert [json.loads(f[b"payload"])["args"] for _, f in stream] == [[i] for i in range(count)]
+    assert [f[b"id"].decode() for _, f in stream] == [j.id for j in jobs]
+    redis = await app.redis()
+    events = await redis.xrange(app.keys.events)
+    assert [e[b"job"].decode() for _, e in events if e[b"kind"] == b"enqueued"] == [
+        j.id for j in jobs
+    ]
+    assert {await j.status() for j in (jobs[0], jobs[ENQUEUE_BATCH], jobs[-1])} == {
+        JobStatus.QUEUED
+    }

@@ -119,28 +119,34 @@ class Scripts:
 
     @staticmethod
     def enqueue_call(
-        *, stream: str, job_key: str, events: str, group: str, job_id: str, task: str,
-        content_type: str, payload: bytes, now_ms: int, priority: str, events_maxlen: int,
-        delayed: str, due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
+        *, stream: str, events: str, delayed: str, group: str, task: str, content_type: str,
+        now_ms: int, priority: str, events_maxlen: int, jobs: Sequence[tuple[str, str, bytes]],
+        due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
         all_streams: Sequence[str] = (),
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
-        keys = [stream, job_key, events, delayed, *(all_streams if max_pending else ())]
+        """One script call enqueueing ``jobs``, each (job id, job hash key, payload)."""
+        keys = [stream, events, delayed, *(key for _, key, _ in jobs)]
+        if max_pending:
+            keys += all_streams
         args: list[Arg] = [
-            group, job_id, task, content_type, payload, now_ms, priority, events_maxlen,
-            due_ms, max_pending, *extra,
+            group, task, content_type, now_ms, priority, events_maxlen, due_ms, max_pending,
+            len(jobs), len(extra), *extra,
         ]  # fmt: skip
+        for job_id, _, payload in jobs:
+            args += [job_id, payload]
         return keys, args
 
-    async def enqueue(self, call: tuple[list[str], list[Arg]]) -> tuple[int, Any]:
-        """(1, stream id) added; (0, id) the job id already existed; (-1, depth) queue full."""
-        code, value = await self._call("enqueue", *call)
-        return int(code), value
+    async def enqueue(self, call: tuple[list[str], list[Arg]]) -> list[tuple[int, Any]]:
+        """Per job: (1, stream id or b'delayed') added; (0, id) the job id already
+        existed; (-1, depth) refused, the queue is full."""
+        return [(int(code), value) for code, value in await self._call("enqueue", *call)]
 
     async def enqueue_many(
         self, calls: Sequence[tuple[list[str], list[Arg]]]
     ) -> list[tuple[int, Any]]:
+        """Several ``enqueue`` calls in one round trip; the replies of all jobs in order."""
         replies = await self.pipelined("enqueue", calls)
-        return [(int(code), value) for code, value in replies]
+        return [(int(code), value) for reply in replies for code, value in reply]
 
     async def fetch(
         self, streams: Sequence[str], group: str, consumer: str, count: int

@@ -1,25 +1,29 @@
--- enqueue: add one job to its priority stream (or, when due later, to the
--- delayed set), write its job hash and an event.
+-- enqueue: add a batch of jobs of one task to their priority stream (or, when
+-- due later, to the delayed set), writing each one's job hash and an event.
+-- One call carries many jobs so a bulk enqueue pays the script and round-trip
+-- cost once per batch, not per job.
 -- Idempotent by job id: a second run (redis-py retrying after a lost reply)
--- finds the job hash and adds nothing (DESIGN.md invariant 9).
+-- finds each job hash and adds nothing for it (DESIGN.md invariant 9).
 --
--- KEYS[1] priority stream   KEYS[2] job hash   KEYS[3] events stream   KEYS[4] delayed zset
--- KEYS[5..] every priority stream of the queue (only when ARGV[10] > 0)
--- ARGV[1] group   ARGV[2] job id   ARGV[3] task   ARGV[4] content type
--- ARGV[5] payload ARGV[6] now ms   ARGV[7] priority   ARGV[8] events maxlen
--- ARGV[9] due ms (0: now)   ARGV[10] max pending jobs in the queue (0: no limit)
--- ARGV[11..] optional extra entry fields as field, value pairs (per-call options)
--- reply: {1, stream id or 'delayed'} when added, {0, existing id} when the job existed,
---   {-1, depth} when the queue already holds max pending jobs (nothing written)
-local existing = redis.call('HGET', KEYS[2], 'msg_id')
-if existing then
-  return {0, existing}
-end
-local limit = tonumber(ARGV[10])
+-- KEYS[1] priority stream   KEYS[2] events stream   KEYS[3] delayed zset
+-- KEYS[4..n+3] the jobs' hashes
+-- KEYS[n+4..] every priority stream of the queue (only when ARGV[8] > 0)
+-- ARGV[1] group   ARGV[2] task   ARGV[3] content type   ARGV[4] now ms
+-- ARGV[5] priority   ARGV[6] events maxlen   ARGV[7] due ms (0: now)
+-- ARGV[8] max pending jobs in the queue (0: no limit)
+-- ARGV[9] number of jobs n   ARGV[10] number of extra entry values e
+-- ARGV[11..10+e] extra entry fields as field, value pairs (per-call options)
+-- ARGV[11+e..] per job: job id, payload
+-- reply: per job {1, stream id or 'delayed'} added, {0, existing id} the job
+--   existed, {-1, depth} refused: the queue already held max pending jobs
+local n, e = tonumber(ARGV[9]), tonumber(ARGV[10])
+local now, due = tonumber(ARGV[4]), tonumber(ARGV[7])
+local limit = tonumber(ARGV[8])
+local depth = 0
 if limit > 0 then
   -- Depth = unread + delivered-but-unacked in every priority stream, plus delayed.
-  local depth = redis.call('ZCARD', KEYS[4])
-  for i = 5, #KEYS do
+  depth = redis.call('ZCARD', KEYS[3])
+  for i = n + 4, #KEYS do
     if redis.call('EXISTS', KEYS[i]) == 1 then
       for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
         local info = {}
@@ -34,36 +38,49 @@ if limit > 0 then
       end
     end
   end
-  if depth >= limit then
-    return {-1, depth}
-  end
 end
-local fields = {'v', '1', 'id', ARGV[2], 'task', ARGV[3], 'ct', ARGV[4],
-  'payload', ARGV[5], 'attempt', '1', 'enq_ms', ARGV[6]}
-for i = 11, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
-local due = tonumber(ARGV[9])
-if due > tonumber(ARGV[6]) then
-  -- The member carries the whole entry, so promotion touches only declared keys.
-  table.insert(fields, 1, ARGV[7])
-  redis.call('ZADD', KEYS[4], due, cjson.encode(fields))
-  redis.call('HSET', KEYS[2],
-    'status', 'scheduled', 'task', ARGV[3], 'priority', ARGV[7], 'attempts', '0',
-    'enqueued_ms', ARGV[6], 'due_ms', ARGV[9], 'msg_id', 'delayed')
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
-    'kind', 'scheduled', 'job', ARGV[2], 'task', ARGV[3], 'priority', ARGV[7],
-    'due_ms', ARGV[9], 'ts', ARGV[6])
-  return {1, 'delayed'}
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local later = due > now
+if not later and redis.call('EXISTS', KEYS[1]) == 0 then
   -- Group at id 0, so jobs enqueued before the first worker are still delivered.
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 end
-local msg_id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-redis.call('HSET', KEYS[2],
-  'status', 'queued', 'task', ARGV[3], 'priority', ARGV[7], 'attempts', '0',
-  'enqueued_ms', ARGV[6], 'msg_id', msg_id)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
-  'kind', 'enqueued', 'job', ARGV[2], 'task', ARGV[3], 'priority', ARGV[7], 'ts', ARGV[6])
-return {1, msg_id}
+local replies = {}
+for j = 1, n do
+  local job = KEYS[3 + j]
+  local a = 11 + e + (j - 1) * 2
+  local id = ARGV[a]
+  local existing = redis.call('HGET', job, 'msg_id')
+  if existing then
+    replies[j] = {0, existing}
+  elseif limit > 0 and depth >= limit then
+    replies[j] = {-1, depth}
+  else
+    local fields = {'v', '1', 'id', id, 'task', ARGV[2], 'ct', ARGV[3],
+      'payload', ARGV[a + 1], 'attempt', '1', 'enq_ms', ARGV[4]}
+    for i = 11, 10 + e do
+      fields[#fields + 1] = ARGV[i]
+    end
+    if later then
+      -- The member carries the whole entry, so promotion touches only declared keys.
+      table.insert(fields, 1, ARGV[5])
+      redis.call('ZADD', KEYS[3], due, cjson.encode(fields))
+      redis.call('HSET', job,
+        'status', 'scheduled', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
+        'enqueued_ms', ARGV[4], 'due_ms', ARGV[7], 'msg_id', 'delayed')
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+        'kind', 'scheduled', 'job', id, 'task', ARGV[2], 'priority', ARGV[5],
+        'due_ms', ARGV[7], 'ts', ARGV[4])
+      replies[j] = {1, 'delayed'}
+    else
+      local msg_id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+      redis.call('HSET', job,
+        'status', 'queued', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
+        'enqueued_ms', ARGV[4], 'msg_id', msg_id)
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+        'kind', 'enqueued', 'job', id, 'task', ARGV[2], 'priority', ARGV[5], 'ts', ARGV[4])
+      replies[j] = {1, msg_id}
+    end
+    depth = depth + 1
+  end
+end
+return replies

@@ -57,9 +57,9 @@ async def snapshot(app: App) -> dict[bytes, Any]:
 
 async def enqueue_call(app: App, job_id: str, due_ms: int = 0) -> tuple[list[str], list[Any]]:
     return Scripts.enqueue_call(
-        stream=app.keys.stream("default"), job_key=app.keys.job(job_id), events=app.keys.events,
-        group=GROUP, job_id=job_id, task="t", content_type="json",
-        payload=b'{"args":[],"kwargs":{}}', now_ms=int(time.time() * 1000), priority="default",
+        stream=app.keys.stream("default"), events=app.keys.events, group=GROUP, task="t",
+        content_type="json", jobs=[(job_id, app.keys.job(job_id), b'{"args":[],"kwargs":{}}')],
+        now_ms=int(time.time() * 1000), priority="default",
         events_maxlen=1000, delayed=app.keys.delayed, due_ms=due_ms,
     )  # fmt: skip
 
@@ -84,13 +84,13 @@ async def test_enqueue_twice_adds_one_job(app: App, due: str) -> None:
     """
     scripts = await app.scripts()
     call = await enqueue_call(app, "j1", 0 if due == "now" else int(time.time() * 1000) + 60_000)
-    code, msg_id = await scripts.enqueue(call)
+    ((code, msg_id),) = await scripts.enqueue(call)
     assert code == ADDED
     first = await snapshot(app)
-    assert await scripts.enqueue(call) == (EXISTED, msg_id)
+    assert await scripts.enqueue(call) == [(EXISTED, msg_id)]
     # A retry from a client whose clock moved on carries a later enq_ms: still one job.
     later = await enqueue_call(app, "j1", 0 if due == "now" else int(time.time() * 1000) + 90_000)
-    assert await scripts.enqueue(later) == (EXISTED, msg_id)
+    assert await scripts.enqueue(later) == [(EXISTED, msg_id)]
     assert await snapshot(app) == first
     redis = await app.redis()
     in_stream = await redis.xlen(app.keys.stream("default")) if due == "now" else 0
