@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio.from_thread
@@ -37,6 +38,10 @@ class JobContext:
     attempt: int
     deliveries: int
     worker: str
+    wait_marked: Callable[[], Awaitable[None]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Returns once the job's status says running (the worker writes that mark lazily)."""
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
@@ -60,6 +65,8 @@ async def progress(percent: float, message: str = "") -> bool:
     if not isinstance(percent, int | float) or not math.isfinite(percent):
         raise ValueError(f"percent must be a finite number, got {percent!r}")
     ctx = current_job()
+    if ctx.wait_marked is not None:
+        await ctx.wait_marked()  # progress is recorded only while the job is marked running
     app = ctx.app
     scripts = await app.scripts()
     return await scripts.progress(

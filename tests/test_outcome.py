@@ -6,7 +6,7 @@ import pytest
 
 from streamq import App
 from streamq.keys import GROUP
-from streamq.scripts import Outcome, Scripts
+from streamq.scripts import Outcome, Scripts, Started
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.outcome import ALREADY_RECORDED, LOST, RECORDED, OutcomeWriter, move_to_dlq
 
@@ -130,9 +130,9 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
     calls: list[int] = []
 
     class CountingScripts(Scripts):
-        async def complete(self, events: str, outcomes, **kw):  # type: ignore[no-untyped-def, override]
-            calls.append(len(outcomes))
-            return await super().complete(events, outcomes, **kw)
+        async def run_many(self, many):  # type: ignore[no-untyped-def, override]
+            calls.extend((len(args) - 5) // 12 for name, (_, args) in many if name == "complete")
+            return await super().run_many(many)
 
     settled: list[list[tuple[str, bytes]]] = []
     writer = OutcomeWriter(
@@ -145,3 +145,35 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
     assert calls == [5]
     assert [len(keys) for keys in settled] == [5]
     assert [await j.result(timeout=1) for j in jobs] == [42] * 5
+
+
+async def test_writer_sends_start_marks_and_outcomes_in_one_round_trip(app: App) -> None:
+    """Marks queued before outcomes share their round trip, marks first.
+
+    A short job then costs one call for its start and its end; the job hash
+    ends final, and the events say started before succeeded.
+    """
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    (job,) = await t.enqueue_many([()])
+    fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, "w", 100)
+    (message,) = await fetcher.fetch(1)
+    round_trips: list[list[str]] = []
+
+    class CountingScripts(Scripts):
+        async def run_many(self, many):  # type: ignore[no-untyped-def, override]
+            round_trips.append([name for name, _ in many])
+            return await super().run_many(many)
+
+    writer = OutcomeWriter(CountingScripts(await app.redis()), app.keys, app.settings, "w", list)
+    writer.start([Started(app.keys.job(job.id), job.id, "t", 1, "default", 1)])
+    writer.put(outcome(app, message, job.id))
+    writer.close()
+    await writer.run()
+    assert round_trips == [["start", "complete"]]
+    assert await job.result(timeout=1) == 42
+    redis = await app.redis()
+    kinds = [e[b"kind"] for _, e in await redis.xrange(app.keys.events)]
+    assert kinds == [b"enqueued", b"started", b"succeeded"]

@@ -81,9 +81,13 @@ async def test_concurrency_bounds_running_handlers(app: App) -> None:
     jobs = await hold.enqueue_many([()] * 10)
     async with running_worker(app, concurrency=3):
         await wait_until(lambda: running == 3, description="three handlers running")
-        statuses = [await j.status() for j in jobs]
-        assert statuses.count(JobStatus.RUNNING) == 3
-        assert statuses.count(JobStatus.QUEUED) == 7
+
+        async def three_marked_running() -> bool:
+            # The worker writes "running" marks lazily (within START_LINGER_S).
+            return [await j.status() for j in jobs].count(JobStatus.RUNNING) == 3
+
+        await wait_until(three_marked_running, 10, "three jobs marked running")
+        assert [await j.status() for j in jobs].count(JobStatus.QUEUED) == 7
         release.set()
         for job in jobs:
             await job.result(timeout=10)

@@ -59,6 +59,7 @@ SETTLE_S = 1.0  # then this long idle, so start-up work is over before the first
 RECORD_WAIT_S = 30.0  # (e): after the last enqueue, for the last handlers to record
 STALL_S = 60.0  # (f): no job finished for this long while some wait: stop
 WARMUP = 0.1  # (f): samples before this share of the jobs are warm-up
+LATENCY_WARMUP_S = 1.0  # (e): seconds of jobs offered, and not recorded, before measuring
 BUCKETS_MS = (1, 2, 5, 10, 50)  # (e): the latency histogram's upper bounds
 
 
@@ -172,6 +173,12 @@ def latency(module: ModuleType, n: int, rate: float) -> None:
     client = redis.Redis.from_url(URL)
     proc, startup_s = _start_worker(module, client)
     try:
+        # Warm-up at the same rate, not recorded: lazy imports and new connections
+        # (worker, job body, producer) would otherwise be measured as queueing.
+        warm = int(rate * LATENCY_WARMUP_S)
+        asyncio.run(_offer(module, warm, rate, LATENCY_WARMUP_S * 3 + 5))
+        _wait_recorded(client, warm, proc)
+        client.delete(LATENCIES)
         before = Usage.take(proc.pid)
         # Offering stops (partial) if it runs this late: the producer could not keep up.
         offered = asyncio.run(_offer(module, n, rate, n / rate * 1.5 + 5))

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any, TypeAlias, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 Arg: TypeAlias = str | bytes | int | float
 Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
@@ -115,6 +115,30 @@ class Scripts:
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def run_many(
+        self, calls: Sequence[tuple[str, tuple[Sequence[str], Sequence[Arg]]]]
+    ) -> list[Any]:
+        """Calls of different scripts, in order, in one round trip (not a transaction).
+
+        Each call's reply, or the exception it raised, in order.
+        """
+        if len(calls) == 1:
+            name, (keys, args) = calls[0]
+            try:
+                return [await self._call(name, keys, args)]
+            except ResponseError as exc:
+                return [exc]
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name, (keys, args) in calls:
+                    pipe.evalsha(_SCRIPTS[name].sha, len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                await self.load_all()
+                continue  # every script is safe to repeat, so running all again is too
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- one typed wrapper per script -------------------------------------------------
 
     @staticmethod
@@ -154,19 +178,27 @@ class Scripts:
         reply = await self._call("fetch", streams, [group, consumer, count])
         return [(stream.decode(), [_entry(e) for e in entries]) for stream, entries in reply]
 
-    async def start(
-        self, events: str, jobs: Sequence[Started], now_ms: int, worker: str, events_maxlen: int
-    ) -> int:
+    @staticmethod
+    def start_call(
+        events: str, jobs: Sequence[Started], now_ms: int, worker: str, events_maxlen: int
+    ) -> tuple[list[str], list[Arg]]:
         args: list[Arg] = [now_ms, worker, events_maxlen]
         for job in jobs:
             args += [job.job_id, job.task, job.attempt, job.priority, job.deliveries]
-        return int(await self._call("start", [events, *(j.job_key for j in jobs)], args))
+        return [events, *(j.job_key for j in jobs)], args
 
-    async def complete(
-        self, events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
+    async def start(
+        self, events: str, jobs: Sequence[Started], now_ms: int, worker: str, events_maxlen: int
+    ) -> int:
+        """Mark fetched jobs running; returns how many were (not missing or final)."""
+        call = self.start_call(events, jobs, now_ms, worker, events_maxlen)
+        return int(await self._call("start", *call))
+
+    @staticmethod
+    def complete_call(
+        events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
         consumer: str, now_ms: int, result_ttl_ms: int, events_maxlen: int,
-    ) -> list[int]:  # fmt: skip
-        """Per outcome: 1 recorded, 2 recorded by an earlier run, 0 lost ownership."""
+    ) -> tuple[list[str], list[Arg]]:  # fmt: skip
         keys = [events, delayed, dlq]
         args: list[Arg] = [group, consumer, now_ms, result_ttl_ms, events_maxlen]
         for o in outcomes:
@@ -176,7 +208,18 @@ class Scripts:
                 o.result_or_error_type, o.error, o.traceback, o.duration_ms,
                 o.retry_delay_ms, o.priority,
             ]  # fmt: skip
-        return [int(r) for r in await self._call("complete", keys, args)]
+        return keys, args
+
+    async def complete(
+        self, events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
+        consumer: str, now_ms: int, result_ttl_ms: int, events_maxlen: int,
+    ) -> list[int]:  # fmt: skip
+        """Per outcome: 1 recorded, 2 recorded by an earlier run, 0 lost ownership."""
+        call = self.complete_call(
+            events, outcomes, delayed=delayed, dlq=dlq, group=group, consumer=consumer,
+            now_ms=now_ms, result_ttl_ms=result_ttl_ms, events_maxlen=events_maxlen,
+        )  # fmt: skip
+        return [int(r) for r in await self._call("complete", *call)]
 
     async def dead(
         self, *, stream: str, dlq: str, events: str, job_key: str, group: str, consumer: str,

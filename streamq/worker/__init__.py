@@ -30,7 +30,7 @@ from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.retry import retry_delay_s
-from streamq.scripts import Outcome, Scripts, Started
+from streamq.scripts import Outcome, Started
 from streamq.task import Task
 from streamq.worker.execute import Execution, execute, load_arguments
 from streamq.worker.fetch import Fetcher, Message
@@ -175,7 +175,7 @@ class Worker:
                         task_status.started()
                         with anyio.CancelScope() as self._fetch_scope:
                             if not self.stopping:
-                                await self._fetch_loop(fetcher, scripts)
+                                await self._fetch_loop(fetcher)
                         self.stopping = True
                         self._wake_runners()
                         jobs.cancel_scope.deadline = min(
@@ -191,12 +191,13 @@ class Worker:
 
     # -- fetching ------------------------------------------------------------------
 
-    async def _fetch_loop(self, fetcher: Fetcher, scripts: Scripts) -> None:
+    async def _fetch_loop(self, fetcher: Fetcher) -> None:
         failures = 0
         interval_s = self.app.settings.janitor_interval_s
         next_reclaim = time.monotonic()
         refill = max(1, min(self.concurrency // 4, 50))
         ready = self._ready
+        idle = False  # the last blocking wait emptied every stream: block again, skip fetch
         while not self.stopping:
             free = self.concurrency - self._running - len(ready)
             if free <= 0 or (self._running and free < refill):
@@ -214,7 +215,7 @@ class Worker:
                     batch = await fetcher.reclaim(free)
                     if self.metrics is not None:
                         self.metrics.reclaimed(len(batch))
-                if not batch and not fetcher.draining:
+                if not batch and not fetcher.draining and not idle:
                     batch = await fetcher.fetch(free)
                 if not batch and not fetcher.draining:
                     if self.burst:
@@ -224,17 +225,16 @@ class Worker:
                         continue
                     # Wake for the next reclaim pass rather than block past it.
                     until_reclaim_ms = int((next_reclaim - time.monotonic()) * 1000)
-                    batch = await fetcher.wait(until_reclaim_ms)
+                    batch, more = await fetcher.wait(free, until_reclaim_ms)
+                    idle = not more
+                else:
+                    idle = False
                 if not batch:
                     continue
                 for message in batch:
                     self._hold(message)
-                try:
-                    await self._mark_started(scripts, batch)
-                finally:
-                    # Held messages run even when marking them failed: the
-                    # status is cosmetic, the message is ours either way.
-                    self._dispatch(batch)
+                self._mark_started(batch)
+                self._dispatch(batch)
                 failures = 0
             except RedisError as exc:
                 delay = _RECONNECT_BACKOFF_S[min(failures, len(_RECONNECT_BACKOFF_S) - 1)]
@@ -284,7 +284,8 @@ class Worker:
         if self._heartbeat is not None:
             self._heartbeat.hold(message)
 
-    async def _mark_started(self, scripts: Scripts, messages: list[Message]) -> None:
+    def _mark_started(self, messages: list[Message]) -> None:
+        """Queue the batch's "started" marks with the writer (it writes them before outcomes)."""
         started: list[Started] = []
         for m in messages:
             try:
@@ -303,10 +304,7 @@ class Worker:
                 )
             )
         if started:
-            await scripts.start(
-                self.app.keys.events, started, int(time.time() * 1000), self.consumer,
-                self.app.settings.events_maxlen,
-            )  # fmt: skip
+            self._writer.start(started)
 
     # -- running one job -----------------------------------------------------------
 
@@ -353,8 +351,9 @@ class Worker:
             return False
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         context = JobContext(
-            app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer
-        )
+            app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
+            self._writer.flush_starts,
+        )  # fmt: skip
         token = set_current(context)
         try:
             result: Execution = await execute(

@@ -8,7 +8,9 @@ In order of preference:
    (``reclaim``), every janitor interval: a crashed worker's jobs come back;
 3. new messages (``fetch``), read by one script in strict priority order;
 4. when all are empty, a blocking XREADGROUP on every stream (``wait``), so an
-   idle worker wakes as soon as a job arrives instead of polling.
+   idle worker wakes as soon as a job arrives instead of polling; the wake
+   carries what arrived, and while the streams stay short the worker keeps
+   blocking there (one round trip per wake, no empty ``fetch`` in between).
 
 Delivery counts always come from Redis (DESIGN.md invariant 5).
 """
@@ -136,17 +138,23 @@ class Fetcher:
         reply = await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
         return self._messages(reply)
 
-    async def wait(self, max_block_ms: int | None = None) -> list[Message]:
+    async def wait(self, free: int, max_block_ms: int | None = None) -> tuple[list[Message], bool]:
         """Block until at least one stream has a new message (or the block expires).
 
-        COUNT 1 per stream: this call only wakes the worker; the next ``fetch``
-        takes the rest in priority order.
+        Returns the messages and whether more may be waiting. One XREADGROUP
+        over every stream, up to ``free // streams`` each (so never more than
+        ``free`` in all): at low load the wake itself carries the jobs that
+        arrived, and when no stream filled its share the caller blocks again
+        right away instead of spending a round trip on a ``fetch`` that finds
+        nothing. A stream that filled its share may hold more: the caller then
+        uses ``fetch``, which takes them in strict priority order.
         """
+        share = max(1, free // len(self.streams))
         reply = await self._redis.xreadgroup(
             GROUP,
             self._consumer,
             dict.fromkeys(self.streams, ">"),
-            count=1,
+            count=share,
             block=max(1, min(self._block_ms, max_block_ms or self._block_ms)),
         )
         raw = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None, reply)
@@ -154,7 +162,8 @@ class Fetcher:
             (key.decode(), [(mid, fields or None) for mid, fields in items])
             for key, items in (raw or [])
         ]
-        return self._messages(entries)
+        more = any(len(items) >= share for _, items in entries)
+        return self._messages(entries), more
 
     def _messages(self, reply: list[tuple[str, list[Entry]]]) -> list[Message]:
         reply.sort(key=lambda item: self._rank[item[0]])

@@ -1,10 +1,16 @@
-"""Recording outcomes: batched, fenced, and shielded from cancellation.
+"""Recording starts and outcomes: batched, fenced, and shielded from cancellation.
 
-Handlers hand their outcome to one writer task through a queue. The writer
-takes whatever has queued up (up to ``max_batch``) and records it with
-one ``complete`` script call, so under load many acks share a round trip and
-at low load a single ack goes out at once. The call runs shielded: a job that
-ran is recorded even while the worker is being cancelled.
+The fetch loop hands each fetched batch's "started" marks, and handlers their
+outcomes, to one writer task through queues. The writer takes whatever has
+queued up (up to ``max_batch`` outcomes) and records it in one round trip: a
+``start`` script call for the marks, then one ``complete`` call for the
+outcomes. Under load many acks share a round trip; at low load a single ack
+goes out at once. Marks alone wait up to ``START_LINGER_S`` for outcomes to
+share their round trip: a short job then costs one call for its start and
+end, and no job waits for its mark to be written before it runs. A handler
+that reports progress first has its mark flushed (``flush_starts``). The call
+runs shielded: a job that ran is recorded even while the worker is being
+cancelled.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from redis.exceptions import RedisError
 
 from streamq.keys import GROUP, Keyspace
 from streamq.logging import get_logger
-from streamq.scripts import Outcome, Scripts
+from streamq.scripts import Arg, Outcome, Scripts, Started
 from streamq.settings import Settings
 from streamq.worker.fetch import Message
 
 LOST, RECORDED, ALREADY_RECORDED = 0, 1, 2
+# How long "started" marks wait for outcomes to share their round trip: the
+# most a job's status can lag behind it starting.
+START_LINGER_S = 0.01
 
 
 class OutcomeWriter:
@@ -45,6 +54,10 @@ class OutcomeWriter:
         self._on_recorded = on_recorded
         self._log = get_logger(queue=keys.queue, worker=consumer)
         self._queue: deque[Outcome] = deque()
+        self._starts: list[Started] = []
+        self._starts_ms = 0
+        self._starts_flushed = anyio.Event()
+        self._urgent = False  # a handler waits for the marks (progress)
         self._wake = anyio.Event()
         self._waiting = False
         self._closed = False
@@ -54,43 +67,105 @@ class OutcomeWriter:
         if self._closed:
             raise RuntimeError("outcome writer is closed")
         self._queue.append(outcome)
+        self._notify()
+
+    def start(self, started: list[Started]) -> None:
+        """Queue "started" marks for fetched jobs (written before their outcomes)."""
+        if not self._starts:
+            self._starts_ms = int(time.time() * 1000)
+        self._starts += started
+        self._notify()
+
+    async def flush_starts(self) -> None:
+        """Return once every mark queued so far is written (or its write failed)."""
+        if not self._starts:
+            return
+        flushed = self._starts_flushed
+        self._urgent = True
+        self._notify()
+        await flushed.wait()
+
+    def close(self) -> None:
+        """Nothing more comes: ``run`` records what is queued, then returns."""
+        self._closed = True
+        self._notify()
+
+    def _notify(self) -> None:
         if self._waiting:
             self._waiting = False
             self._wake.set()
 
-    def close(self) -> None:
-        """No more outcomes: ``run`` records what is queued, then returns."""
-        self._closed = True
-        self._wake.set()
+    async def _sleep(self, timeout_s: float | None = None) -> None:
+        self._wake = anyio.Event()
+        self._waiting = True
+        with anyio.move_on_after(timeout_s):
+            await self._wake.wait()
 
     async def run(self) -> None:
         queue = self._queue
+        linger_until: float | None = None
         while True:
-            if not queue:
+            if not queue and not self._starts:
                 if self._closed:
                     return
-                self._wake = anyio.Event()
-                self._waiting = True
-                await self._wake.wait()
+                await self._sleep()
                 continue
+            if not queue and not self._urgent and not self._closed:
+                now = anyio.current_time()
+                linger_until = linger_until or now + START_LINGER_S
+                if now < linger_until:
+                    await self._sleep(linger_until - now)
+                    continue
+            linger_until = None
+            starts, self._starts = self._starts, []
+            flushed, self._starts_flushed = self._starts_flushed, anyio.Event()
+            self._urgent = False
             batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
             with anyio.CancelScope(shield=True):
-                await self._flush(batch)
+                try:
+                    await self._flush(starts, batch)
+                finally:
+                    flushed.set()
 
-    async def _flush(self, batch: list[Outcome]) -> None:
-        try:
-            replies = await self._scripts.complete(
-                self._keys.events,
-                batch,
-                delayed=self._keys.delayed,
-                dlq=self._keys.dlq,
-                group=GROUP,
-                consumer=self._consumer,
-                now_ms=int(time.time() * 1000),
-                result_ttl_ms=int(self._settings.result_ttl_s * 1000),
-                events_maxlen=self._settings.events_maxlen,
+    async def _flush(self, starts: list[Started], batch: list[Outcome]) -> None:
+        calls: list[tuple[str, tuple[list[str], list[Arg]]]] = []
+        events, maxlen = self._keys.events, self._settings.events_maxlen
+        if starts:
+            calls.append(
+                (
+                    "start",
+                    Scripts.start_call(events, starts, self._starts_ms, self._consumer, maxlen),
+                )
             )
+        if batch:
+            calls.append(
+                (
+                    "complete",
+                    Scripts.complete_call(
+                        events, batch, delayed=self._keys.delayed, dlq=self._keys.dlq,
+                        group=GROUP, consumer=self._consumer, now_ms=int(time.time() * 1000),
+                        result_ttl_ms=int(self._settings.result_ttl_s * 1000),
+                        events_maxlen=maxlen,
+                    ),
+                )
+            )  # fmt: skip
+        try:
+            results = await self._scripts.run_many(calls)
+            if starts and isinstance(results[0], Exception):
+                # Only the status and the started events are missing: the jobs
+                # run (and are recorded) all the same.
+                self._log.warning(
+                    "jobs not marked started", jobs=len(starts), error=repr(results[0])
+                )
+            if not batch:
+                return
+            if isinstance(results[-1], Exception):
+                raise results[-1]
+            replies = [int(r) for r in results[-1]]
         except RedisError as exc:
+            if not batch:
+                self._log.warning("jobs not marked started", jobs=len(starts), error=repr(exc))
+                return
             # Not recorded: the messages stay pending (un-acked), never lost;
             # reclaiming them is the janitor's duty. Log and go on.
             for o in batch:
