@@ -20,9 +20,11 @@ from collections import deque
 from typing import Any
 
 import anyio
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from streamq.app import App
+from streamq.connection import dedicated
 from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
@@ -30,7 +32,7 @@ from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.retry import retry_delay_s
-from streamq.scripts import Outcome, Started
+from streamq.scripts import Outcome, Scripts, Started
 from streamq.task import Task
 from streamq.worker.execute import Execution, execute, load_arguments
 from streamq.worker.fetch import Fetcher, Message
@@ -128,8 +130,17 @@ class Worker:
         Use ``await tg.start(worker.run)`` to continue once the worker is ready.
         """
         app = self.app
-        redis = await app.redis()
-        scripts = await app.scripts()
+        async with (
+            dedicated(await app.redis()) as fetch_client,
+            dedicated(await app.redis()) as write_client,
+        ):
+            await self._run(fetch_client, write_client, task_status)
+
+    async def _run(
+        self, redis: Redis, write_client: Redis, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        app = self.app
+        scripts = Scripts(redis)
         visibility_ms = {
             name: int(t.options.visibility_timeout_s * 1000)
             for name, t in app.tasks.items()
@@ -140,7 +151,7 @@ class Worker:
         )
         await fetcher.ensure_groups()
         heartbeat = Heartbeat(
-            scripts,
+            await app.scripts(),  # the pooled client: never behind the fetch loop's blocking read
             fetcher.streams,
             self.consumer,
             max(0.05, fetcher.min_visibility_s / 3),
@@ -148,7 +159,7 @@ class Worker:
         )
         self._heartbeat = heartbeat
         writer = OutcomeWriter(
-            scripts, app.keys, app.settings, self.consumer, self._settled,
+            Scripts(write_client), app.keys, app.settings, self.consumer, self._settled,
             on_recorded=self._recorded if self.metrics else None,
         )  # fmt: skip
         self._writer = writer
