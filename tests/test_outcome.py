@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
-from streamq import App
+from streamq import App, JobStatus
 from streamq.keys import GROUP
 from streamq.scripts import Outcome, Scripts, Started
 from streamq.worker.fetch import Fetcher, Message
@@ -177,3 +178,45 @@ async def test_writer_sends_start_marks_and_outcomes_in_one_round_trip(app: App)
     redis = await app.redis()
     kinds = [e[b"kind"] for _, e in await redis.xrange(app.keys.events)]
     assert kinds == [b"enqueued", b"started", b"succeeded"]
+
+
+async def test_flush_starts_waits_for_marks_already_being_written(app: App) -> None:
+    """A progress report must not overtake its job's mark while the writer sends it.
+
+    Once the writer has taken the marks off its queue, nothing is queued; if
+    flush_starts then returned at once, the handler's progress call (on another
+    connection) could reach Redis before the mark and be refused as "not running".
+    """
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    (job,) = await t.enqueue_many([()])
+    entered, gate = anyio.Event(), anyio.Event()
+
+    class SlowScripts(Scripts):
+        async def run_many(self, many):  # type: ignore[no-untyped-def, override]
+            entered.set()
+            await gate.wait()
+            return await super().run_many(many)
+
+    writer = OutcomeWriter(SlowScripts(await app.redis()), app.keys, app.settings, "w", list)
+    flushed = anyio.Event()
+
+    async def flush() -> None:
+        await writer.flush_starts()
+        flushed.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        writer.start([Started(app.keys.job(job.id), job.id, "t", 1, "default", 1)])
+        try:
+            await entered.wait()  # the mark is in flight, the queue is empty
+            tg.start_soon(flush)
+            await anyio.wait_all_tasks_blocked()
+            assert not flushed.is_set()
+        finally:
+            gate.set()  # the writer's write is shielded: let it end either way
+            writer.close()
+        with anyio.fail_after(10):
+            await flushed.wait()
+        assert await job.status() == JobStatus.RUNNING

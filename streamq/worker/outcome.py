@@ -57,6 +57,7 @@ class OutcomeWriter:
         self._starts: list[Started] = []
         self._starts_ms = 0
         self._starts_flushed = anyio.Event()
+        self._marks_in_flight: anyio.Event | None = None  # set once the in-flight write ends
         self._urgent = False  # a handler waits for the marks (progress)
         self._wake = anyio.Event()
         self._waiting = False
@@ -78,12 +79,14 @@ class OutcomeWriter:
 
     async def flush_starts(self) -> None:
         """Return once every mark queued so far is written (or its write failed)."""
-        if not self._starts:
-            return
-        flushed = self._starts_flushed
-        self._urgent = True
-        self._notify()
-        await flushed.wait()
+        if self._starts:
+            flushed = self._starts_flushed
+            self._urgent = True
+            self._notify()
+            await flushed.wait()
+        elif self._marks_in_flight is not None:
+            # Taken off the queue but not yet written: wait for that round trip.
+            await self._marks_in_flight.wait()
 
     def close(self) -> None:
         """Nothing more comes: ``run`` records what is queued, then returns."""
@@ -121,10 +124,12 @@ class OutcomeWriter:
             flushed, self._starts_flushed = self._starts_flushed, anyio.Event()
             self._urgent = False
             batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            self._marks_in_flight = flushed if starts else None
             with anyio.CancelScope(shield=True):
                 try:
                     await self._flush(starts, batch)
                 finally:
+                    self._marks_in_flight = None
                     flushed.set()
 
     async def _flush(self, starts: list[Started], batch: list[Outcome]) -> None:
