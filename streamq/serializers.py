@@ -46,7 +46,7 @@ class JSONSerializer:
                 False,
                 False,
                 False,
-            )  # fmt: skip
+            )
         )
 
     def dumps(self, value: Any) -> bytes:

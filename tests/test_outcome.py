@@ -187,6 +187,7 @@ async def test_flush_starts_waits_for_marks_already_being_written(app: App) -> N
     flush_starts then returned at once, the handler's progress call (on another
     connection) could reach Redis before the mark and be refused as "not running".
     """
+
     @app.task(name="t")
     async def t() -> None: ...
 

@@ -100,20 +100,11 @@ class Scripts:
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
     ) -> list[Any]:
         """Run many calls of one script in one round trip (not a transaction)."""
-        script = _SCRIPTS[name]
-        for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                await self.load_all()
-                continue  # every call is idempotent, so running all again is safe
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            return replies
-        raise AssertionError("unreachable")  # pragma: no cover
+        replies = await self.run_many([(name, call) for call in calls])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def run_many(
         self, calls: Sequence[tuple[str, tuple[Sequence[str], Sequence[Arg]]]]
