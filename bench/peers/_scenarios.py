@@ -33,6 +33,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -81,14 +82,19 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def _group_proc_files(pgid: int, name: str) -> Iterator[str]:
+    """/proc/<pid>/<name> of each process in the group (skipping ones that just exited)."""
+    for pid in _group_pids(pgid):
+        try:
+            yield Path(f"/proc/{pid}/{name}").read_text()
+        except OSError:
+            continue
+
+
 def group_rss_kb(pgid: int) -> int:
     """VmRSS of the worker's process group, in KiB."""
     total = 0
-    for pid in _group_pids(pgid):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
+    for status in _group_proc_files(pgid, "status"):
         total += next(
             (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
         )
@@ -98,11 +104,7 @@ def group_rss_kb(pgid: int) -> int:
 def group_cpu_s(pgid: int) -> float:
     """CPU seconds (user + system) the worker's process group has used so far."""
     ticks = 0
-    for pid in _group_pids(pgid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
+    for stat in _group_proc_files(pgid, "stat"):
         fields = stat[stat.rindex(")") + 2 :].split()
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
