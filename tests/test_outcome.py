@@ -30,6 +30,20 @@ def outcome(app: App, message: Message, job_id: str, status: str = "succeeded") 
     )  # fmt: skip
 
 
+def started(app: App, message: Message, job_id: str) -> Started:
+    return Started(
+        message.stream, message.msg_id, app.keys.job(job_id), job_id, "t", 1, "default",
+        message.deliveries,
+    )  # fmt: skip
+
+
+async def mark_started(app: App, consumer: str, *marks: Started) -> int:
+    scripts = await app.scripts()
+    return await scripts.start(
+        app.keys.events, marks, group=GROUP, worker=consumer, now_ms=0, events_maxlen=1000
+    )
+
+
 async def complete(app: App, consumer: str, *outcomes: Outcome) -> list[int]:
     scripts = await app.scripts()
     return await scripts.complete(
@@ -57,6 +71,33 @@ async def test_complete_is_fenced_against_a_consumer_that_lost_the_message(app: 
     pending = await redis.xpending_range(message.stream, GROUP, "-", "+", 10)
     assert [(p["message_id"], p["consumer"]) for p in pending] == [(message.msg_id, b"worker-b")]
     assert await redis.xlen(message.stream) == 1  # no retry entry was added
+
+
+async def test_a_late_start_mark_is_fenced_like_an_outcome(app: App) -> None:
+    """Invariant 3 for the lazily written "running" mark.
+
+    A worker paused between fetching and writing its mark may send it after
+    another worker reclaimed the job (and after it finished). Without the
+    XPENDING check in start.lua, that mark makes the job hash name the stale
+    worker and adds a started event from it.
+    """
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    message = await fetch_one(app, "worker-a")
+    redis = await app.redis()
+    await redis.xclaim(message.stream, GROUP, "worker-b", 0, [message.msg_id])
+    assert await mark_started(app, "worker-a", started(app, message, job.id)) == 0
+    reclaimed = Message(message.stream, message.priority, message.msg_id, None, 2)
+    assert await mark_started(app, "worker-b", started(app, reclaimed, job.id)) == 1
+    await redis.xreadgroup(GROUP, "worker-a", {message.stream: "0"})  # owns nothing: no-op
+    assert await mark_started(app, "worker-a", started(app, message, job.id)) == 0
+    assert (await job.info())["worker"] == "worker-b"
+    kinds = [(e[b"kind"], e.get(b"worker")) for _, e in await redis.xrange(app.keys.events)]
+    assert kinds.count((b"started", b"worker-b")) == 1
+    assert (b"started", b"worker-a") not in kinds
 
 
 async def test_complete_is_fenced_by_delivery_count(app: App) -> None:
@@ -169,7 +210,7 @@ async def test_writer_sends_start_marks_and_outcomes_in_one_round_trip(app: App)
             return await super().run_many(many)
 
     writer = OutcomeWriter(CountingScripts(await app.redis()), app.keys, app.settings, "w", list)
-    writer.start([Started(app.keys.job(job.id), job.id, "t", 1, "default", 1)])
+    writer.start([started(app, message, job.id)])
     writer.put(outcome(app, message, job.id))
     writer.close()
     await writer.run()
@@ -192,6 +233,7 @@ async def test_flush_starts_waits_for_marks_already_being_written(app: App) -> N
     async def t() -> None: ...
 
     (job,) = await t.enqueue_many([()])
+    message = await fetch_one(app, "w")
     entered, gate = anyio.Event(), anyio.Event()
 
     class SlowScripts(Scripts):
@@ -209,7 +251,7 @@ async def test_flush_starts_waits_for_marks_already_being_written(app: App) -> N
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer.run)
-        writer.start([Started(app.keys.job(job.id), job.id, "t", 1, "default", 1)])
+        writer.start([started(app, message, job.id)])
         try:
             await entered.wait()  # the mark is in flight, the queue is empty
             tg.start_soon(flush)

@@ -70,6 +70,10 @@ class Outcome:
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs
 class Started:
+    """One fetched job for ``start``: the message it came from, and the job."""
+
+    stream: str
+    msg_id: bytes
     job_key: str
     job_id: str
     task: str
@@ -171,18 +175,27 @@ class Scripts:
 
     @staticmethod
     def start_call(
-        events: str, jobs: Sequence[Started], now_ms: int, worker: str, events_maxlen: int
-    ) -> tuple[list[str], list[Arg]]:
-        args: list[Arg] = [now_ms, worker, events_maxlen]
+        events: str, jobs: Sequence[Started], *, group: str, worker: str, now_ms: int,
+        events_maxlen: int,
+    ) -> tuple[list[str], list[Arg]]:  # fmt: skip
+        """Mark fetched jobs running (only those still pending to ``worker``)."""
+        keys = [events]
+        args: list[Arg] = [now_ms, worker, events_maxlen, group]
         for job in jobs:
-            args += [job.job_id, job.task, job.attempt, job.priority, job.deliveries]
-        return [events, *(j.job_key for j in jobs)], args
+            keys += [job.stream, job.job_key]
+            args += [
+                job.msg_id, job.job_id, job.task, job.attempt, job.priority, job.deliveries,
+            ]  # fmt: skip
+        return keys, args
 
     async def start(
-        self, events: str, jobs: Sequence[Started], now_ms: int, worker: str, events_maxlen: int
-    ) -> int:
-        """Mark fetched jobs running; returns how many were (not missing or final)."""
-        call = self.start_call(events, jobs, now_ms, worker, events_maxlen)
+        self, events: str, jobs: Sequence[Started], *, group: str, worker: str, now_ms: int,
+        events_maxlen: int,
+    ) -> int:  # fmt: skip
+        """Returns how many jobs were marked (still ours, and not missing or final)."""
+        call = self.start_call(
+            events, jobs, group=group, worker=worker, now_ms=now_ms, events_maxlen=events_maxlen
+        )
         return int(await self._call("start", *call))
 
     @staticmethod

@@ -1,24 +1,34 @@
 #!lua flags=allow-oom
 -- start: mark a fetched batch of jobs as running and record a started event each.
--- A job hash that is missing or already final is left alone, so a late or
--- repeated call never resurrects a finished job or creates a key without a TTL.
+-- Fenced like complete (DESIGN.md invariant 3): only while the message is still
+-- pending to this consumer with the delivery count the worker was given. The
+-- worker writes marks lazily (with its next outcomes), so a worker paused or cut
+-- off after fetching may send its mark after another worker reclaimed the job;
+-- that late mark must not claim the job back in its hash. A job hash that is
+-- missing or already final is left alone too, so a late or repeated call never
+-- resurrects a finished job or creates a key without a TTL.
 --
--- KEYS[1] events stream   KEYS[2..n+1] job hashes
--- ARGV[1] now ms   ARGV[2] worker   ARGV[3] events maxlen
--- ARGV[4..] per job: job id, task, attempt, priority, delivery count
+-- KEYS[1] events stream   then per job: stream, job hash
+-- ARGV[1] now ms   ARGV[2] worker   ARGV[3] events maxlen   ARGV[4] group
+-- ARGV[5..] per job: message id, job id, task, attempt, priority, delivery count
 -- reply: number of jobs marked
 local marked = 0
-for i = 2, #KEYS do
-  local a = 4 + (i - 2) * 5
-  local status = redis.call('HGET', KEYS[i], 'status')
-  if status == 'queued' or status == 'running' or status == 'retrying'
-      or status == 'scheduled' then
-    redis.call('HSET', KEYS[i], 'status', 'running', 'started_ms', ARGV[1],
-      'worker', ARGV[2], 'attempts', ARGV[a + 2])
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
-      'kind', 'started', 'job', ARGV[a], 'task', ARGV[a + 1], 'attempt', ARGV[a + 2],
-      'priority', ARGV[a + 3], 'deliveries', ARGV[a + 4], 'worker', ARGV[2], 'ts', ARGV[1])
-    marked = marked + 1
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  local stream, job = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 5 + (i - 1) * 6
+  local entry = redis.call('XPENDING', stream, ARGV[4], ARGV[a], ARGV[a], 1)[1]
+  if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[a + 5]) then
+    local status = redis.call('HGET', job, 'status')
+    if status == 'queued' or status == 'running' or status == 'retrying'
+        or status == 'scheduled' then
+      redis.call('HSET', job, 'status', 'running', 'started_ms', ARGV[1],
+        'worker', ARGV[2], 'attempts', ARGV[a + 3])
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+        'kind', 'started', 'job', ARGV[a + 1], 'task', ARGV[a + 2], 'attempt', ARGV[a + 3],
+        'priority', ARGV[a + 4], 'deliveries', ARGV[a + 5], 'worker', ARGV[2], 'ts', ARGV[1])
+      marked = marked + 1
+    end
   end
 end
 return marked

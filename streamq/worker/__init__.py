@@ -306,6 +306,8 @@ class Worker:
             self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
             started.append(
                 Started(
+                    m.stream,
+                    m.msg_id,
                     self.app.keys.job(env.job_id),
                     env.job_id,
                     env.task,

@@ -139,7 +139,14 @@ class OutcomeWriter:
             calls.append(
                 (
                     "start",
-                    Scripts.start_call(events, starts, self._starts_ms, self._consumer, maxlen),
+                    Scripts.start_call(
+                        events,
+                        starts,
+                        group=GROUP,
+                        worker=self._consumer,
+                        now_ms=self._starts_ms,
+                        events_maxlen=maxlen,
+                    ),  # fmt: skip
                 )
             )
         if batch:
