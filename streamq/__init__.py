@@ -1,7 +1,7 @@
 """streamq: background jobs on Redis Streams consumer groups."""
 
 from streamq.app import App
-from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters
+from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters, RequeueRefused
 from streamq.errors import (
     ConfigError,
     EmbeddedServerError,
@@ -42,6 +42,7 @@ __all__ = (
     "JobTimedOut",
     "PayloadTooLarge",
     "QueueFull",
+    "RequeueRefused",
     "Retry",
     "SerializationError",
     "Serializer",

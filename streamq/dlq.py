@@ -29,6 +29,19 @@ class DeadLetterNotFound(StreamqError, LookupError):
         self.entry_id = entry_id
 
 
+class RequeueRefused(StreamqError, ValueError):
+    """Raised when a DLQ entry cannot be requeued; nothing was written.
+
+    ``reason`` is a short code: ``no-job-id`` (garbage that never was a job:
+    purge it), ``too-large`` (more fields than a script can copy).
+    """
+
+    def __init__(self, entry_id: str, reason: str, message: str) -> None:
+        super().__init__(f"DLQ entry {entry_id} cannot be requeued: {message}")
+        self.entry_id = entry_id
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     id: str
@@ -121,12 +134,13 @@ class DeadLetters:
     async def requeue(self, entry_id: str) -> str:
         """Move one entry back to its priority stream; returns the job id.
 
-        Raises DeadLetterNotFound if it is gone, and ValueError for an entry
-        with no job id (garbage that never was a job: purge it instead).
+        Raises DeadLetterNotFound if it is gone, and RequeueRefused (a
+        ValueError) when the script refuses it, e.g. an entry with no job id
+        (garbage that never was a job: purge it instead).
         """
         letter = await self.get(entry_id)
         if not letter.job_id:
-            raise ValueError(f"DLQ entry {entry_id} has no job id; it cannot be requeued")
+            raise RequeueRefused(entry_id, "no-job-id", "it has no job id")
         app = self.app
         priority = self._priority_of(letter)
         scripts = await app.scripts()
@@ -143,10 +157,15 @@ class DeadLetters:
         )
         if new_id is None:
             raise DeadLetterNotFound(entry_id)
+        if isinstance(new_id, tuple):
+            raise RequeueRefused(entry_id, *new_id)
         return letter.job_id
 
     async def requeue_all(self, *, task: str | None = None) -> list[str]:
-        """Requeue every entry (of one task) that has a job id; returns the job ids."""
+        """Requeue every entry (of one task) that has a job id; returns the job ids.
+
+        Entries the script refuses (RequeueRefused) stay in the DLQ.
+        """
         ids = [letter.id async for letter in self.iter(task=task) if letter.job_id]
         requeued = []
         for entry_id in ids:
@@ -154,6 +173,8 @@ class DeadLetters:
                 requeued.append(await self.requeue(entry_id))
             except DeadLetterNotFound:
                 continue  # requeued or purged by someone else meanwhile
+            except RequeueRefused:
+                continue
         return requeued
 
     async def purge(self, *, older_than_s: float | None = None) -> int:

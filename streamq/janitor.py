@@ -28,6 +28,7 @@ from streamq.lease import Lease
 from streamq.logging import get_logger
 
 PROMOTE_BATCH = 500
+PROMOTE_ROUNDS = 100
 
 
 class Janitor:
@@ -74,26 +75,45 @@ class Janitor:
             await self.trim()
 
     async def promote_due(self) -> int:
+        """Move every due delayed job into its stream; returns how many.
+
+        Each round peeks at the due members' job ids, then promotes them with
+        their job hashes (a script touches only the keys it is given). A round
+        stops early when a member became due after the peek; the next round
+        takes it. Bounded, so a flood of new due members cannot hold a pass.
+        """
         app = self.app
         scripts = await app.scripts()
-        total = 0
-        while True:
-            moved = await scripts.promote(
-                delayed=app.keys.delayed,
-                events=app.keys.events,
-                streams=app.streams,
-                priorities=app.settings.priorities,
-                now_ms=int(time.time() * 1000),
-                limit=PROMOTE_BATCH,
-                group=GROUP,
-                events_maxlen=app.settings.events_maxlen,
-            )
+        settings = app.settings
+        ttl_ms = int(settings.result_ttl_s * 1000)
+        key_base = app.keys.job("").encode()
+        total = dead = 0
+        for _ in range(PROMOTE_ROUNDS):
+            ids = await scripts.promote_peek(
+                delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
+                streams=app.streams, priorities=settings.priorities,
+                now_ms=int(time.time() * 1000), limit=PROMOTE_BATCH, group=GROUP,
+                events_maxlen=settings.events_maxlen, result_ttl_ms=ttl_ms,
+            )  # fmt: skip
+            if not ids:
+                break
+            # Ids as bytes: one that is not UTF-8 still names its own hash.
+            jobs = [(job_id, key_base + job_id) for job_id in dict.fromkeys(ids) if job_id]
+            moved, died, stopped = await scripts.promote(
+                delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
+                streams=app.streams, priorities=settings.priorities,
+                now_ms=int(time.time() * 1000), limit=PROMOTE_BATCH, group=GROUP,
+                events_maxlen=settings.events_maxlen, result_ttl_ms=ttl_ms, jobs=jobs,
+            )  # fmt: skip
             total += moved
-            if moved < PROMOTE_BATCH:
+            dead += died
+            if not stopped and len(ids) < PROMOTE_BATCH:
                 break
         if total:
             self.promoted += total
             self._log.info("promoted due jobs", count=total)
+        if dead:
+            self._log.error("delayed entries that cannot run moved to the DLQ", count=dead)
         return total
 
     async def trim(self) -> int:

@@ -92,7 +92,7 @@ class Scripts:
         for script in _SCRIPTS.values():
             await self._redis.script_load(script.source)
 
-    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def _call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
         script = _SCRIPTS[name]
         try:
             return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
@@ -240,15 +240,53 @@ class Scripts:
         )  # fmt: skip
         return None if reply == 0 else cast(bytes, reply)
 
-    async def promote(
-        self, *, delayed: str, events: str, streams: Sequence[str], priorities: Sequence[str],
-        now_ms: int, limit: int, group: str, events_maxlen: int,
-    ) -> int:  # fmt: skip
+    @staticmethod
+    def _promote_args(
+        mode: str, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
+        priorities: Sequence[str], now_ms: int, limit: int, group: str, events_maxlen: int,
+        result_ttl_ms: int, jobs: Sequence[tuple[bytes, bytes]] = (),
+    ) -> tuple[list[str | bytes], list[Arg]]:  # fmt: skip
+        keys: list[str | bytes] = [delayed, events, dlq, *streams, *(key for _, key in jobs)]
+        args: list[Arg] = [
+            mode, now_ms, limit, group, events_maxlen, result_ttl_ms, len(priorities),
+            *priorities, *(job_id for job_id, _ in jobs),
+        ]  # fmt: skip
+        return keys, args
+
+    async def promote_peek(
+        self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
+        priorities: Sequence[str], now_ms: int, limit: int, group: str, events_maxlen: int,
+        result_ttl_ms: int,
+    ) -> list[bytes]:  # fmt: skip
+        """The job ids of up to ``limit`` due members (b'' for a member without one)."""
         reply = await self._call(
-            "promote", [delayed, events, *streams],
-            [now_ms, limit, group, events_maxlen, *priorities],
+            "promote",
+            *self._promote_args(
+                "peek", delayed=delayed, events=events, dlq=dlq, streams=streams,
+                priorities=priorities, now_ms=now_ms, limit=limit, group=group,
+                events_maxlen=events_maxlen, result_ttl_ms=result_ttl_ms,
+            ),
         )  # fmt: skip
-        return int(reply)
+        return list(reply)
+
+    async def promote(
+        self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
+        priorities: Sequence[str], now_ms: int, limit: int, group: str, events_maxlen: int,
+        result_ttl_ms: int, jobs: Sequence[tuple[bytes, bytes]],
+    ) -> tuple[int, int, bool]:  # fmt: skip
+        """Promote due members; ``jobs`` pairs each peeked job id with its hash key.
+
+        Returns (promoted, dead-lettered, stopped early: call ``promote_peek`` again).
+        """
+        promoted, dead, stopped = await self._call(
+            "promote",
+            *self._promote_args(
+                "move", delayed=delayed, events=events, dlq=dlq, streams=streams,
+                priorities=priorities, now_ms=now_ms, limit=limit, group=group,
+                events_maxlen=events_maxlen, result_ttl_ms=result_ttl_ms, jobs=jobs,
+            ),
+        )  # fmt: skip
+        return int(promoted), int(dead), bool(stopped)
 
     async def heartbeat(
         self, streams: Sequence[str], group: str, consumer: str, ids: Sequence[tuple[int, bytes]]
@@ -299,13 +337,17 @@ class Scripts:
     async def requeue(
         self, *, dlq: str, stream: str, job_key: str, events: str, dlq_id: bytes | str,
         group: str, now_ms: int, events_maxlen: int, priority: str,
-    ) -> bytes | None:  # fmt: skip
-        """Returns the new stream id, or None when the DLQ entry was already gone."""
+    ) -> bytes | None | tuple[str, str]:  # fmt: skip
+        """The new stream id; None when the DLQ entry was already gone; or, when the
+        script refused it (nothing written), (reason code, message)."""
         reply = await self._call(
             "requeue",
             [dlq, stream, job_key, events],
             [dlq_id, group, now_ms, events_maxlen, priority],
         )
+        if isinstance(reply, list):
+            code, message = (r.decode() if isinstance(r, bytes) else str(r) for r in reply)
+            return code, message
         return None if reply == 0 else cast(bytes, reply)
 
     async def trim(

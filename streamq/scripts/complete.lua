@@ -21,7 +21,17 @@
 --   retry delay ms, priority
 -- reply: per job 1 = recorded, 2 = already recorded by an earlier run, 0 = lost
 --   (the message belongs to another consumer or delivery now)
+--
+-- Nothing below may raise after the first write (a script is not rolled back):
+-- the original entry is read and sized before the XACK. unpack() fails past
+-- about 8,000 values, so an entry with more than MAX_VALUES values (never one
+-- enqueue wrote: those have fewer than 20) is not copied whole: a retry or a
+-- failure of such an entry goes to the DLQ with its standard envelope fields
+-- only, and a reason saying so.
 local STRIDE = 12
+local MAX_VALUES = 2000
+local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
+  enq_ms = true, max_retries = true, timeout = true}
 local replies = {}
 local now = ARGV[3]
 local n = (#KEYS - 3) / 2
@@ -34,6 +44,20 @@ local function event(kind, a, extra)
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
 end
 
+-- The first value of each standard envelope field: bounded whatever the entry holds.
+local function standard_fields(src)
+  local out, seen = {}, {}
+  for f = 1, #src - 1, 2 do
+    local name = src[f]
+    if STANDARD[name] and not seen[name] then
+      seen[name] = true
+      out[#out + 1] = name
+      out[#out + 1] = src[f + 1]
+    end
+  end
+  return out
+end
+
 for i = 1, n do
   local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 6 + (i - 1) * STRIDE
@@ -43,15 +67,27 @@ for i = 1, n do
   local token = msg_id .. '|' .. ARGV[2] .. '|' .. ARGV[a + 1]
   local entry = redis.call('XPENDING', stream, ARGV[1], msg_id, msg_id, 1)[1]
   if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == deliveries then
-    redis.call('XACK', stream, ARGV[1], msg_id)
+    -- Read and size everything first: no write may precede a possible error.
     local status = ARGV[a + 5]
-    local original = nil
+    local fields, note = nil, nil
     if status ~= 'succeeded' then
-      original = redis.call('XRANGE', stream, msg_id, msg_id)[1]
-      if status == 'retry' and not original then
+      local original = redis.call('XRANGE', stream, msg_id, msg_id)[1]
+      if original then
+        fields = original[2]
+        if #fields > MAX_VALUES then
+          note = 'the entry has ' .. (#fields / 2) .. ' fields, too many fields to copy: '
+            .. 'only the standard envelope fields were kept'
+          fields = standard_fields(fields)
+          if status == 'retry' then
+            status = 'failed'
+            note = note .. '; not retried'
+          end
+        end
+      elseif status == 'retry' then
         status = 'failed'  -- the entry was trimmed: nothing left to retry from
       end
     end
+    redis.call('XACK', stream, ARGV[1], msg_id)
     if status == 'succeeded' then
       redis.call('HSET', job, 'status', status, 'result', ARGV[a + 6],
         'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token)
@@ -59,7 +95,6 @@ for i = 1, n do
       redis.call('PEXPIRE', job, ARGV[4])
       event('succeeded', a, {})
     elseif status == 'retry' then
-      local fields = original[2]
       for f = 1, #fields - 1, 2 do
         if fields[f] == 'attempt' then fields[f + 1] = tostring(tonumber(ARGV[a + 4]) + 1) end
       end
@@ -76,9 +111,14 @@ for i = 1, n do
         'due_ms', tostring(tonumber(now) + delay), 'outcome_msg', token)
       event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})
     else
-      local fields = {}
-      if original then fields = original[2] end
-      for _, v in ipairs({'dlq_reason', 'failed: ' .. ARGV[a + 6],
+      if not fields then fields = {} end
+      local reason = 'failed: ' .. ARGV[a + 6]
+      if note then
+        reason = reason .. ' (' .. note .. ')'
+        fields[#fields + 1] = 'dlq_note'
+        fields[#fields + 1] = note
+      end
+      for _, v in ipairs({'dlq_reason', reason,
           'dlq_error_type', ARGV[a + 6], 'dlq_error', ARGV[a + 7],
           'dlq_traceback', ARGV[a + 8], 'dlq_attempts', ARGV[a + 4],
           'dlq_origin', stream, 'dlq_origin_id', msg_id,

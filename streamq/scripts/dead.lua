@@ -15,13 +15,27 @@ local entry = pending[1]
 if not (entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[4])) then
   return 0
 end
+-- unpack() below fails past about 8,000 values: an entry with more than MAX_VALUES
+-- (never one enqueue wrote) keeps only its standard envelope fields, with a note.
+local MAX_VALUES = 2000
+local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
+  enq_ms = true, max_retries = true, timeout = true}
 local fields = {}
 local original = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
-if original[1] and #original[1][2] <= 2000 then
+if original[1] and #original[1][2] <= MAX_VALUES then
   fields = original[1][2]
 elseif original[1] then
-  -- unpack() below has a stack limit; keep the metadata rather than fail.
-  fields = {'dlq_note', 'original entry had too many fields to copy'}
+  local src, seen = original[1][2], {}
+  for f = 1, #src - 1, 2 do
+    if STANDARD[src[f]] and not seen[src[f]] then
+      seen[src[f]] = true
+      fields[#fields + 1] = src[f]
+      fields[#fields + 1] = src[f + 1]
+    end
+  end
+  fields[#fields + 1] = 'dlq_note'
+  fields[#fields + 1] = 'the entry has ' .. (#src / 2) .. ' fields, too many fields to copy: '
+    .. 'only the standard envelope fields were kept'
 end
 fields[#fields + 1] = 'dlq_reason'; fields[#fields + 1] = ARGV[5]
 fields[#fields + 1] = 'dlq_origin'; fields[#fields + 1] = KEYS[1]

@@ -17,6 +17,11 @@
 -- reply: per job {1, stream id or 'delayed'} added, {0, existing id} the job
 --   existed, {-1, depth} refused: the queue already held max pending jobs
 local n, e = tonumber(ARGV[9]), tonumber(ARGV[10])
+-- Checked before any write: the entry's fields go through unpack(), which fails
+-- past about 8,000 values (per-call options add a handful).
+if e > 100 or e % 2 ~= 0 then
+  return redis.error_reply('enqueue: ' .. e .. ' extra entry values; at most 100, in pairs')
+end
 local now, due = tonumber(ARGV[4]), tonumber(ARGV[7])
 local limit = tonumber(ARGV[8])
 local depth = 0

@@ -3,39 +3,171 @@
 -- ZREM and XADD happen in one script, so two janitors racing cannot promote an
 -- entry twice, and a janitor dying mid-way cannot lose one.
 --
--- KEYS[1] delayed zset   KEYS[2] events stream   KEYS[3..n] priority streams
--- ARGV[1] now ms   ARGV[2] limit   ARGV[3] group   ARGV[4] events maxlen
--- ARGV[5..] priority names, in the order of KEYS[3..n]
+-- Two modes, because a script may only touch the keys it is given and the job
+-- hashes to update are named inside the members:
+--   'peek'  returns the job ids of up to limit due members, in due order
+--           ('' for a member with none): the caller then passes their hashes;
+--   'move'  promotes the due members, in due order, updating each one's job
+--           hash (msg_id, and 'scheduled' becomes 'queued'), and stops at the
+--           first member whose job hash it was not given (it became due since
+--           the peek): the caller peeks again.
 -- A member is cjson [priority, field, value, ...]; an unknown priority (the
 -- App's list changed) goes to the last (lowest) stream rather than being lost.
--- reply: number promoted
-local stream_of = {}
-for i = 5, #ARGV do
-  stream_of[ARGV[i]] = KEYS[i - 2]
+-- A member that cannot become a stream entry (not JSON, a bad shape, or more
+-- values than unpack() can pass to XADD) is checked before anything is
+-- written and goes to the DLQ with the reason and a 'dead' event; its job
+-- hash, if any, becomes final ('dead') with a TTL. Nothing just vanishes.
+--
+-- KEYS[1] delayed zset   KEYS[2] events stream   KEYS[3] dlq stream
+-- KEYS[4..3+p] priority streams   KEYS[4+p..] job hashes (move)
+-- ARGV[1] 'peek' or 'move'   ARGV[2] now ms   ARGV[3] limit   ARGV[4] group
+-- ARGV[5] events maxlen   ARGV[6] result ttl ms   ARGV[7] p (number of priorities)
+-- ARGV[8..7+p] priority names, in the order of the streams
+-- ARGV[8+p..] (move) the job id of each job hash, in the order of KEYS[4+p..]
+-- reply: peek {job id, ...}; move {promoted, dead-lettered, 1 if it stopped early else 0}
+local MAX_VALUES = 2000
+local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
+  enq_ms = true, max_retries = true, timeout = true}
+local now, limit = ARGV[2], tonumber(ARGV[3])
+local p = tonumber(ARGV[7])
+
+-- The job id of a member written by streamq ([priority, 'v', '1', 'id', <id>, ...]),
+-- read from its start without decoding the whole (possibly large) member;
+-- '' when there is none. Peek and move use this same function.
+local function member_id(member)
+  local head = string.sub(member, 1, 4096)
+  local _, stop = string.find(head, '"id"%s*,%s*"')
+  if not stop then return '' end
+  local i = stop + 1
+  while i <= #head do
+    local c = string.sub(head, i, i)
+    if c == '\\' then
+      i = i + 2
+    elseif c == '"' then
+      local ok, id = pcall(cjson.decode, '"' .. string.sub(head, stop + 1, i - 1) .. '"')
+      if ok and type(id) == 'string' then return id end
+      return ''
+    else
+      i = i + 1
+    end
+  end
+  return ''
 end
-local lowest = KEYS[#KEYS]
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+if ARGV[1] == 'peek' then
+  local ids = {}
+  for i, member in ipairs(due) do ids[i] = member_id(member) end
+  return ids
+end
+
+local stream_of, hash_of = {}, {}
+for i = 1, p do
+  stream_of[ARGV[7 + i]] = KEYS[3 + i]
+end
+local lowest = KEYS[3 + p]
+for i = 4 + p, #KEYS do
+  hash_of[ARGV[i + 4]] = KEYS[i]
+end
+
+local promoted, dead, stopped = 0, 0, 0
 for _, member in ipairs(due) do
+  local job = member_id(member)
+  local hash = nil
+  if job ~= '' then
+    hash = hash_of[job]
+    if not hash then
+      stopped = 1
+      break
+    end
+  end
+  -- Check everything before the first write.
+  local problem, note = nil, nil
   local ok, entry = pcall(cjson.decode, member)
+  if not ok or type(entry) ~= 'table' then
+    problem = 'corrupt delayed entry: not JSON'
+  elseif #entry < 3 or #entry % 2 == 0 then
+    problem = 'corrupt delayed entry: not [priority, field, value, ...]'
+  else
+    for i = 1, #entry do
+      if type(entry[i]) ~= 'string' then
+        problem = 'corrupt delayed entry: a value is not a string'
+        break
+      end
+    end
+  end
+  local fields = {}
+  if problem then
+    entry = nil
+  elseif #entry - 1 > MAX_VALUES then
+    problem = 'delayed entry has ' .. ((#entry - 1) / 2) .. ' fields, too many fields to '
+      .. 'promote'
+    note = 'only the standard envelope fields were kept'
+    local seen = {}
+    for f = 2, #entry - 1, 2 do
+      if STANDARD[entry[f]] and not seen[entry[f]] then
+        seen[entry[f]] = true
+        fields[#fields + 1] = entry[f]
+        fields[#fields + 1] = entry[f + 1]
+      end
+    end
+  end
+  local task = ''
+  if entry then
+    for f = 2, #entry - 1, 2 do
+      if entry[f] == 'task' then
+        task = entry[f + 1]
+        break
+      end
+    end
+  end
+  -- Only a member whose decoded id is the one read from its start updates that hash.
+  if entry then
+    local decoded = ''
+    for f = 2, #entry - 1, 2 do
+      if entry[f] == 'id' then
+        decoded = entry[f + 1]
+        break
+      end
+    end
+    if decoded ~= job then hash = nil end
+  end
+  local status = nil
+  if hash then status = redis.call('HGET', hash, 'status') end
+  if status ~= 'scheduled' and status ~= 'retrying' then status = nil end  -- leave final ones
+
   redis.call('ZREM', KEYS[1], member)
-  if ok and type(entry) == 'table' and #entry >= 3 then
+  if not problem then
     local priority = table.remove(entry, 1)
     local stream = stream_of[priority] or lowest
     if redis.call('EXISTS', stream) == 0 then
-      redis.call('XGROUP', 'CREATE', stream, ARGV[3], '0', 'MKSTREAM')
+      redis.call('XGROUP', 'CREATE', stream, ARGV[4], '0', 'MKSTREAM')
     end
     local msg_id = redis.call('XADD', stream, '*', unpack(entry))
-    local job, task = '', ''
-    for f = 1, #entry - 1, 2 do
-      if entry[f] == 'id' then job = entry[f + 1] elseif entry[f] == 'task' then task = entry[f + 1] end
+    if status == 'scheduled' then
+      redis.call('HSET', hash, 'status', 'queued', 'msg_id', msg_id)
+    elseif status then
+      redis.call('HSET', hash, 'msg_id', msg_id)
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-      'kind', 'promoted', 'job', job, 'task', task, 'msg', msg_id, 'ts', ARGV[1])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+      'kind', 'promoted', 'job', job, 'task', task, 'msg', msg_id, 'ts', now)
+    promoted = promoted + 1
   else
-    -- Not ours or corrupt: keep it visible in the DLQ's neighbour, the events stream.
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-      'kind', 'dead', 'job', '', 'error', 'corrupt delayed entry dropped', 'raw', member,
-      'ts', ARGV[1])
+    fields[#fields + 1] = 'dlq_reason'; fields[#fields + 1] = problem
+    if note then fields[#fields + 1] = 'dlq_note'; fields[#fields + 1] = note end
+    fields[#fields + 1] = 'dlq_origin'; fields[#fields + 1] = KEYS[1]
+    fields[#fields + 1] = 'dlq_raw'; fields[#fields + 1] = member
+    fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = now
+    local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
+    if status then
+      redis.call('HSET', hash, 'status', 'dead', 'error_type', 'PoisonMessage',
+        'error', problem, 'finished_ms', now, 'dlq_id', dlq_id)
+      redis.call('PEXPIRE', hash, ARGV[6])
+    end
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+      'kind', 'dead', 'job', job, 'task', task, 'error', problem,
+      'error_type', 'PoisonMessage', 'dlq_id', dlq_id, 'ts', now)
+    dead = dead + 1
   end
 end
-return #due
+return {promoted, dead, stopped}

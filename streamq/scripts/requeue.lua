@@ -6,11 +6,18 @@
 -- KEYS[1] dlq stream   KEYS[2] target stream   KEYS[3] job hash   KEYS[4] events stream
 -- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms   ARGV[4] events maxlen
 -- ARGV[5] priority (of the target stream)
--- reply: the new stream id, or 0 when the DLQ entry is gone (already requeued)
+-- reply: the new stream id; 0 when the DLQ entry is gone (already requeued); or
+--   {reason code, message} when it is refused, before any write: 'no-job-id',
+--   'too-large' (more fields than unpack() can pass to XADD)
+local MAX_VALUES = 2000
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
 if not entry then return 0 end
 local fields, job, task = {}, '', ''
 local src = entry[2]
+if #src > MAX_VALUES then
+  return {'too-large', 'the DLQ entry has ' .. (#src / 2) .. ' fields, too many fields to '
+    .. 'requeue (the limit is ' .. (MAX_VALUES / 2) .. ')'}
+end
 for f = 1, #src - 1, 2 do
   local name, value = src[f], src[f + 1]
   if string.sub(name, 1, 4) ~= 'dlq_' then
@@ -21,7 +28,7 @@ for f = 1, #src - 1, 2 do
     fields[#fields + 1] = value
   end
 end
-if job == '' then return redis.error_reply('DLQ entry has no job id to requeue') end
+if job == '' then return {'no-job-id', 'the DLQ entry has no job id to requeue'} end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
 end

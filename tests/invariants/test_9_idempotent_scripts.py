@@ -172,12 +172,15 @@ async def test_promote_twice_moves_each_due_entry_once(app: App) -> None:
         await scripts.enqueue(await enqueue_call(app, job_id, due_ms=now_ms + 60_000))
 
     async def promote() -> int:
-        return await scripts.promote(
-            delayed=app.keys.delayed, events=app.keys.events,
+        moved, dead, _ = await scripts.promote(
+            delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
             streams=[app.keys.stream(p) for p in app.settings.priorities],
             priorities=app.settings.priorities, now_ms=now_ms + 60_001, limit=100, group=GROUP,
-            events_maxlen=1000,
+            events_maxlen=1000, result_ttl_ms=60_000,
+            jobs=[(j.encode(), app.keys.job(j).encode()) for j in ("j1", "j2")],
         )  # fmt: skip
+        assert dead == 0
+        return moved
 
     assert await promote() == 2
     first = await snapshot(app)
