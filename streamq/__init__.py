@@ -1,7 +1,13 @@
 """streamq: background jobs on Redis Streams consumer groups."""
 
 from streamq.app import App
-from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters, RequeueRefused
+from streamq.dlq import (
+    DeadLetter,
+    DeadLetterNotFound,
+    DeadLetters,
+    JobIdReused,
+    RequeueRefused,
+)
 from streamq.errors import (
     ConfigError,
     EmbeddedServerError,
@@ -36,6 +42,7 @@ __all__ = (
     "Job",
     "JobContext",
     "JobFailed",
+    "JobIdReused",
     "JobNotFound",
     "JobProgress",
     "JobStatus",

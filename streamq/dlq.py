@@ -42,6 +42,19 @@ class RequeueRefused(StreamqError, ValueError):
         self.reason = reason
 
 
+class JobIdReused(RequeueRefused):
+    """Raised when requeueing would reset a newer job that reuses the entry's job id.
+
+    The dead job's hash expired and a new job was enqueued under the same id:
+    that job hash belongs to the new job, which a requeue would set back to
+    ``queued`` and run again. Enqueue a new job instead, or purge the entry.
+    """
+
+    def __init__(self, entry_id: str, job_id: str, message: str) -> None:
+        super().__init__(entry_id, "job-id-reused", message)
+        self.job_id = job_id
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     id: str
@@ -158,7 +171,10 @@ class DeadLetters:
         if new_id is None:
             raise DeadLetterNotFound(entry_id)
         if isinstance(new_id, tuple):
-            raise RequeueRefused(entry_id, *new_id)
+            reason, message = new_id
+            if reason == "job-id-reused":
+                raise JobIdReused(entry_id, letter.job_id, message)
+            raise RequeueRefused(entry_id, reason, message)
         return letter.job_id
 
     async def requeue_all(self, *, task: str | None = None) -> list[str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from streamq import App, JobFailed, JobStatus
-from streamq.dlq import DeadLetterNotFound, DeadLetters
+from streamq.dlq import DeadLetterNotFound, DeadLetters, JobIdReused
 from streamq.keys import GROUP
-from tests.apps.slow import FAIL, register
+from tests.apps.slow import ADD, FAIL, register
 from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env
 
 pytestmark = pytest.mark.anyio
@@ -104,6 +104,55 @@ async def test_entry_without_a_job_id_cannot_be_requeued(app: App) -> None:
         await dlq.requeue(letter.id)
     with pytest.raises(DeadLetterNotFound):
         await dlq.get("1-1")
+
+
+async def test_requeue_of_an_old_entry_never_resets_a_newer_job_with_its_id(
+    redis_url: str,
+) -> None:
+    """A DLQ entry whose job id was reused after its hash expired is refused.
+
+    ``invoice-123`` fails for good (DLQ entry E); its hash expires; a new job
+    with the same id is enqueued and succeeds. Requeueing E must not set
+    that newer job back to ``queued`` and run it a third time: the hash
+    belongs to another run (its ``dlq_id`` is not E), so DeadLetters.requeue
+    raises JobIdReused (and the CLI says so, exit 1) and nothing changes.
+    Requeueing an entry whose hash is gone still works.
+    """
+    name = queue_name()
+    app = register(App(name, redis_url=redis_url))
+    async with app:
+        fail = app.tasks[FAIL].with_options(job_id="invoice-123", max_retries=0)
+        first = await fail.enqueue("boom")
+        async with running_worker(app):
+            assert await first.wait(timeout=10) == JobStatus.FAILED
+        dlq = DeadLetters(app)
+        (letter,) = await dlq.entries()
+        redis = await app.redis()
+        await redis.delete(app.keys.job("invoice-123"))  # its result TTL ran out
+        add = app.tasks[ADD].with_options(job_id="invoice-123")
+        second = await add.enqueue(1, 2)
+        async with running_worker(app):
+            assert await second.result(timeout=10) == 3
+        before = await second.info()
+        stream_len = await redis.xlen(app.keys.stream("default"))
+
+        with pytest.raises(JobIdReused, match="invoice-123") as caught:
+            await dlq.requeue(letter.id)
+        assert caught.value.job_id == "invoice-123" and isinstance(caught.value, ValueError)
+        assert await second.info() == before
+        assert await redis.xlen(app.keys.stream("default")) == stream_len
+        assert [e.id for e in await dlq.entries()] == [letter.id]
+        assert await dlq.requeue_all() == []
+
+        cli = streamq_cli(redis_url, name, "dlq", "requeue", "tests.apps.slow:app", letter.id)
+        assert cli.returncode == 1 and "requeued 0 job" in cli.stdout
+        assert "newer job" in cli.stderr and "invoice-123" in cli.stderr
+        assert await second.info() == before
+
+        await redis.delete(app.keys.job("invoice-123"))  # gone: the entry may come back
+        assert await dlq.requeue(letter.id) == "invoice-123"
+        assert await app.job("invoice-123").status() == JobStatus.QUEUED
+        await drop_queue(app)
 
 
 def streamq_cli(

@@ -2,13 +2,17 @@
 -- attempt, atomically removing it from the DLQ (no window where it is in both
 -- or in neither). The job hash is queued again with its TTL removed (it is no
 -- longer final), or written anew if it had expired.
+-- Only a hash that belongs to this dead job may be reset: one whose dlq_id is
+-- this entry. A job id can be reused once the dead job's hash expired; the
+-- hash then belongs to a newer job (queued, running or done), which a requeue
+-- must not set back to queued and run again: refused.
 --
 -- KEYS[1] dlq stream   KEYS[2] target stream   KEYS[3] job hash   KEYS[4] events stream
 -- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms   ARGV[4] events maxlen
 -- ARGV[5] priority (of the target stream)
 -- reply: the new stream id; 0 when the DLQ entry is gone (already requeued); or
 --   {reason code, message} when it is refused, before any write: 'no-job-id',
---   'too-large' (more fields than unpack() can pass to XADD)
+--   'too-large' (more fields than unpack() can pass to XADD), 'job-id-reused'
 local MAX_VALUES = 2000
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
 if not entry then return 0 end
@@ -29,6 +33,12 @@ for f = 1, #src - 1, 2 do
   end
 end
 if job == '' then return {'no-job-id', 'the DLQ entry has no job id to requeue'} end
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('HGET', KEYS[3], 'dlq_id') ~= ARGV[1] then
+  local status = redis.call('HGET', KEYS[3], 'status') or 'unknown'
+  return {'job-id-reused', 'job ' .. job .. ' is a newer job with the same id (status '
+    .. status .. '), not the one that died in this entry; requeueing would reset it. '
+    .. 'Enqueue a new job instead, or purge this entry'}
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
 end
