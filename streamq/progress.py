@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextvars
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio.from_thread
+import anyio.lowlevel
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -42,6 +44,30 @@ class JobContext:
         default=None, repr=False, compare=False
     )
     """Returns once the job's status says running (the worker writes that mark lazily)."""
+    loop_token: anyio.lowlevel.EventLoopToken | None = field(
+        default=None, repr=False, compare=False
+    )
+    """The worker's event loop, for ``progress_sync`` from a handler thread."""
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _stop_reason: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the worker wants this handler to stop (it ran past its timeout).
+
+        Async handlers are cancelled; a sync handler cannot be, so a long one
+        should check this between steps and return.
+        """
+        return self._stop.is_set()
+
+    @property
+    def stop_reason(self) -> str:
+        return self._stop_reason[0] if self._stop_reason else ""
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason.append(reason)
+            self._stop.set()
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
@@ -85,8 +111,8 @@ async def progress(percent: float, message: str = "") -> bool:
 
 def progress_sync(percent: float, message: str = "") -> bool:
     """``progress`` for sync handlers, which run in worker threads."""
-    current_job()  # the clear error outside a handler, before anyio's own
-    return anyio.from_thread.run(progress, percent, message)
+    ctx = current_job()  # the clear error outside a handler, before anyio's own
+    return anyio.from_thread.run(progress, percent, message, token=ctx.loop_token)
 
 
 def set_current(context: JobContext | None) -> contextvars.Token[JobContext | None]:

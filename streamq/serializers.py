@@ -3,13 +3,22 @@
 A serializer turns a task's ``(args, kwargs)`` and its result into bytes and
 back. Anything that cannot be decoded is a poison message for the worker, so
 ``loads`` raises ``ValueError`` (or a subclass) on bad input and nothing else.
+
+Nesting is bounded (``MAX_DEPTH``) both ways: a decoder's recursion depends
+on how deep the caller's own stack already is, so without one fixed bound a
+payload that one process encodes could crash another's decoder.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.encoder
+import re
 from typing import Any, Protocol, runtime_checkable
+
+MAX_DEPTH = 200
+"""Lists and objects nested deeper than this are refused by ``dumps`` and ``loads``."""
 
 
 @runtime_checkable
@@ -50,13 +59,42 @@ class JSONSerializer:
         )
 
     def dumps(self, value: Any) -> bytes:
-        if self._fast is None:
-            return self._encoder.encode(value).encode()
         try:
-            return "".join(self._fast(value, 0)).encode()
+            if self._fast is None:
+                data = self._encoder.encode(value).encode()
+            else:
+                data = "".join(self._fast(value, 0)).encode()
         except RecursionError:
-            raise ValueError("value is nested too deeply or refers to itself") from None
+            raise ValueError(
+                f"value is nested more than {MAX_DEPTH} levels deep or refers to itself"
+            ) from None
+        check_depth(data)
+        return data
 
     def loads(self, data: bytes) -> Any:
+        check_depth(data)
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
-        return self._decoder.decode(data.decode())
+        try:
+            return self._decoder.decode(data.decode())
+        except RecursionError:
+            raise ValueError(f"value is nested more than {MAX_DEPTH} levels deep") from None
+
+
+def check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
+    """ValueError when JSON ``data`` nests lists or objects deeper than ``limit``.
+
+    Counting brackets rules out almost every payload; the rest are measured
+    with C-speed steps (strip the strings, keep the brackets, running sum).
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit:
+        raise ValueError(f"value is nested more than {limit} levels deep")
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1

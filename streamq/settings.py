@@ -41,6 +41,8 @@ class Settings:
     """Approximate cap on the lifecycle events stream."""
     max_payload_bytes: int = 1024 * 1024
     """Encoded arguments larger than this are refused at enqueue."""
+    max_result_bytes: int = 1024 * 1024
+    """A handler's encoded result larger than this fails its job (ResultTooLarge)."""
     max_pending: int | None = None
     """Backpressure: enqueue raises QueueFull once the queue holds this many unfinished
     jobs (unread + delivered-not-acked + delayed, over all priorities). None: no limit."""
@@ -82,7 +84,7 @@ class Settings:
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("events_maxlen", "max_payload_bytes", "max_connections"):
+        for name in ("events_maxlen", "max_payload_bytes", "max_result_bytes", "max_connections"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer")

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from streamq import App, JobFailed, JobStatus, JobTimedOut, Settings, Worker
+from streamq import App, JobFailed, JobStatus, JobTimedOut, Settings, Worker, current_job
 from streamq.keys import GROUP
 from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
@@ -200,12 +200,21 @@ async def test_timeout_cancels_an_async_handler(app: App) -> None:
     assert cancelled.is_set()
 
 
-async def test_timeout_abandons_a_sync_handler(app: App) -> None:
+async def test_timed_out_sync_handler_is_told_and_keeps_its_slot(app: App) -> None:
+    """A thread cannot be interrupted: past its timeout the handler is told
+    (``current_job().stop_requested``), keeps its slot until it returns, and
+    is then recorded as timed out; the other slot keeps serving meanwhile."""
     release = threading.Event()
+    told = threading.Event()
+    reasons: list[str] = []
 
     @app.task(timeout=0.2, max_retries=0)
     def stuck() -> None:
-        release.wait(30)
+        while not release.wait(0.01):
+            if current_job().stop_requested:
+                reasons.append(current_job().stop_reason)
+                told.set()
+                return
 
     @app.task
     def quick() -> str:
@@ -215,8 +224,10 @@ async def test_timeout_abandons_a_sync_handler(app: App) -> None:
     after = await quick.enqueue()
     try:
         async with running_worker(app, concurrency=2):
-            with pytest.raises(JobTimedOut):
+            with pytest.raises(JobTimedOut, match="returned after"):
                 await job.result(timeout=10)
+            assert told.is_set()
+            assert reasons == ["ran past its timeout of 0.2 s"]
             assert await after.result(timeout=10) == "still serving"
     finally:
         release.set()

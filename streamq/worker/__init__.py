@@ -20,25 +20,32 @@ from collections import deque
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from streamq.app import App
 from streamq.connection import dedicated
+from streamq.decide import Decision, admit, decide, max_retries_for
 from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.progress import JobContext, reset_current, set_current
-from streamq.retry import retry_delay_s
 from streamq.scripts import Outcome, Scripts, Started
-from streamq.task import Task
-from streamq.worker.execute import Execution, execute, load_arguments
+from streamq.worker.execute import (
+    Execution,
+    describe_message,
+    execute,
+    load_arguments,
+    safe_text,
+)
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.heartbeat import Heartbeat
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import stop_on_signals
+from streamq.worker.threads import HandlerThreads
 
 __all__ = ["Worker"]
 
@@ -163,7 +170,8 @@ class Worker:
             on_recorded=self._recorded if self.metrics else None,
         )  # fmt: skip
         self._writer = writer
-        self._thread_limiter = anyio.CapacityLimiter(self.concurrency)
+        self._threads = HandlerThreads(self.concurrency, name=f"streamq-handler:{self.consumer}")
+        self._loop_token = anyio.lowlevel.current_token()
         self._log.info(
             "worker started", concurrency=self.concurrency, tasks=sorted(app.tasks),
             priorities=list(app.settings.priorities), janitor=self.run_janitor,
@@ -198,6 +206,7 @@ class Worker:
                     writer.close()
                 recording.cancel_scope.deadline = anyio.current_time() + _WRITER_DRAIN_S
             services.cancel_scope.cancel()
+        self._threads.close()
         self._log.info("worker stopped", processed=self.processed)
 
     # -- fetching ------------------------------------------------------------------
@@ -304,6 +313,8 @@ class Worker:
             except PoisonMessage:
                 continue
             self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
+            if env.task not in self.app.tasks:
+                continue  # not ours to run: its status must not say running
             started.append(
                 Started(
                     m.stream,
@@ -325,6 +336,14 @@ class Worker:
         handed_off = False
         try:
             handed_off = await self._process(message)
+        except Exception as exc:
+            # A bug of ours must not take the worker down with every job it
+            # holds: the message stays pending and is reclaimed (and, if it
+            # keeps failing like this, dead-lettered past max_deliveries).
+            self._log.exception(
+                "message not processed; it stays pending", msg_id=message.msg_id.decode(),
+                stream=message.stream, error=safe_text(describe_message(exc)),
+            )  # fmt: skip
         finally:
             self._running -= 1
             if not handed_off:
@@ -332,7 +351,10 @@ class Worker:
             self._notify()
 
     async def _process(self, message: Message) -> bool:
-        """Run one message; True when its outcome went to the writer."""
+        """Run one message; True when its outcome went to the writer.
+
+        decode → admit → run → decide; the writer records.
+        """
         app = self.app
         try:
             env = self._decoded.pop((message.stream, message.msg_id), None) or decode(
@@ -342,67 +364,52 @@ class Worker:
             await self._dead_letter(message, poison.reason, poison.job_id, poison.task)
             return False
         task = app.tasks.get(env.task)
-        max_retries = self._max_retries(env, task)
-        max_deliveries = app.settings.max_deliveries or max_retries + 2
-        if message.deliveries > max_deliveries:
-            reason = f"delivered {message.deliveries} times; max_deliveries is {max_deliveries}"
+        options = task.options if task is not None else None
+        reason = admit(env, options, message.deliveries, app.settings)
+        if reason is not None:
             await self._dead_letter(message, reason, env.job_id, env.task, "TooManyDeliveries")
             return False
         if task is None:
-            # Perhaps a newer deployment knows it (rolling deploy): leave the message
-            # pending, unheld, so it is reclaimed after the visibility timeout and,
-            # past max_deliveries, dead-lettered.
-            self._log.warning(
-                "unknown task; leaving it for a worker that knows it", job_id=env.job_id,
-                task=env.task, attempt=env.attempt, duration_ms=0, deliveries=message.deliveries,
-            )  # fmt: skip
+            await self._unknown_task(message, env)
             return False
         try:
-            args, kwargs = load_arguments(app.serializer, env)
+            args, kwargs = load_arguments(app.serializer, env, task)
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, env.job_id, env.task)
             return False
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
-            self._writer.flush_starts,
+            self._writer.flush_starts, self._loop_token,
         )  # fmt: skip
+
+        def overran() -> None:
+            context.request_stop(f"ran past its timeout of {timeout_s} s")
+            self._log.warning(
+                "sync handler ran past its timeout; it keeps its slot until it returns",
+                job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
+            )  # fmt: skip
+
         token = set_current(context)
         try:
             result: Execution = await execute(
-                task, args, kwargs, app.serializer, self._thread_limiter, timeout_s
-            )
+                task, args, kwargs, app.serializer, self._threads, timeout_s,
+                app.settings.max_result_bytes, overran,
+            )  # fmt: skip
         finally:
             reset_current(token)
         self.processed += 1
-        self._writer.put(self._outcome(message, env, task, max_retries, result))
+        max_retries = max_retries_for(env, task.options, app.settings.max_retries)
+        decision = decide(
+            result, attempt=env.attempt, max_retries=max_retries, options=task.options
+        )
+        self._writer.put(self._outcome(message, env, decision, result))
         return True
 
-    def _max_retries(self, env: Envelope, task: Task[Any, Any, Any] | None) -> int:
-        if env.max_retries is not None:
-            return env.max_retries
-        return task.options.max_retries if task is not None else self.app.settings.max_retries
-
     def _outcome(
-        self,
-        message: Message,
-        env: Envelope,
-        task: Task[Any, Any, Any],
-        max_retries: int,
-        result: Execution,
+        self, message: Message, env: Envelope, decision: Decision, result: Execution
     ) -> Outcome:
-        first: bytes | str = result.result
-        status, delay_s = "succeeded", None
-        if not result.ok:
-            first = result.error_type
-            options = task.options
-            if result.retryable:
-                delay_s = retry_delay_s(
-                    result.exception, attempt=env.attempt, max_retries=max_retries,
-                    retry_on=options.retry_on, backoff_base_s=options.backoff_base_s,
-                    backoff_cap_s=options.backoff_cap_s,
-                )  # fmt: skip
-            status = "failed" if delay_s is None else "retry"
+        delay_s = decision.delay_s
         return Outcome(
             stream=message.stream,
             job_key=self.app.keys.job(env.job_id),
@@ -411,14 +418,23 @@ class Worker:
             job_id=env.job_id,
             task=env.task,
             attempt=env.attempt,
-            status=status,
-            result_or_error_type=first,
+            status=decision.status,
+            result_or_error_type=result.result if result.ok else result.error_type,
             error=result.error,
             traceback=result.traceback,
             duration_ms=result.duration_ms,
             retry_delay_ms=0 if delay_s is None else int(delay_s * 1000),
             priority=message.priority,
         )
+
+    async def _unknown_task(self, message: Message, env: Envelope) -> None:
+        # Perhaps a newer deployment knows it (rolling deploy): leave the message
+        # pending, unheld, so it is reclaimed after the visibility timeout and,
+        # past max_deliveries, dead-lettered.
+        self._log.warning(
+            "unknown task; leaving it for a worker that knows it", job_id=env.job_id,
+            task=env.task, attempt=env.attempt, duration_ms=0, deliveries=message.deliveries,
+        )  # fmt: skip
 
     async def _dead_letter(
         self,

@@ -1,10 +1,11 @@
 """Executing one job: look up the task, call it under its timeout, capture the result.
 
 Every way a handler can end becomes an ``Execution``; none of them escapes
-into the worker (SystemExit and KeyboardInterrupt raised by a handler are
-failures of that job, not requests to stop the worker). Cancellation from
-outside (shutdown past the grace period) is the one exception that propagates:
-that job did not finish, so nothing about it may be recorded.
+into the worker (SystemExit, KeyboardInterrupt and a CancelledError raised by
+the handler itself are failures of that job, not requests to stop the
+worker). Cancellation of the worker's own scope (shutdown past the grace
+period) is the one exception that propagates: that job did not finish, so
+nothing about it may be recorded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,10 @@ from streamq.envelope import Envelope, PoisonMessage, decode_arguments
 from streamq.errors import SerializationError
 from streamq.serializers import Serializer
 from streamq.task import Task
+from streamq.worker.threads import HandlerThreads
 
 _MAX_TRACEBACK_CHARS = 16_000
+_MAX_MESSAGE_CHARS = 4_000
 
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs
@@ -41,7 +45,13 @@ class Execution:
     """What the handler raised (None for success and timeouts); decides retry_on."""
 
 
-def load_arguments(serializer: Serializer, envelope: Envelope) -> tuple[list[Any], dict[str, Any]]:
+def load_arguments(
+    serializer: Serializer, envelope: Envelope, task: Task[Any, Any, Any] | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """The job's arguments, or PoisonMessage: running again could not help.
+
+    With ``task``, the arguments must also fit its handler's signature.
+    """
     if envelope.content_type != serializer.content_type:
         raise PoisonMessage(
             f"content type {envelope.content_type!r} is not {serializer.content_type!r}",
@@ -50,14 +60,27 @@ def load_arguments(serializer: Serializer, envelope: Envelope) -> tuple[list[Any
         )
     try:
         value = serializer.loads(envelope.payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: a custom serializer fed a payload nested too deeply.
         raise PoisonMessage(
-            f"payload cannot be decoded: {exc}", envelope.job_id, envelope.task
+            f"payload cannot be decoded: {safe_text(describe_message(exc))}",
+            envelope.job_id,
+            envelope.task,
         ) from None
     try:
-        return decode_arguments(value)
+        args, kwargs = decode_arguments(value)
     except PoisonMessage as exc:
         raise PoisonMessage(exc.reason, envelope.job_id, envelope.task) from None
+    if task is not None:
+        try:
+            task.check_arguments(args, kwargs)
+        except TypeError as exc:
+            raise PoisonMessage(
+                f"arguments do not fit the handler's signature: {safe_text(str(exc))}",
+                envelope.job_id,
+                envelope.task,
+            ) from None
+    return args, kwargs
 
 
 async def execute(
@@ -65,9 +88,18 @@ async def execute(
     args: list[Any],
     kwargs: dict[str, Any],
     serializer: Serializer,
-    thread_limiter: anyio.CapacityLimiter,
+    threads: HandlerThreads,
     timeout_s: float | None,
+    max_result_bytes: int | None = None,
+    on_overrun: Callable[[], None] | None = None,
 ) -> Execution:
+    """Run the handler; every way it ends is an Execution, except our own cancellation.
+
+    A sync handler cannot be interrupted: past its timeout it keeps its slot
+    (``on_overrun`` is called once, e.g. to tell it through its context) until
+    it returns, and is then recorded as timed out, so its retry never runs
+    beside it and ``concurrency`` stays a true bound on running handlers.
+    """
     started = time.perf_counter()
     value: Any = None
     try:
@@ -77,48 +109,111 @@ async def execute(
             if task.is_async:
                 value = await task.fn(*args, **kwargs)
             else:
-                value = await anyio.to_thread.run_sync(
-                    functools.partial(task.fn, *args, **kwargs),
-                    abandon_on_cancel=True,  # a thread cannot be interrupted; stop waiting
-                    limiter=thread_limiter,
-                )
-    except anyio.get_cancelled_exc_class():
-        raise
+                call = threads.submit(functools.partial(task.fn, *args, **kwargs))
+                await call.wait()
+        if not task.is_async:
+            if scope.cancelled_caught:
+                if on_overrun is not None:
+                    on_overrun()
+                await call.wait()  # a cancellation (shutdown) abandons the thread
+            if call.error is not None:
+                raise call.error
+            value = call.value
+    except anyio.get_cancelled_exc_class() as exc:
+        if anyio.current_effective_deadline() <= anyio.current_time():
+            raise  # a scope of ours was cancelled (shutdown): nothing may be recorded
+        # Raised by the handler itself (it awaited a task it cancelled, or a
+        # library leaked one): that job's failure, not a request to stop.
+        return _failure(exc, started)
     except BaseException as exc:  # a handler's failure is data, not our crash
         return _failure(exc, started)
     if scope.cancelled_caught:
+        overran = "" if task.is_async else f"; it returned after {_ms_since(started)} ms"
         return Execution(
             ok=False,
             duration_ms=_ms_since(started),
             error_type="JobTimedOut",
-            error=f"handler ran past its timeout of {timeout_s} s",
+            error=f"handler ran past its timeout of {timeout_s} s{overran}",
         )
     try:
         encoded = serializer.dumps(value)
-    except (TypeError, ValueError) as exc:
-        error = SerializationError(task.name, "(result)", str(exc))
-        return Execution(
-            ok=False,
-            duration_ms=_ms_since(started),
-            error_type=type(error).__name__,
-            error=str(error),
-            retryable=False,
+    except (TypeError, ValueError, RecursionError) as exc:
+        error = SerializationError(task.name, "(result)", safe_text(describe_message(exc)))
+        return _not_retryable(type(error).__name__, str(error), started)
+    if max_result_bytes is not None and len(encoded) > max_result_bytes:
+        return _not_retryable(
+            "ResultTooLarge",
+            f"task {task.name!r}: the encoded result is {len(encoded)} bytes; "
+            f"max_result_bytes is {max_result_bytes}",
+            started,
         )
     return Execution(ok=True, duration_ms=_ms_since(started), result=encoded)
 
 
-def _failure(exc: BaseException, started: float) -> Execution:
-    text = "".join(traceback.format_exception(exc))
-    if len(text) > _MAX_TRACEBACK_CHARS:
-        text = "…" + text[-_MAX_TRACEBACK_CHARS:]
+def _not_retryable(error_type: str, error: str, started: float) -> Execution:
     return Execution(
         ok=False,
         duration_ms=_ms_since(started),
-        error_type=type(exc).__qualname__,
-        error=str(exc)[:4000],
+        error_type=error_type,
+        error=error,
+        retryable=False,
+    )
+
+
+def _failure(exc: BaseException, started: float) -> Execution:
+    error_type, message, text = describe(exc)
+    return Execution(
+        ok=False,
+        duration_ms=_ms_since(started),
+        error_type=error_type,
+        error=message,
         traceback=text,
         exception=exc,
     )
+
+
+def describe(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, traceback) of any exception, as valid UTF-8 text.
+
+    Never raises: an exception's ``__str__`` or ``__repr__`` may raise, its
+    text may hold lone surrogates (a file name from ``os.listdir``) that
+    Redis's UTF-8 encoding refuses, and its class may have odd attributes.
+    """
+    cls = type(exc)
+    name = getattr(cls, "__qualname__", None)
+    if not isinstance(name, str) or not name:
+        name = getattr(cls, "__name__", None)
+    error_type = safe_text(name if isinstance(name, str) and name else "Exception")[:200]
+    message = safe_text(describe_message(exc))[:_MAX_MESSAGE_CHARS]
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # a broken exception object: keep what we have
+        text = f"{error_type}: {message}\n(traceback unavailable)"
+    text = safe_text(text)
+    if len(text) > _MAX_TRACEBACK_CHARS:
+        text = "…" + text[-_MAX_TRACEBACK_CHARS:]
+    return error_type, message, text
+
+
+def describe_message(exc: BaseException) -> str:
+    """``str(exc)``, else ``repr(exc)``, else a placeholder: never raises."""
+    for render in (str, repr):
+        try:
+            text = render(exc)
+        except Exception:
+            continue
+        if isinstance(text, str):
+            return text
+    return f"<{type(exc).__name__} object: str() and repr() failed>"
+
+
+def safe_text(text: str) -> str:
+    """``text`` unchanged when it is valid UTF-8, else with lone surrogates escaped."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _ms_since(started: float) -> int:

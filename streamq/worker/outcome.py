@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Callable
 
 import anyio
-from redis.exceptions import RedisError
 
 from streamq.keys import GROUP, Keyspace
 from streamq.logging import get_logger
@@ -167,16 +166,16 @@ class OutcomeWriter:
                 # Only the status and the started events are missing: the jobs
                 # run (and are recorded) all the same.
                 self._log.warning(
-                    "jobs not marked started", jobs=len(starts), error=repr(results[0])
+                    "jobs not marked started", jobs=len(starts), error=str(results[0])
                 )
             if not batch:
                 return
             if isinstance(results[-1], Exception):
                 raise results[-1]
             replies = [int(r) for r in results[-1]]
-        except RedisError as exc:
+        except Exception as exc:  # RedisError, or a value Redis refused to encode
             if not batch:
-                self._log.warning("jobs not marked started", jobs=len(starts), error=repr(exc))
+                self._log.warning("jobs not marked started", jobs=len(starts), error=str(exc))
                 return
             # Not recorded: the messages stay pending (un-acked), never lost;
             # reclaiming them is the janitor's duty. Log and go on.
@@ -184,7 +183,7 @@ class OutcomeWriter:
                 self._log.error(
                     "job outcome not recorded; its message stays pending",
                     job_id=o.job_id, task=o.task, attempt=o.attempt,
-                    duration_ms=o.duration_ms, error=repr(exc),
+                    duration_ms=o.duration_ms, error=str(exc),
                 )  # fmt: skip
             self._on_settled([(o.stream, o.msg_id) for o in batch])
             return
