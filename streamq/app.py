@@ -19,6 +19,7 @@ from streamq.scripts import Arg, Scripts
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
 from streamq.task import Task, TaskOptions
+from streamq.waiters import ResultWaiters
 
 QUEUE_FULL = -1  # enqueue.lua's reply code when max_pending is reached
 # Jobs per enqueue script call: big enough to share the call's cost, small enough
@@ -83,6 +84,8 @@ class App:
         self._scripts: Scripts | None = None
         self._embedded: embedded.Embedded | None = None
         self._connect_lock = anyio.Lock()
+        self.result_waiters = ResultWaiters(self)
+        """The one events-stream reader that every ``Job.result()`` of this App shares."""
         self.default_priority = (
             "default"
             if "default" in settings.priorities
@@ -201,6 +204,7 @@ class App:
 
     async def close(self) -> None:
         """Close connections; stop the embedded server if this process started it."""
+        await self.result_waiters.aclose()
         client, self._redis, self._scripts = self._redis, None, None
         if client is not None:
             await client.aclose()

@@ -15,9 +15,6 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-_XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None
-_BLOCK_SLICE_S = 2.0  # stays well under the client's socket timeout
-
 
 @dataclass(frozen=True, slots=True)
 class JobProgress:
@@ -49,7 +46,6 @@ class JobStatus(enum.StrEnum):
 
 
 _FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
-_FINAL_EVENTS = frozenset(s.value.encode() for s in _FINAL)
 
 
 class Job(Generic[R]):
@@ -95,7 +91,9 @@ class Job(Generic[R]):
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the job to finish and return its result.
 
-        Waits on the events stream (XREAD BLOCK), not by polling the job hash.
+        Waits on the events stream, not by polling the job hash: every waiter
+        of the App shares one reader (``streamq.waiters``), so thousands of
+        waiters hold no pooled connection while they wait.
 
         Raises:
             JobFailed: the handler failed for good (JobTimedOut for a timeout),
@@ -103,42 +101,32 @@ class Job(Generic[R]):
             TimeoutError: not finished within ``timeout`` seconds.
             JobNotFound: no such job (never enqueued, or its result expired).
         """
-        redis = await self._app.redis()
-        keys = self._app.keys
+        app = self._app
+        keys = app.keys
         deadline = None if timeout is None else time.monotonic() + timeout
-        # Read the last event id and the job hash atomically, so an event written
-        # between the two reads cannot slip past the XREAD below.
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xrevrange(keys.events, "+", "-", count=1)
-            pipe.hgetall(keys.job(self.id))
-            last, fields = cast(
-                tuple[list[tuple[bytes, Any]], dict[bytes, bytes]], await pipe.execute()
-            )
-        last_id: bytes = last[0][0] if last else b"0-0"
-        target = self.id.encode()
-        while True:
-            if not fields:
-                raise JobNotFound(self.id)
-            if fields.get(b"status", b"").decode() in _FINAL:
-                return self._outcome(fields)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {self.id} not finished within {timeout} s")
-            block_s = _BLOCK_SLICE_S if remaining is None else min(remaining, _BLOCK_SLICE_S)
-            reply = cast(
-                _XReadReply,
-                await redis.xread(
-                    {keys.events: last_id}, count=1000, block=max(1, int(block_s * 1000))
-                ),
-            )
-            for _stream, entries in reply or ():
-                for entry_id, event in entries:
-                    last_id = entry_id
-                    if event.get(b"job") == target and event.get(b"kind") in _FINAL_EVENTS:
-                        break
-            # Re-read after an event for us, and after each slice (covers events
-            # trimmed before we read them).
-            fields = cast(dict[bytes, bytes], await redis.hgetall(keys.job(self.id)))
+        # Register first, then read: an event the shared reader reads after this
+        # point wakes us, and one written before the read below shows in the hash.
+        async with app.result_waiters.watch(self.id) as watch:
+            redis = await app.redis()
+            # The last event id and the job hash atomically: the reader starts no
+            # later than this id, so no event for this job slips between the two.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.xrevrange(keys.events, "+", "-", count=1)
+                pipe.hgetall(keys.job(self.id))
+                last, fields = cast(
+                    tuple[list[tuple[bytes, Any]], dict[bytes, bytes]], await pipe.execute()
+                )
+            watch.follow_from(last[0][0] if last else b"0-0")
+            while True:
+                if not fields:
+                    raise JobNotFound(self.id)
+                if fields.get(b"status", b"").decode() in _FINAL:
+                    return self._outcome(fields)
+                if not await watch.wait(deadline):
+                    raise TimeoutError(f"job {self.id} not finished within {timeout} s")
+                # Woken by a final event for us, or by the reader's periodic
+                # re-check (events can be trimmed before anyone reads them).
+                fields = cast(dict[bytes, bytes], await redis.hgetall(keys.job(self.id)))
 
     def _outcome(self, fields: dict[bytes, bytes]) -> R:
         status = fields[b"status"].decode()
