@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import anyio.from_thread
 import anyio.lowlevel
 
+from streamq.keys import GROUP
+
 if TYPE_CHECKING:
     from streamq.app import App
 
@@ -50,6 +52,12 @@ class JobContext:
     """The worker's event loop, for ``progress_sync`` from a handler thread."""
     _stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     _stop_reason: list[str] = field(default_factory=list, repr=False, compare=False)
+    stream: str = ""
+    """The priority stream the job's message was read from: with ``msg_id`` and
+    ``deliveries`` it fences ``progress()`` like an outcome (a worker that lost
+    the message cannot report on the new run). Empty: fenced on the status only."""
+    msg_id: bytes | str = b""
+    """The stream entry id of the message this run was delivered."""
 
     @property
     def stop_requested(self) -> bool:
@@ -84,7 +92,8 @@ def current_job() -> JobContext:
 
 
 async def progress(percent: float, message: str = "") -> bool:
-    """Record progress (0–100) of the running job; False if it is no longer running.
+    """Record progress (0–100) of the running job; False if it is no longer running
+    (finished, or its message was taken over by another worker or delivery).
 
     Lands in the job hash (``job.progress()``) and the events stream.
     """
@@ -106,6 +115,10 @@ async def progress(percent: float, message: str = "") -> bool:
         attempt=ctx.attempt,
         worker=ctx.worker,
         events_maxlen=app.settings.events_maxlen,
+        stream=ctx.stream or None,
+        group=GROUP,
+        msg_id=ctx.msg_id,
+        deliveries=ctx.deliveries,
     )
 
 

@@ -6,7 +6,10 @@ import anyio
 import pytest
 
 import streamq
-from streamq import App, JobProgress
+from streamq import App, JobContext, JobProgress, JobStatus
+from streamq.dlq import DeadLetters
+from streamq.keys import GROUP
+from streamq.progress import reset_current, set_current
 from tests.conftest import running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -77,3 +80,83 @@ async def test_no_progress_reported_is_none(app: App) -> None:
         return (await job.status()).final
 
     await wait_until(finished, description="job final")
+
+
+async def test_a_stale_workers_progress_does_not_land_on_the_new_run(app: App) -> None:
+    """Progress is fenced like an outcome: only the message's current owner and delivery.
+
+    Worker "old" got delivery 1, paused, and lost the message to "new"
+    (XCLAIM: delivery 2). The job hash says running either way, so a
+    status check alone let old's late report land on new's run. With the
+    stream, message id and delivery count in its context, progress checks
+    the PEL (owner and delivery count) as complete does.
+    """
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    redis = await app.redis()
+    stream = app.keys.stream("default")
+    reply = await redis.xreadgroup(GROUP, "old", {stream: ">"}, count=1)
+    msg_id = reply[0][1][0][0]
+    await redis.hset(app.keys.job(job.id), mapping={"status": "running", "worker": "old"})
+    await redis.xclaim(stream, GROUP, "new", 0, [msg_id])  # reclaimed: delivery 2
+
+    async def report(worker: str, deliveries: int, percent: float) -> bool:
+        context = JobContext(app, job.id, "t", 1, deliveries, worker, stream=stream, msg_id=msg_id)
+        token = set_current(context)
+        try:
+            return await streamq.progress(percent, worker)
+        finally:
+            reset_current(token)
+
+    assert not await report("old", 1, 10)
+    assert not await report("new", 1, 15)  # the right consumer, an older delivery
+    assert await job.progress() is None
+    assert await report("new", 2, 20)
+    reported = await job.progress()
+    assert reported is not None and (reported.percent, reported.message) == (20.0, "new")
+    events = [e for _, e in await redis.xrange(app.keys.events) if e[b"kind"] == b"progress"]
+    assert [e[b"worker"] for e in events] == [b"new"]
+    await redis.xack(stream, GROUP, msg_id)
+    await redis.delete(app.keys.job(job.id))
+
+
+async def test_a_retry_clears_the_progress_of_the_failed_attempt(app: App) -> None:
+    """The next attempt starts with no progress, not the failed attempt's 50 %."""
+    second = anyio.Event()
+    release = anyio.Event()
+
+    @app.task(name="flaky", max_retries=1, backoff_base=0)
+    async def flaky() -> None:
+        if streamq.current_job().attempt == 1:
+            await streamq.progress(50, "half")
+            raise RuntimeError("first attempt fails")
+        second.set()
+        await release.wait()
+
+    job = await flaky.enqueue()
+    async with running_worker(app):
+        await second.wait()
+        assert await job.progress() is None
+        release.set()
+        await job.result(timeout=10)
+
+
+async def test_a_dlq_requeue_clears_the_old_progress(app: App) -> None:
+    @app.task(name="doomed", max_retries=0)
+    async def doomed() -> None:
+        await streamq.progress(70, "almost")
+        raise RuntimeError("no")
+
+    job = await doomed.enqueue()
+    async with running_worker(app):
+        assert await job.wait(timeout=10) == JobStatus.FAILED
+    assert await job.progress() is not None
+    dlq = DeadLetters(app)
+    (letter,) = await dlq.entries()
+    await dlq.requeue(letter.id)
+    assert await job.progress() is None
+    async with running_worker(app):
+        assert await job.wait(timeout=10) == JobStatus.FAILED

@@ -360,10 +360,16 @@ class Scripts:
     async def progress(
         self, *, job_key: str, events: str, percent: float, message: str, now_ms: int,
         job_id: str, task: str, attempt: int, worker: str, events_maxlen: int,
+        stream: str | None = None, group: str = "", msg_id: bytes | str = b"",
+        deliveries: int = 0,
     ) -> bool:  # fmt: skip
+        """Record progress; fenced on ``stream``'s PEL (owner ``worker``, ``deliveries``)
+        when the stream is given, else only on the job's status."""
+        keys = [job_key, events] if stream is None else [job_key, events, stream]
         reply = await self._call(
-            "progress", [job_key, events],
-            [repr(percent), message, now_ms, job_id, task, attempt, worker, events_maxlen],
+            "progress", keys,
+            [repr(percent), message, now_ms, job_id, task, attempt, worker, events_maxlen,
+             group, msg_id, deliveries],
         )  # fmt: skip
         return bool(reply)
 

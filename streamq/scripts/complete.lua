@@ -5,7 +5,8 @@
 -- record the outcome, in this one script:
 --   succeeded  result in the job hash, TTL set, event
 --   retry      the entry, attempt + 1, goes to the delayed set due at now + delay
---              (straight back to its stream when the delay is 0); error recorded
+--              (straight back to its stream when the delay is 0); error recorded,
+--              the failed attempt's progress cleared
 --   failed     error in the job hash, TTL set, and the entry with the last error
 --              and traceback appended to the DLQ (so it can be requeued after a fix)
 -- A repeated run (client retry) finds the message acked and the job hash already
@@ -109,6 +110,8 @@ for i = 1, n do
       redis.call('HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
         'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
         'due_ms', tostring(tonumber(now) + delay), 'outcome_msg', token)
+      -- The next attempt starts from nothing: not the failed attempt's progress.
+      redis.call('HDEL', job, 'progress', 'progress_msg', 'progress_ms')
       event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})
     else
       if not fields then fields = {} end

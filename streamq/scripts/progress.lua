@@ -1,12 +1,23 @@
 #!lua flags=allow-oom
 -- progress: record a running job's progress in its hash and as an event.
--- Only while the job is running, so a late report from a worker that lost the
--- job cannot write over a finished one.
+-- Fenced like an outcome (DESIGN.md invariant 3): only while the message is
+-- still pending to this consumer with the delivery count the worker was given,
+-- so a stale worker (paused, then reclaimed from) cannot write its progress
+-- over the new run's; and only while the job hash says running, so a late
+-- report cannot write over a finished job.
 --
--- KEYS[1] job hash   KEYS[2] events stream
+-- KEYS[1] job hash   KEYS[2] events stream   KEYS[3] the message's stream (optional:
+-- without it only the status is checked)
 -- ARGV[1] percent   ARGV[2] message   ARGV[3] now ms   ARGV[4] job id   ARGV[5] task
--- ARGV[6] attempt   ARGV[7] worker   ARGV[8] events maxlen
--- reply: 1 recorded, 0 the job is not running
+-- ARGV[6] attempt   ARGV[7] worker (consumer)   ARGV[8] events maxlen
+-- ARGV[9] group   ARGV[10] message id   ARGV[11] delivery count
+-- reply: 1 recorded, 0 the job is not running or the message is no longer this delivery's
+if KEYS[3] then
+  local entry = redis.call('XPENDING', KEYS[3], ARGV[9], ARGV[10], ARGV[10], 1)[1]
+  if not (entry and entry[2] == ARGV[7] and tonumber(entry[4]) == tonumber(ARGV[11])) then
+    return 0
+  end
+end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_msg', ARGV[2], 'progress_ms', ARGV[3])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'progress', 'job', ARGV[4],

@@ -45,7 +45,8 @@ end
 local msg_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], 'result', 'error_type', 'error', 'traceback', 'outcome_msg',
-  'finished_ms', 'dlq_id', 'due_ms', 'started_ms', 'worker', 'duration_ms')
+  'finished_ms', 'dlq_id', 'due_ms', 'started_ms', 'worker', 'duration_ms',
+  'progress', 'progress_msg', 'progress_ms')
 redis.call('HSET', KEYS[3], 'status', 'queued', 'task', task, 'priority', ARGV[5],
   'attempts', '0', 'msg_id', msg_id, 'enqueued_ms', ARGV[3])
 redis.call('PERSIST', KEYS[3])
