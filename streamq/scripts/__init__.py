@@ -87,6 +87,8 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._reclaim_cursors: dict[tuple[str, str], bytes | str] = {}
+        """Per (stream, group): where the next reclaim scan starts."""
 
     async def load_all(self) -> None:
         for script in _SCRIPTS.values():
@@ -300,22 +302,27 @@ class Scripts:
     async def reclaim(
         self, *, stream: str, dlq: str, events: str, group: str, consumer: str, count: int,
         min_idle_ms: int, now_ms: int, events_maxlen: int, default_visibility_ms: int,
-        visibility_ms: Mapping[str, int],
+        visibility_ms: Mapping[str, int], scan: int | None = None,
     ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:  # fmt: skip
-        """Claimed messages as (id, fields, delivery count, previous owner)."""
+        """Claimed messages as (id, fields, delivery count, previous owner).
+
+        Each call examines at most ``scan`` idle candidates (default: ten per
+        message wanted, at least 100) and continues from where the previous
+        call on this stream stopped (a cursor kept here, like XAUTOCLAIM's), so
+        every stale message is reached within a bounded number of calls.
+        """
+        budget = scan if scan is not None else max(100, 10 * count)
         args: list[Arg] = [
-            group,
-            consumer,
-            count,
-            min_idle_ms,
-            now_ms,
-            events_maxlen,
-            default_visibility_ms,
-        ]
+            group, consumer, count, min_idle_ms, now_ms, events_maxlen, default_visibility_ms,
+            self._reclaim_cursors.get((stream, group), "-"), budget,
+        ]  # fmt: skip
         for task, ms in visibility_ms.items():
             args += [task, ms]
-        reply = await self._call("reclaim", [stream, dlq, events], args)
-        return [(msg_id, _pairs(flat), int(count_), owner) for msg_id, flat, count_, owner in reply]
+        cursor, claimed = await self._call("reclaim", [stream, dlq, events], args)
+        self._reclaim_cursors[(stream, group)] = cursor
+        return [
+            (msg_id, _pairs(flat), int(count_), owner) for msg_id, flat, count_, owner in claimed
+        ]
 
     async def drain(
         self, streams: Sequence[str], group: str, consumer: str, count: int,

@@ -8,22 +8,31 @@
 -- A pending entry whose message was deleted or trimmed has nothing left to
 -- run: it goes to the DLQ with that reason instead of lingering forever.
 --
+-- The scan is bounded per call and continues where the last call stopped: a
+-- head of candidates that belong to tasks with longer timeouts (not claimable
+-- yet) cannot hide a stale message behind it for more than a few calls. Each
+-- call examines at most ARGV[9] candidates, from just after the cursor to the
+-- end of the PEL, then (budget left) from its start again, and returns the
+-- cursor for the next call. A message is reached within ceil(candidates /
+-- budget) + 1 calls.
+--
 -- KEYS[1] stream   KEYS[2] dlq stream   KEYS[3] events stream
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] count   ARGV[4] min idle ms (smallest timeout)
 -- ARGV[5] now ms   ARGV[6] events maxlen   ARGV[7] default visibility ms
--- ARGV[8..] pairs: task name, visibility ms
--- reply: {{id, {field, value, ...}, delivery count, previous owner}, ...}
+-- ARGV[8] cursor: the last id examined by the previous call, or '-' for the start
+-- ARGV[9] at most this many candidates examined
+-- ARGV[10..] pairs: task name, visibility ms
+-- reply: {next cursor, {{id, {field, value, ...}, delivery count, previous owner}, ...}}
 local vis = {}
-for i = 8, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   vis[ARGV[i]] = tonumber(ARGV[i + 1])
 end
 local default_vis = tonumber(ARGV[7])
 local want = tonumber(ARGV[3])
+local budget = tonumber(ARGV[9])
 local out = {}
--- Look at more candidates than we want: some may belong to tasks with longer timeouts.
-local candidates = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[4], '-', '+', want * 4)
-for _, p in ipairs(candidates) do
-  if #out >= want then break end
+
+local function examine(p)
   local id, owner, idle = p[1], p[2], tonumber(p[3])
   local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
   if not entry then
@@ -32,27 +41,50 @@ for _, p in ipairs(candidates) do
     redis.call('XACK', KEYS[1], ARGV[1], id)
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'dead', 'job', '',
       'msg', id, 'error', 'message deleted or trimmed while pending', 'ts', ARGV[5])
-  else
-    local fields = entry[2]
-    local task = ''
-    for f = 1, #fields - 1, 2 do
-      if fields[f] == 'task' then task = fields[f + 1] end
-    end
-    local timeout = vis[task] or default_vis
-    if idle >= timeout then
-      local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], timeout, id)
-      if claimed[1] then
-        local now = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
-        out[#out + 1] = {id, fields, now[4], owner}
-        local job = ''
-        for f = 1, #fields - 1, 2 do
-          if fields[f] == 'id' then job = fields[f + 1] end
-        end
-        redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'reclaimed',
-          'job', job, 'task', task, 'msg', id, 'from', owner, 'worker', ARGV[2],
-          'deliveries', now[4], 'idle_ms', idle, 'ts', ARGV[5])
-      end
+    return
+  end
+  local fields = entry[2]
+  local task, job = '', ''
+  for f = 1, #fields - 1, 2 do
+    if fields[f] == 'task' and task == '' then task = fields[f + 1] end
+    if fields[f] == 'id' and job == '' then job = fields[f + 1] end
+  end
+  local timeout = vis[task] or default_vis
+  if idle >= timeout then
+    local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], timeout, id)
+    if claimed[1] then
+      local now = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
+      out[#out + 1] = {id, fields, now[4], owner}
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'reclaimed',
+        'job', job, 'task', task, 'msg', id, 'from', owner, 'worker', ARGV[2],
+        'deliveries', now[4], 'idle_ms', idle, 'ts', ARGV[5])
     end
   end
 end
-return out
+
+local cursor = ARGV[8]
+local from_start = cursor == '-' or cursor == '' or cursor == '0-0'
+local start = '-'
+if not from_start then start = '(' .. cursor end
+local examined = 0
+local wrapped = from_start
+while #out < want and examined < budget do
+  local page_size = math.min(budget - examined, 100)
+  local page = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[4], start, '+', page_size)
+  for _, p in ipairs(page) do
+    examine(p)
+    examined = examined + 1
+    cursor = p[1]
+    if #out >= want then break end
+  end
+  if #out < want and #page < page_size then
+    -- The end of the PEL: start over from its head (once per call).
+    cursor = '-'
+    if wrapped then break end
+    wrapped = true
+    start = '-'
+  else
+    start = '(' .. cursor
+  end
+end
+return {cursor, out}
