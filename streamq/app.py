@@ -246,10 +246,12 @@ class App:
         *,
         job_id: str | None = None,
         due_ms: int = 0,
+        delay_ms: int = 0,
     ) -> list[Job[Any]]:
         """Encode every call first (so a bad one writes nothing), then send them all.
 
-        ``due_ms`` (epoch ms) later than now puts the jobs in the delayed set.
+        ``due_ms`` (epoch ms) later than the server's now, or a positive ``delay_ms``
+        (added to the server's clock by the script), puts the jobs in the delayed set.
         """
         now_ms = int(time.time() * 1000)
         ids: list[str] = []
@@ -275,6 +277,7 @@ class App:
                 priority=priority,
                 events_maxlen=self.settings.events_maxlen,
                 due_ms=due_ms,
+                delay_ms=delay_ms,
                 extra=extra,
                 jobs=prepared[i : i + ENQUEUE_BATCH],
                 max_pending=self.settings.max_pending or 0,

@@ -143,7 +143,7 @@ async def test_second_signal_during_grace_stops_at_once(
 
     With ``--grace 60`` and a 20 s job, the first SIGTERM starts a grace that
     would outlast the job; the second signal must stop the worker within a
-    few seconds (exit 0), the job left running in the PEL. Without the
+    few seconds (exit 128 + the signal, never 0), the job left running in the PEL. Without the
     second-signal handling the child would run for the full 20 s.
     """
     register(app)
@@ -163,7 +163,7 @@ async def test_second_signal_during_grace_stops_at_once(
         child.signal(second)
         code = await child.wait(timeout_s=10)
         elapsed_s = time.monotonic() - sent
-    assert code == 0, child.output()
+    assert code == 128 + second, child.output()
     assert elapsed_s < 5
     events = [record["event"] for record in child.records()]
     assert "second signal: stopping now" in events

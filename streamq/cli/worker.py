@@ -80,3 +80,5 @@ def worker(
                 metrics.close()
 
     run_with_app(app, body)
+    if w.exit_code:  # a second signal cut the grace period short
+        raise typer.Exit(w.exit_code)

@@ -44,7 +44,7 @@ from streamq.worker.execute import (
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.heartbeat import Heartbeat
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
-from streamq.worker.shutdown import stop_on_signals
+from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
 
 __all__ = ["Worker"]
@@ -103,6 +103,9 @@ class Worker:
         self.metrics = metrics
         self.stopping = False
         self.processed = 0
+        self.exit_code = 0
+        """128 + the signal's number after a second signal forced the stop (the CLI's code)."""
+        self.watchdog = Watchdog()
         self._running = 0
         self._unsettled = 0  # fetched and not yet recorded (or dropped)
         self._changed = anyio.Event()
@@ -208,6 +211,8 @@ class Worker:
             services.cancel_scope.cancel()
         self._threads.close()
         self._log.info("worker stopped", processed=self.processed)
+        # Everything the worker owned has ended; the watchdog's bound was for that.
+        self.watchdog.cancel()
 
     # -- fetching ------------------------------------------------------------------
 
