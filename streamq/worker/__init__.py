@@ -386,6 +386,7 @@ class Worker:
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
             self._writer.flush_starts, self._loop_token,
+            stream=message.stream, msg_id=message.msg_id,
         )  # fmt: skip
 
         def overran() -> None:
