@@ -92,7 +92,7 @@ class Janitor:
             ids = await scripts.promote_peek(
                 delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
                 streams=app.streams, priorities=settings.priorities,
-                now_ms=int(time.time() * 1000), limit=PROMOTE_BATCH, group=GROUP,
+                limit=PROMOTE_BATCH, group=GROUP,
                 events_maxlen=settings.events_maxlen, result_ttl_ms=ttl_ms,
             )  # fmt: skip
             if not ids:
@@ -102,7 +102,7 @@ class Janitor:
             moved, died, stopped = await scripts.promote(
                 delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
                 streams=app.streams, priorities=settings.priorities,
-                now_ms=int(time.time() * 1000), limit=PROMOTE_BATCH, group=GROUP,
+                limit=PROMOTE_BATCH, group=GROUP,
                 events_maxlen=settings.events_maxlen, result_ttl_ms=ttl_ms, jobs=jobs,
             )  # fmt: skip
             total += moved
@@ -125,7 +125,10 @@ class Janitor:
         scripts = await app.scripts()
         min_id = "0"
         if settings.retention_s is not None:
-            min_id = f"{int((time.time() - settings.retention_s) * 1000)}-0"
+            # Ages are judged by the server's clock (stream ids carry its time).
+            seconds, micros = await (await app.redis()).time()
+            now_ms = seconds * 1000 + micros // 1000
+            min_id = f"{max(0, now_ms - int(settings.retention_s * 1000))}-0"
         total = 0
         streams = [*app.streams, app.keys.events]
         for stream in streams:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -175,23 +174,28 @@ class Task(Generic[P, R, Ret]):
         """Add one job that becomes runnable after ``delay`` (a timedelta or seconds).
 
         It waits in the delayed set; the janitor moves it to its priority stream
-        once due, at most one janitor interval late.
+        once due, at most one janitor interval late. The delay counts from the
+        Redis server's clock (the script adds it to ``TIME``), so a producer
+        whose clock is off does not shift it.
         """
         seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
         if not math.isfinite(seconds):
             raise ConfigError(f"delay must be finite, got {delay!r}")
-        return await self._enqueue_due(time.time() + max(seconds, 0.0), args, kwargs)
+        (job,) = await self.app.enqueue_calls(
+            self, [(args, kwargs)], job_id=self.options.job_id,
+            delay_ms=max(0, int(seconds * 1000)),
+        )  # fmt: skip
+        return job
 
     async def enqueue_at(self, when: dt.datetime, /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        """Add one job that becomes runnable at ``when`` (a timezone-aware datetime)."""
+        """Add one job that becomes runnable at ``when`` (a timezone-aware datetime).
+
+        Whether ``when`` is still ahead is judged by the Redis server's clock.
+        """
         if not isinstance(when, dt.datetime) or when.tzinfo is None:
             raise ConfigError("enqueue_at needs a timezone-aware datetime (e.g. with tzinfo=UTC)")
-        return await self._enqueue_due(when.timestamp(), args, kwargs)
-
-    async def _enqueue_due(
-        self, due_s: float, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Job[R]:
         (job,) = await self.app.enqueue_calls(
-            self, [(args, kwargs)], job_id=self.options.job_id, due_ms=int(due_s * 1000)
-        )
+            self, [(args, kwargs)], job_id=self.options.job_id,
+            due_ms=int(when.timestamp() * 1000),
+        )  # fmt: skip
         return job

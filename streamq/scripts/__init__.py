@@ -143,15 +143,19 @@ class Scripts:
         *, stream: str, events: str, delayed: str, group: str, task: str, content_type: str,
         now_ms: int, priority: str, events_maxlen: int, jobs: Sequence[tuple[str, str, bytes]],
         due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
-        all_streams: Sequence[str] = (),
+        all_streams: Sequence[str] = (), delay_ms: int = 0,
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
-        """One script call enqueueing ``jobs``, each (job id, job hash key, payload)."""
+        """One script call enqueueing ``jobs``, each (job id, job hash key, payload).
+
+        ``due_ms`` (epoch ms) or ``delay_ms`` (from the server's clock) later than
+        the server's now puts the jobs in the delayed set.
+        """
         keys = [stream, events, delayed, *(key for _, key, _ in jobs)]
         if max_pending:
             keys += all_streams
         args: list[Arg] = [
             group, task, content_type, now_ms, priority, events_maxlen, due_ms, max_pending,
-            len(jobs), len(extra), *extra,
+            len(jobs), len(extra), delay_ms, *extra,
         ]  # fmt: skip
         for job_id, _, payload in jobs:
             args += [job_id, payload]
@@ -245,27 +249,28 @@ class Scripts:
     @staticmethod
     def _promote_args(
         mode: str, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
-        priorities: Sequence[str], now_ms: int, limit: int, group: str, events_maxlen: int,
+        priorities: Sequence[str], limit: int, group: str, events_maxlen: int,
         result_ttl_ms: int, jobs: Sequence[tuple[bytes, bytes]] = (),
     ) -> tuple[list[str | bytes], list[Arg]]:  # fmt: skip
         keys: list[str | bytes] = [delayed, events, dlq, *streams, *(key for _, key in jobs)]
         args: list[Arg] = [
-            mode, now_ms, limit, group, events_maxlen, result_ttl_ms, len(priorities),
+            mode, limit, group, events_maxlen, result_ttl_ms, len(priorities),
             *priorities, *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         return keys, args
 
     async def promote_peek(
         self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
-        priorities: Sequence[str], now_ms: int, limit: int, group: str, events_maxlen: int,
+        priorities: Sequence[str], limit: int, group: str, events_maxlen: int,
         result_ttl_ms: int,
     ) -> list[bytes]:  # fmt: skip
-        """The job ids of up to ``limit`` due members (b'' for a member without one)."""
+        """The job ids of up to ``limit`` members due by the server's clock (b'' for a
+        member without one)."""
         reply = await self._call(
             "promote",
             *self._promote_args(
                 "peek", delayed=delayed, events=events, dlq=dlq, streams=streams,
-                priorities=priorities, now_ms=now_ms, limit=limit, group=group,
+                priorities=priorities, limit=limit, group=group,
                 events_maxlen=events_maxlen, result_ttl_ms=result_ttl_ms,
             ),
         )  # fmt: skip
@@ -273,7 +278,7 @@ class Scripts:
 
     async def promote(
         self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
-        priorities: Sequence[str], now_ms: int, limit: int, group: str, events_maxlen: int,
+        priorities: Sequence[str], limit: int, group: str, events_maxlen: int,
         result_ttl_ms: int, jobs: Sequence[tuple[bytes, bytes]],
     ) -> tuple[int, int, bool]:  # fmt: skip
         """Promote due members; ``jobs`` pairs each peeked job id with its hash key.
@@ -284,7 +289,7 @@ class Scripts:
             "promote",
             *self._promote_args(
                 "move", delayed=delayed, events=events, dlq=dlq, streams=streams,
-                priorities=priorities, now_ms=now_ms, limit=limit, group=group,
+                priorities=priorities, limit=limit, group=group,
                 events_maxlen=events_maxlen, result_ttl_ms=result_ttl_ms, jobs=jobs,
             ),
         )  # fmt: skip

@@ -4,7 +4,8 @@
 -- delivery count the worker was given (DESIGN.md invariant 3), XACK it and
 -- record the outcome, in this one script:
 --   succeeded  result in the job hash, TTL set, event
---   retry      the entry, attempt + 1, goes to the delayed set due at now + delay
+--   retry      the entry, attempt + 1, goes to the delayed set due at the server's
+--              TIME + delay
 --              (straight back to its stream when the delay is 0); error recorded,
 --              the failed attempt's progress cleared
 --   failed     error in the job hash, TTL set, and the entry with the last error
@@ -43,6 +44,12 @@ local function event(kind, a, extra)
     'duration_ms', ARGV[a + 9], 'ts', now}
   for _, v in ipairs(extra) do fields[#fields + 1] = v end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+end
+
+-- The server's clock in ms: due times never come from a client's clock.
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- The first value of each standard envelope field: bounded whatever the entry holds.
@@ -101,15 +108,16 @@ for i = 1, n do
       end
       local delay = tonumber(ARGV[a + 10])
       local next_id = 'delayed'
+      local due = server_now() + delay  -- the server's clock, not the worker's
       if delay > 0 then
         table.insert(fields, 1, ARGV[a + 11])
-        redis.call('ZADD', KEYS[2], tonumber(now) + delay, cjson.encode(fields))
+        redis.call('ZADD', KEYS[2], due, cjson.encode(fields))
       else
         next_id = redis.call('XADD', stream, '*', unpack(fields))
       end
       redis.call('HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
         'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
-        'due_ms', tostring(tonumber(now) + delay), 'outcome_msg', token)
+        'due_ms', string.format('%d', due), 'outcome_msg', token)
       -- The next attempt starts from nothing: not the failed attempt's progress.
       redis.call('HDEL', job, 'progress', 'progress_msg', 'progress_ms')
       event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})

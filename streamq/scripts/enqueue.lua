@@ -9,11 +9,15 @@
 -- KEYS[4..n+3] the jobs' hashes
 -- KEYS[n+4..] every priority stream of the queue (only when ARGV[8] > 0)
 -- ARGV[1] group   ARGV[2] task   ARGV[3] content type   ARGV[4] now ms
--- ARGV[5] priority   ARGV[6] events maxlen   ARGV[7] due ms (0: now)
+-- ARGV[5] priority   ARGV[6] events maxlen   ARGV[7] due ms, epoch (0: not given)
 -- ARGV[8] max pending jobs in the queue (0: no limit)
 -- ARGV[9] number of jobs n   ARGV[10] number of extra entry values e
--- ARGV[11..10+e] extra entry fields as field, value pairs (per-call options)
--- ARGV[11+e..] per job: job id, payload
+-- ARGV[11] delay ms (0: none): due at the server's TIME + delay
+-- ARGV[12..11+e] extra entry fields as field, value pairs (per-call options)
+-- ARGV[12+e..] per job: job id, payload
+-- Due times follow the server's clock (TIME), not the producer's: a relative
+-- delay is added here, and an absolute due time is 'later' when it is after
+-- the server's now. ARGV[4] (the producer's now) is only a timestamp.
 -- reply: per job {1, stream id or 'delayed'} added, {0, existing id} the job
 --   existed, {-1, depth} refused: the queue already held max pending jobs
 local n, e = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -22,7 +26,11 @@ local n, e = tonumber(ARGV[9]), tonumber(ARGV[10])
 if e > 100 or e % 2 ~= 0 then
   return redis.error_reply('enqueue: ' .. e .. ' extra entry values; at most 100, in pairs')
 end
-local now, due = tonumber(ARGV[4]), tonumber(ARGV[7])
+local due, delay = tonumber(ARGV[7]), tonumber(ARGV[11])
+local clock = redis.call('TIME')
+local server_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if delay > 0 then due = server_now + delay end
+local due_text = string.format('%d', due)
 local limit = tonumber(ARGV[8])
 local depth = 0
 if limit > 0 then
@@ -44,7 +52,7 @@ if limit > 0 then
     end
   end
 end
-local later = due > now
+local later = due > server_now
 if not later and redis.call('EXISTS', KEYS[1]) == 0 then
   -- Group at id 0, so jobs enqueued before the first worker are still delivered.
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
@@ -52,7 +60,7 @@ end
 local replies = {}
 for j = 1, n do
   local job = KEYS[3 + j]
-  local a = 11 + e + (j - 1) * 2
+  local a = 12 + e + (j - 1) * 2
   local id = ARGV[a]
   local existing = redis.call('HGET', job, 'msg_id')
   if existing then
@@ -62,7 +70,7 @@ for j = 1, n do
   else
     local fields = {'v', '1', 'id', id, 'task', ARGV[2], 'ct', ARGV[3],
       'payload', ARGV[a + 1], 'attempt', '1', 'enq_ms', ARGV[4]}
-    for i = 11, 10 + e do
+    for i = 12, 11 + e do
       fields[#fields + 1] = ARGV[i]
     end
     if later then
@@ -71,10 +79,10 @@ for j = 1, n do
       redis.call('ZADD', KEYS[3], due, cjson.encode(fields))
       redis.call('HSET', job,
         'status', 'scheduled', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
-        'enqueued_ms', ARGV[4], 'due_ms', ARGV[7], 'msg_id', 'delayed')
+        'enqueued_ms', ARGV[4], 'due_ms', due_text, 'msg_id', 'delayed')
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
         'kind', 'scheduled', 'job', id, 'task', ARGV[2], 'priority', ARGV[5],
-        'due_ms', ARGV[7], 'ts', ARGV[4])
+        'due_ms', due_text, 'ts', ARGV[4])
       replies[j] = {1, 'delayed'}
     else
       local msg_id = redis.call('XADD', KEYS[1], '*', unpack(fields))

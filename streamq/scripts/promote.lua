@@ -20,16 +20,20 @@
 --
 -- KEYS[1] delayed zset   KEYS[2] events stream   KEYS[3] dlq stream
 -- KEYS[4..3+p] priority streams   KEYS[4+p..] job hashes (move)
--- ARGV[1] 'peek' or 'move'   ARGV[2] now ms   ARGV[3] limit   ARGV[4] group
--- ARGV[5] events maxlen   ARGV[6] result ttl ms   ARGV[7] p (number of priorities)
--- ARGV[8..7+p] priority names, in the order of the streams
--- ARGV[8+p..] (move) the job id of each job hash, in the order of KEYS[4+p..]
+-- ARGV[1] 'peek' or 'move'   ARGV[2] limit   ARGV[3] group   ARGV[4] events maxlen
+-- ARGV[5] result ttl ms   ARGV[6] p (number of priorities)
+-- ARGV[7..6+p] priority names, in the order of the streams
+-- ARGV[7+p..] (move) the job id of each job hash, in the order of KEYS[4+p..]
+-- "Now" is the server's clock (TIME), never a janitor's: a janitor whose clock
+-- runs fast must not promote early.
 -- reply: peek {job id, ...}; move {promoted, dead-lettered, 1 if it stopped early else 0}
 local MAX_VALUES = 2000
 local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
   enq_ms = true, max_retries = true, timeout = true}
-local now, limit = ARGV[2], tonumber(ARGV[3])
-local p = tonumber(ARGV[7])
+local clock = redis.call('TIME')
+local now = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+local limit = tonumber(ARGV[2])
+local p = tonumber(ARGV[6])
 
 -- The job id of a member written by streamq ([priority, 'v', '1', 'id', <id>, ...]),
 -- read from its start without decoding the whole (possibly large) member;
@@ -63,11 +67,11 @@ end
 
 local stream_of, hash_of = {}, {}
 for i = 1, p do
-  stream_of[ARGV[7 + i]] = KEYS[3 + i]
+  stream_of[ARGV[6 + i]] = KEYS[3 + i]
 end
 local lowest = KEYS[3 + p]
 for i = 4 + p, #KEYS do
-  hash_of[ARGV[i + 4]] = KEYS[i]
+  hash_of[ARGV[i + 3]] = KEYS[i]
 end
 
 local promoted, dead, stopped = 0, 0, 0
@@ -141,7 +145,7 @@ for _, member in ipairs(due) do
     local priority = table.remove(entry, 1)
     local stream = stream_of[priority] or lowest
     if redis.call('EXISTS', stream) == 0 then
-      redis.call('XGROUP', 'CREATE', stream, ARGV[4], '0', 'MKSTREAM')
+      redis.call('XGROUP', 'CREATE', stream, ARGV[3], '0', 'MKSTREAM')
     end
     local msg_id = redis.call('XADD', stream, '*', unpack(entry))
     if status == 'scheduled' then
@@ -149,7 +153,7 @@ for _, member in ipairs(due) do
     elseif status then
       redis.call('HSET', hash, 'msg_id', msg_id)
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
       'kind', 'promoted', 'job', job, 'task', task, 'msg', msg_id, 'ts', now)
     promoted = promoted + 1
   else
@@ -162,9 +166,9 @@ for _, member in ipairs(due) do
     if status then
       redis.call('HSET', hash, 'status', 'dead', 'error_type', 'PoisonMessage',
         'error', problem, 'finished_ms', now, 'dlq_id', dlq_id)
-      redis.call('PEXPIRE', hash, ARGV[6])
+      redis.call('PEXPIRE', hash, ARGV[5])
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
       'kind', 'dead', 'job', job, 'task', task, 'error', problem,
       'error_type', 'PoisonMessage', 'dlq_id', dlq_id, 'ts', now)
     dead = dead + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -169,13 +170,14 @@ async def test_promote_twice_moves_each_due_entry_once(app: App) -> None:
     scripts = await app.scripts()
     now_ms = int(time.time() * 1000)
     for job_id in ("j1", "j2"):
-        await scripts.enqueue(await enqueue_call(app, job_id, due_ms=now_ms + 60_000))
+        await scripts.enqueue(await enqueue_call(app, job_id, due_ms=now_ms + 100))
+    await anyio.sleep(0.2)  # due by the server's clock, which promote reads (TIME)
 
     async def promote() -> int:
         moved, dead, _ = await scripts.promote(
             delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
             streams=[app.keys.stream(p) for p in app.settings.priorities],
-            priorities=app.settings.priorities, now_ms=now_ms + 60_001, limit=100, group=GROUP,
+            priorities=app.settings.priorities, limit=100, group=GROUP,
             events_maxlen=1000, result_ttl_ms=60_000,
             jobs=[(j.encode(), app.keys.job(j).encode()) for j in ("j1", "j2")],
         )  # fmt: skip
