@@ -13,6 +13,13 @@ In order of preference:
    blocking there (one round trip per wake, no empty ``fetch`` in between).
 
 Delivery counts always come from Redis (DESIGN.md invariant 5).
+
+A group destroyed under a running worker (``XGROUP DESTROY``) makes the
+blocking read and the reclaim pass fail with NOGROUP: the fetcher recreates
+the groups and reads again. Not at id 0: the streams keep acked entries as
+the audit history, and a group at 0 would run every retained job again.
+The group restarts just before the oldest entry whose job is unfinished
+(``restart_point``), so nothing queued or in flight is skipped either.
 """
 
 from __future__ import annotations
@@ -26,8 +33,17 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from streamq.keys import GROUP, Keyspace
+from streamq.logging import get_logger
 from streamq.scripts import Entry, Scripts
 from streamq.settings import Settings
+
+FINAL_STATUSES = frozenset({b"succeeded", b"failed", b"dead", b"cancelled"})
+RESTART_SCAN_PAGE = 1000
+
+
+def missing_group(exc: ResponseError) -> bool:
+    """NOGROUP: the stream or its consumer group is gone."""
+    return "NOGROUP" in str(exc)
 
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs
@@ -64,27 +80,81 @@ class Fetcher:
         self._vis_ms = dict(visibility_ms or {})
         self._min_vis_ms = min([self._default_vis_ms, *self._vis_ms.values()])
         self._drain_from: list[bytes | str] | None = ["0"] * len(self.streams)
+        self._log = get_logger(queue=keys.queue, worker=consumer)
 
     @property
     def min_visibility_s(self) -> float:
         return self._min_vis_ms / 1000
 
     async def ensure_groups(self) -> None:
-        """Create the group on every stream at id 0 (not ``$``: keep earlier jobs)."""
+        """Create the group on every stream that lacks it.
+
+        A new stream gets it at id 0 (not ``$``: keep jobs enqueued before the
+        first worker). A stream that exists without it lost it (XGROUP DESTROY):
+        the group restarts at ``restart_point``, not at 0 (the history).
+        """
         for stream in self.streams:
+            start, lost = "0", False
             # Look before creating: XGROUP CREATE is refused outright at maxmemory,
             # and a worker restarted during a memory incident must still start.
             if await self._redis.exists(stream):
                 groups = await self._redis.xinfo_groups(stream)
                 if any(g["name"] in (GROUP, GROUP.encode()) for g in groups):
                     continue
+                point = await self.restart_point(stream)
+                start = point.decode() if isinstance(point, bytes) else point
+                lost = True
             try:
-                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                await self._redis.xgroup_create(stream, GROUP, id=start, mkstream=True)
             except OutOfMemoryError:
                 continue  # the fetch script (allowed at maxmemory) creates it when needed
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+                continue  # another worker recreated it first
+            if lost:
+                self._log.warning("consumer group recreated", stream=stream, start_after=start)
+
+    async def restart_point(self, stream: str) -> bytes | str:
+        """The id to recreate a lost group at: just before the oldest unfinished entry.
+
+        An entry is unfinished when its job hash is not final and names this
+        entry as the job's current one (a retried job's earlier entries are
+        history). An entry with no job hash is unfinished only while younger
+        than the result TTL: older, its job finished and the hash expired;
+        younger, it was never a streamq job (a hand-written or garbled
+        message, which the worker sends to the DLQ). Reads the whole stream
+        in pages in the worst case; it runs only after a group was destroyed.
+        """
+        redis = self._redis
+        seconds, micros = await redis.time()
+        expired_before = seconds * 1000 + micros // 1000 - int(self._settings.result_ttl_s * 1000)
+        previous: bytes | str = "0"
+        low: bytes | str = "-"
+        while True:
+            page = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                await redis.xrange(stream, min=low, max="+", count=RESTART_SCAN_PAGE),
+            )
+            if not page:
+                return previous
+            async with redis.pipeline(transaction=False) as pipe:
+                for _entry_id, fields in page:
+                    job = (fields or {}).get(b"id")
+                    if job:
+                        pipe.hmget(self._keys.job(job.decode(errors="replace")), "status", "msg_id")
+                hashes = cast(list[list[bytes | None]], await pipe.execute())
+            found = iter(hashes)
+            for entry_id, fields in page:
+                status, msg_id = next(found) if (fields or {}).get(b"id") else (None, None)
+                if status is None:
+                    unfinished = int(entry_id.split(b"-")[0]) >= expired_before
+                else:
+                    unfinished = status not in FINAL_STATUSES and msg_id == entry_id
+                if unfinished:
+                    return previous
+                previous = entry_id
+            low = b"(" + page[-1][0]
 
     @property
     def draining(self) -> bool:
@@ -113,25 +183,40 @@ class Fetcher:
         for stream in self.streams:
             if len(messages) >= count:
                 break
-            got = await self._scripts.reclaim(
-                stream=stream,
-                dlq=self._keys.dlq,
-                events=self._keys.events,
-                group=GROUP,
-                consumer=self._consumer,
-                count=count - len(messages),
-                min_idle_ms=self._min_vis_ms,
-                now_ms=int(time.time() * 1000),
-                events_maxlen=self._settings.events_maxlen,
-                default_visibility_ms=self._default_vis_ms,
-                visibility_ms=self._vis_ms,
-            )
+            try:
+                got = await self._reclaim_from(stream, count - len(messages))
+            except ResponseError as exc:
+                if not missing_group(exc):
+                    raise
+                await self._recreate_groups(exc)
+                got = await self._reclaim_from(stream, count - len(messages))
             priority = self._priority_of[stream]
             messages += [
                 Message(stream, priority, msg_id, fields or None, deliveries)
                 for msg_id, fields, deliveries, _owner in got
             ]
         return messages
+
+    async def _reclaim_from(
+        self, stream: str, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:
+        return await self._scripts.reclaim(
+            stream=stream,
+            dlq=self._keys.dlq,
+            events=self._keys.events,
+            group=GROUP,
+            consumer=self._consumer,
+            count=count,
+            min_idle_ms=self._min_vis_ms,
+            now_ms=int(time.time() * 1000),
+            events_maxlen=self._settings.events_maxlen,
+            default_visibility_ms=self._default_vis_ms,
+            visibility_ms=self._vis_ms,
+        )
+
+    async def _recreate_groups(self, exc: ResponseError) -> None:
+        self._log.warning("consumer group missing; recreating it", error=str(exc))
+        await self.ensure_groups()
 
     async def fetch(self, count: int) -> list[Message]:
         """Up to ``count`` new messages without blocking, highest priority first."""
@@ -150,13 +235,18 @@ class Fetcher:
         uses ``fetch``, which takes them in strict priority order.
         """
         share = max(1, free // len(self.streams))
-        reply = await self._redis.xreadgroup(
-            GROUP,
-            self._consumer,
-            dict.fromkeys(self.streams, ">"),
-            count=share,
-            block=max(1, min(self._block_ms, max_block_ms or self._block_ms)),
-        )
+        block = max(1, min(self._block_ms, max_block_ms or self._block_ms))
+        try:
+            reply = await self._redis.xreadgroup(
+                GROUP, self._consumer, dict.fromkeys(self.streams, ">"), count=share, block=block
+            )
+        except ResponseError as exc:
+            if not missing_group(exc):
+                raise
+            await self._recreate_groups(exc)
+            reply = await self._redis.xreadgroup(
+                GROUP, self._consumer, dict.fromkeys(self.streams, ">"), count=share, block=block
+            )
         raw = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None, reply)
         entries: list[tuple[str, list[Entry]]] = [
             (key.decode(), [(mid, fields or None) for mid, fields in items])
