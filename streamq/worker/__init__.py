@@ -30,6 +30,7 @@ from streamq.decide import Decision, admit, decide, max_retries_for
 from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
+from streamq.keys import GROUP
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.progress import JobContext, reset_current, set_current
@@ -47,9 +48,11 @@ from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
 
-__all__ = ["Worker"]
+__all__ = ["BURST_HORIZON_S", "Worker"]
 
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+BURST_HORIZON_S = 60.0
+"""A burst worker waits for delayed jobs (retries, schedules) due within this many seconds."""
 _WRITER_DRAIN_S = 30.0
 
 
@@ -106,6 +109,7 @@ class Worker:
         self.exit_code = 0
         """128 + the signal's number after a second signal forced the stop (the CLI's code)."""
         self.watchdog = Watchdog()
+        self._burst_said_at = float("-inf")
         self._running = 0
         self._unsettled = 0  # fetched and not yet recorded (or dropped)
         self._changed = anyio.Event()
@@ -299,10 +303,43 @@ class Worker:
             self._idle.popleft().set()
 
     async def _burst_done(self) -> bool:
-        if self._unsettled > 0:
+        """True once nothing is waiting, in flight or stale, and nothing is due soon.
+
+        Pending entries held by other consumers are waited for: they finish,
+        or go stale and are reclaimed by this worker's next reclaim pass.
+        """
+        if self._unsettled > 0 or self._ready:
             return False
-        redis = await self.app.redis()
-        return int(await redis.zcard(self.app.keys.delayed)) == 0
+        app = self.app
+        redis = await app.redis()
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream in app.streams:
+                pipe.xpending(stream, GROUP)
+            pipe.time()
+            pipe.zcard(app.keys.delayed)
+            pipe.zrange(app.keys.delayed, 0, 0, withscores=True)
+            *summaries, (seconds, micros), scheduled, first = await pipe.execute()
+        pending = sum(int(s["pending"]) for s in summaries)
+        if pending:
+            now = time.monotonic()
+            if now >= self._burst_said_at + 10.0:
+                self._burst_said_at = now
+                self._log.info(
+                    "burst: waiting for jobs pending at other consumers "
+                    "(they finish, or are reclaimed once past their visibility timeout)",
+                    pending=pending,
+                )
+            return False
+        if not scheduled:
+            return True
+        next_due_in_s = (first[0][1] - (seconds * 1000 + micros // 1000)) / 1000
+        if next_due_in_s <= BURST_HORIZON_S:
+            return False
+        self._log.info(
+            "burst: only scheduled jobs remain; exiting", scheduled=int(scheduled),
+            next_due_in_s=round(next_due_in_s, 1),
+        )  # fmt: skip
+        return True
 
     def _hold(self, message: Message) -> None:
         self._unsettled += 1
