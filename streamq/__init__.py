@@ -20,6 +20,7 @@ from streamq.errors import (
     SerializationError,
     StreamqError,
     UnknownPriorityError,
+    WrongKeyType,
 )
 from streamq.job import Job, JobProgress, JobStatus
 from streamq.logging import configure_logging
@@ -59,6 +60,7 @@ __all__ = (
     "TaskOptions",
     "UnknownPriorityError",
     "Worker",
+    "WrongKeyType",
     "configure_logging",
     "current_job",
     "progress",

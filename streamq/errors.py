@@ -10,6 +10,8 @@
     │   ├── PayloadTooLarge    encoded arguments over ``max_payload_bytes``
     │   └── QueueFull          the queue already holds ``max_pending`` jobs
     ├── EmbeddedServerError    the embedded valkey-server could not be found or started
+    ├── WrongKeyType           a key of the queue holds another Redis type than streamq's
+    │                          (also a redis ResponseError, as the WRONGTYPE it replaces)
     ├── JobNotFound            no job hash for that id (never enqueued, or expired)
     └── JobFailed              the handler failed; carries its error type, message, traceback
         └── JobTimedOut        the handler ran past its timeout
@@ -21,6 +23,8 @@ is not finished in time, so callers can use one ``except`` for every timeout.
 from __future__ import annotations
 
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 
 class StreamqError(Exception):
@@ -80,6 +84,31 @@ class QueueFull(EnqueueError):
 
 class EmbeddedServerError(StreamqError):
     """Raised when the embedded valkey-server cannot be found, started or reached."""
+
+
+class WrongKeyType(StreamqError, ResponseError):
+    """A key of the queue holds another Redis type than streamq writes there.
+
+    Raised in place of Redis's WRONGTYPE (which names neither the key nor the
+    type), at enqueue and in the worker, once streamq has found which key it
+    is. Someone wrote the key by hand (SET on a stream's name, a list as the
+    delayed set): ``streamq doctor`` lists every such key. It stays a
+    ResponseError, so code that retries or logs Redis errors treats it as one.
+    """
+
+    def __init__(self, key: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"key {key!r} holds a {actual} where streamq keeps a {expected}: something "
+            "else wrote it; rename or delete it (`streamq doctor` lists every such key)"
+        )
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+    def __repr__(self) -> str:
+        # redis-py's errors repr as their category only ("server:ResponseError"),
+        # and logs that use repr() should still name the key.
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class JobNotFound(StreamqError, LookupError):
