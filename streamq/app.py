@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -21,6 +22,7 @@ from streamq.settings import Settings, check_name
 from streamq.task import Task, TaskOptions
 from streamq.waiters import ResultWaiters
 
+_WARNED_MAIN: set[str] = set()  # __main__. task names already warned about, once each
 QUEUE_FULL = -1  # enqueue.lua's reply code when max_pending is reached
 # Jobs per enqueue script call: big enough to share the call's cost, small enough
 # that one call keeps Redis busy for only a few milliseconds.
@@ -253,6 +255,15 @@ class App:
         ``due_ms`` (epoch ms) later than the server's now, or a positive ``delay_ms``
         (added to the server's clock by the script), puts the jobs in the delayed set.
         """
+        if task.name.startswith("__main__.") and task.name not in _WARNED_MAIN:
+            _WARNED_MAIN.add(task.name)
+            warnings.warn(
+                f"task {task.name!r} was registered from a module run as a script: a worker "
+                "that imports the module registers it under another name and cannot run it; "
+                "give it an explicit name (@app.task(name=...))",
+                UserWarning,
+                stacklevel=3,
+            )
         now_ms = int(time.time() * 1000)
         ids: list[str] = []
         prepared: list[tuple[str, str, bytes]] = []

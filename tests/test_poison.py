@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamq import App, JobStatus, Settings, Worker
+from streamq import App, Worker
 from streamq.keys import GROUP
-from tests.conftest import queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -71,36 +70,7 @@ async def test_poison_entry_goes_to_the_dlq_with_a_reason(app: App, name: str) -
     assert int((await redis.xpending(stream, GROUP))["pending"]) == 0
 
 
-async def test_unknown_task_is_redelivered_then_dead_lettered(redis_url: str) -> None:
-    """A task this worker does not know may be known to a newer deployment (a
-    rolling deploy): the message is left pending, reclaimed after the visibility
-    timeout, and moved to the DLQ only past max_deliveries, with why."""
-    name = queue_name()
-    producer = App(name, redis_url=redis_url)
-
-    @producer.task(name="only.in.producer")
-    async def newer() -> None: ...
-
-    fast = Settings(visibility_timeout_s=0.2, janitor_interval_s=0.05, max_deliveries=2)
-    worker_app = App(name, redis_url=redis_url, settings=fast)
-    async with producer, worker_app:
-        job = await newer.enqueue()
-        async with running_worker(worker_app):
-
-            async def dead() -> bool:
-                return await job.status() == JobStatus.DEAD
-
-            await wait_until(dead, timeout=20, description="the unknown-task job to be dead")
-        info = await job.info()
-        assert info["error_type"] == "TooManyDeliveries"
-        assert "delivered 3 times; max_deliveries is 2" in info["error"]
-        redis = await producer.redis()
-        assert await redis.ttl(producer.keys.job(job.id)) > 0
-        ((_, dead_entry),) = await redis.xrange(producer.keys.dlq)
-        assert dead_entry[b"id"] == job.id.encode()
-        assert dead_entry[b"dlq_deliveries"] == b"3"
-        kinds = [e[b"kind"] for _, e in await redis.xrange(producer.keys.events)]
-        assert kinds.count(b"reclaimed") == 2 and kinds[-1] == b"dead"
+# Unknown tasks (handed back, then UnknownTask in the DLQ): tests/test_unknown_tasks.py.
 
 
 async def test_many_poison_entries_among_good_jobs(app: App) -> None:

@@ -17,6 +17,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -48,9 +49,11 @@ from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
 
-__all__ = ["BURST_HORIZON_S", "Worker"]
+__all__ = ["BURST_HORIZON_S", "MAX_BOUNCES", "Worker", "unknown_task_hint"]
 
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+MAX_BOUNCES = 12
+"""Times a message whose task a worker does not know is handed back before the DLQ."""
 BURST_HORIZON_S = 60.0
 """A burst worker waits for delayed jobs (retries, schedules) due within this many seconds."""
 _WRITER_DRAIN_S = 30.0
@@ -59,6 +62,25 @@ _WRITER_DRAIN_S = 30.0
 def consumer_name() -> str:
     """host:pid:random — unique per process, readable in XINFO CONSUMERS."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def unknown_task_hint(name: str, known: Iterable[str]) -> str:
+    """The likely cause of an unknown task name, and its fix."""
+    short = name.rsplit(".", 1)[-1]
+    alike = sorted(t for t in known if t.rsplit(".", 1)[-1] == short)
+    here = f" (this worker registers {alike[0]!r})" if alike else ""
+    if name.startswith("__main__."):
+        return (
+            f"the producer registered it as {name!r} because it ran its module as a "
+            f"script; give the task an explicit name (@app.task(name=...)) or import it "
+            f"from its module{here}"
+        )
+    if alike:
+        return (
+            f"this worker registers {alike[0]!r}: producer and worker import the handler "
+            f"under different module names; give the task an explicit name"
+        )
+    return "no handler of that name is registered here: deploy a worker that has it"
 
 
 class Worker:
@@ -471,13 +493,41 @@ class Worker:
         )
 
     async def _unknown_task(self, message: Message, env: Envelope) -> None:
-        # Perhaps a newer deployment knows it (rolling deploy): leave the message
-        # pending, unheld, so it is reclaimed after the visibility timeout and,
-        # past max_deliveries, dead-lettered.
-        self._log.warning(
-            "unknown task; leaving it for a worker that knows it", job_id=env.job_id,
-            task=env.task, attempt=env.attempt, duration_ms=0, deliveries=message.deliveries,
+        """Hand the message back for a worker that knows its task, or dead-letter it.
+
+        Workers with different task sets may share a queue (or a rolling deploy
+        is half done): the message goes back through the delayed set, with a
+        backoff, up to ``MAX_BOUNCES`` times. Bounces are not deliveries, so
+        TooManyDeliveries never fires before a knowing worker had its chance.
+        """
+        settings = self.app.settings
+        hint = unknown_task_hint(env.task, self.app.tasks)
+        log = self._log.bind(
+            job_id=env.job_id, task=env.task, attempt=env.attempt, duration_ms=0,
+            deliveries=message.deliveries,
         )  # fmt: skip
+        try:
+            code, bounces, delay_ms = await (await self.app.scripts()).bounce(
+                stream=message.stream, delayed=self.app.keys.delayed,
+                events=self.app.keys.events, group=GROUP, consumer=self.consumer,
+                msg_id=message.msg_id, deliveries=message.deliveries, priority=message.priority,
+                max_bounces=MAX_BOUNCES, base_delay_ms=int(settings.janitor_interval_s * 1000),
+                max_delay_ms=int(min(60.0, settings.visibility_timeout_s) * 1000),
+                events_maxlen=settings.events_maxlen,
+            )  # fmt: skip
+        except RedisError as exc:
+            log.error("unknown task; not handed back, it stays pending", error=str(exc))
+            return
+        if code == 1:
+            log.warning(
+                "unknown task; handed back for a worker that knows it", bounces=bounces,
+                max_bounces=MAX_BOUNCES, retry_in_ms=delay_ms, hint=hint,
+            )  # fmt: skip
+        elif code == -1:
+            reason = (
+                f"no worker that knows task {env.task!r} took it in {MAX_BOUNCES} tries: {hint}"
+            )
+            await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask")
 
     async def _dead_letter(
         self,
