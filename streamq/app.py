@@ -16,6 +16,7 @@ from streamq.connection import make_client
 from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, SerializationError
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
+from streamq.keytypes import wrong_types_named
 from streamq.scripts import Arg, Scripts
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
@@ -298,10 +299,11 @@ class App:
             for i in range(0, len(prepared), ENQUEUE_BATCH)
         ]
         scripts = await self.scripts()
-        if len(batches) == 1:
-            replies = await scripts.enqueue(batches[0])
-        else:
-            replies = await scripts.enqueue_many(batches)
+        async with wrong_types_named(self, (key for _, key, _ in prepared)):
+            if len(batches) == 1:
+                replies = await scripts.enqueue(batches[0])
+            else:
+                replies = await scripts.enqueue_many(batches)
         jobs: list[Job[Any]] = [Job(self, jid, task.name) for jid in ids]
         refused = [i for i, (code, _) in enumerate(replies) if code == QUEUE_FULL]
         if refused:
