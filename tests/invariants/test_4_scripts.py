@@ -111,11 +111,12 @@ LUA_FILES = sorted(LUA_DIR.glob("*.lua"))
 # XREADGROUP after STREAMS.
 KEY_FIRST = {
     "XADD", "XACK", "XCLAIM", "XAUTOCLAIM", "XPENDING", "XRANGE", "XREVRANGE", "XDEL",
-    "XTRIM", "XLEN", "HSET", "HGET", "HDEL", "HGETALL", "HINCRBY", "EXISTS", "DEL", "GET",
+    "XTRIM", "XLEN", "HSET", "HGET", "HMGET", "HDEL", "HGETALL", "HINCRBY", "EXISTS", "DEL", "GET",
     "SET", "PEXPIRE", "EXPIRE", "PERSIST", "ZADD", "ZREM", "ZRANGEBYSCORE", "ZCARD",
     "ZRANGE", "ZSCORE", "INCR", "INCRBY", "TTL", "PTTL", "TYPE",
 }  # fmt: skip
 KEY_SECOND = {"XGROUP", "XINFO"}
+KEYLESS = {"TIME"}  # commands that take no key (TIME: the server's clock, DESIGN.md)
 
 CALL = re.compile(r"redis\.call\(\s*|pcall\(\s*redis\.call\s*,\s*")
 
@@ -206,6 +207,8 @@ def key_arguments(source: str) -> list[tuple[str, str]]:
             found.append((command, args[1]))
         elif command in KEY_SECOND:
             found.append((command, args[2]))
+        elif command in KEYLESS:
+            continue
         elif command == "XREADGROUP":
             upper = [a.strip("'\"").upper() for a in args]
             found.append((command, args[upper.index("STREAMS") + 1]))
