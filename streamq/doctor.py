@@ -1,15 +1,17 @@
 """Server checks: is this Redis set up so that streamq keeps its guarantees?
 
 ``run_checks(app)`` reads the server's version, persistence and eviction
-settings, cluster mode and the current user's ACL permissions, and turns each
-into a ``Check``: ok, warn (could not tell, or worth knowing) or problem (jobs
-can be lost or workers will fail), with the fix for anything not ok. Managed
-services often deny CONFIG or ACL commands: such a check becomes a warning
-that says what could not be read, never a crash.
+settings, cluster mode, the current user's ACL permissions and the types of
+the queue's keys, and turns each into a ``Check``: ok, warn (could not tell,
+or worth knowing) or problem (jobs can be lost or workers will fail), with
+the fix for anything not ok. Managed services often deny CONFIG or ACL
+commands: such a check becomes a warning that says what could not be read,
+never a crash.
 
-The reads are two pipelined round trips; the evaluations are pure functions
-of what was read (``check_version`` and friends), so each rule is testable on
-its own.
+The server reads are two pipelined round trips, and the evaluations pure
+functions of what was read (``check_version`` and friends), so each rule is
+testable on its own. The key types are a SCAN of the queue's keys with
+pipelined TYPEs (``check_key_types``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, RedisError
 
 from streamq.app import App
+from streamq.errors import WrongKeyType
 from streamq.keys import GROUP, Keyspace
+from streamq.keytypes import KEY_TYPES, find_wrong_types
 
 
 class Status(StrEnum):
@@ -106,6 +110,7 @@ async def _checks(redis: Redis, keys: Keyspace, priorities: Sequence[str]) -> li
         check_persistence(persistence),
         check_cluster(cluster),
         await _check_acl(redis, keys, priorities, whoami),
+        await check_key_types(redis, keys),
     ]
 
 
@@ -239,6 +244,51 @@ def check_cluster(info: Mapping[str, Any] | Exception) -> Check:
             "cluster mode on: each queue's keys share one hash tag, so live on one shard",
         )  # fmt: skip
     return Check("cluster", Status.OK, "standalone (cluster mode off)")
+
+
+_SHOWN = 10
+
+
+async def check_key_types(redis: Redis, keys: Keyspace) -> Check:
+    """Every key of the queue holds the Redis type streamq keeps there.
+
+    A key written by something else (SET on a stream's name, a list as the
+    delayed set) fails every call on it with WRONGTYPE. SCANs the queue's
+    keys and asks TYPE of them in pipelined batches.
+    """
+    wrong: list[WrongKeyType] = []
+    seen = 0
+    batch: list[bytes] = []
+    try:
+        async for key in redis.scan_iter(match=keys.pattern(), count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                seen += len(batch)
+                wrong += await find_wrong_types(redis, keys, batch)
+                batch = []
+        seen += len(batch)
+        wrong += await find_wrong_types(redis, keys, batch)
+    except RedisError as exc:
+        return _cannot_read(
+            "keys", f"the types of the keys of queue {keys.queue}", exc,
+            "grant +scan +type so doctor can check",
+        )  # fmt: skip
+    if not wrong:
+        return Check(
+            "keys", Status.OK,
+            f"{seen} keys of queue {keys.queue}, each of the type streamq keeps there",
+        )  # fmt: skip
+    listed = "; ".join(f"{w.key} is a {w.actual}, not a {w.expected}" for w in wrong[:_SHOWN])
+    more = f"; and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
+    kinds = ", ".join(f"{kind}: {kind_type}" for kind, kind_type in KEY_TYPES.items())
+    return Check(
+        "keys", Status.PROBLEM,
+        f"{len(wrong)} key(s) of queue {keys.queue} hold another type than streamq keeps "
+        f"there ({kinds}), so every call on them fails with WRONGTYPE: {listed}{more}",
+        "something other than streamq wrote them: look at each, then move it aside "
+        "(RENAME <key> <key>.bad) or delete it (DEL <key>); streamq recreates its streams, "
+        "groups and delayed set when it needs them",
+    )  # fmt: skip
 
 
 def required_commands(keys: Keyspace, priority: str) -> list[tuple[str, ...]]:

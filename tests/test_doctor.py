@@ -96,7 +96,7 @@ async def test_the_embedded_configuration_passes_every_check(redis_url: str) -> 
     checks = await checks_for(redis_url)
     assert list(checks) == [
         "version", "appendonly", "appendfsync", "maxmemory-policy", "persistence", "cluster",
-        "acl",
+        "acl", "keys",
     ]  # fmt: skip
     assert {c.status for c in checks.values()} == {Status.OK}, checks
     assert checks["version"].detail.startswith("Valkey ")

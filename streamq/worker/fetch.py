@@ -27,12 +27,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import NoReturn, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from streamq.keys import GROUP, Keyspace
+from streamq.keytypes import is_wrong_type, queue_keys, raise_named
 from streamq.logging import get_logger
 from streamq.scripts import Entry, Scripts
 from streamq.settings import Settings
@@ -81,6 +82,7 @@ class Fetcher:
         self._min_vis_ms = min([self._default_vis_ms, *self._vis_ms.values()])
         self._drain_from: list[bytes | str] | None = ["0"] * len(self.streams)
         self._log = get_logger(queue=keys.queue, worker=consumer)
+        self._keys_touched = queue_keys(keys, settings.priorities)
 
     @property
     def min_visibility_s(self) -> float:
@@ -93,6 +95,12 @@ class Fetcher:
         first worker). A stream that exists without it lost it (XGROUP DESTROY):
         the group restarts at ``restart_point``, not at 0 (the history).
         """
+        try:
+            await self._ensure_groups()
+        except ResponseError as exc:
+            await self._failed(exc)
+
+    async def _ensure_groups(self) -> None:
         for stream in self.streams:
             start, lost = "0", False
             # Look before creating: XGROUP CREATE is refused outright at maxmemory,
@@ -186,9 +194,7 @@ class Fetcher:
             try:
                 got = await self._reclaim_from(stream, count - len(messages))
             except ResponseError as exc:
-                if not missing_group(exc):
-                    raise
-                await self._recreate_groups(exc)
+                await self._recover(exc)
                 got = await self._reclaim_from(stream, count - len(messages))
             priority = self._priority_of[stream]
             messages += [
@@ -214,13 +220,25 @@ class Fetcher:
             visibility_ms=self._vis_ms,
         )
 
-    async def _recreate_groups(self, exc: ResponseError) -> None:
+    async def _recover(self, exc: ResponseError) -> None:
+        """After NOGROUP, recreate the groups (the caller reads again); else raise."""
+        if not missing_group(exc):
+            await self._failed(exc)
         self._log.warning("consumer group missing; recreating it", error=str(exc))
         await self.ensure_groups()
 
+    async def _failed(self, exc: ResponseError) -> NoReturn:
+        """Raise ``exc``, or the WrongKeyType naming the key behind its WRONGTYPE."""
+        if is_wrong_type(exc):
+            await raise_named(self._redis, self._keys, self._keys_touched, exc)
+        raise exc
+
     async def fetch(self, count: int) -> list[Message]:
         """Up to ``count`` new messages without blocking, highest priority first."""
-        reply = await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
+        try:
+            reply = await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
+        except ResponseError as exc:
+            await self._failed(exc)
         return self._messages(reply)
 
     async def wait(self, free: int, max_block_ms: int | None = None) -> tuple[list[Message], bool]:
@@ -241,9 +259,7 @@ class Fetcher:
                 GROUP, self._consumer, dict.fromkeys(self.streams, ">"), count=share, block=block
             )
         except ResponseError as exc:
-            if not missing_group(exc):
-                raise
-            await self._recreate_groups(exc)
+            await self._recover(exc)
             reply = await self._redis.xreadgroup(
                 GROUP, self._consumer, dict.fromkeys(self.streams, ">"), count=share, block=block
             )
