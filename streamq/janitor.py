@@ -9,7 +9,16 @@ leader lease makes one janitor per queue do the work at a time:
   consumer name per process would otherwise leave dead ones behind);
 - trim history older than ``retention_s`` (or beyond ``retention_maxlen``)
   from the priority streams and the events stream, every ``trim_interval_s``,
-  never past a pending or unread entry (``scripts/trim.lua``).
+  never past a pending or unread entry (``scripts/trim.lua``);
+- bound lost jobs, on the same cadence: a job hash that is not final has no
+  TTL (its message brings it to an outcome, which sets one); if the message
+  is gone (deleted or trimmed by hand, a delayed entry removed), the hash
+  would stay forever. The janitor SCANs the job hashes in bounded batches
+  (its cursor carries over between passes) and ``scripts/lost.lua`` marks
+  each one whose message is provably gone, and whose last change is older
+  than ``lost_job_age_s``, as ``dead`` (``MessageLost``) with a TTL and an
+  event, in one step. A live job is never marked: the check is exact, the
+  age only a margin.
 
 Reclaiming stuck messages is not here: a reclaimed message must be run, so
 each worker reclaims for itself (``worker.fetch``).
@@ -18,6 +27,7 @@ each worker reclaims for itself (``worker.fetch``).
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import anyio
 from redis.exceptions import RedisError
@@ -28,6 +38,10 @@ from streamq.lease import Lease
 from streamq.logging import get_logger
 
 PROMOTE_BATCH = 500
+LOST_SCAN_COUNT = 1000
+"""SCAN's COUNT hint, and about how many job hashes one pass examines."""
+LOST_BATCH = 100
+"""Job hashes per ``lost`` script call."""
 PROMOTE_ROUNDS = 100
 
 
@@ -41,6 +55,8 @@ class Janitor:
         self._last_cleanup = 0.0
         self._last_trim = 0.0
         self.trimmed = 0
+        self.lost = 0
+        self._lost_cursor = 0
         self._log = get_logger(queue=app.name, worker=owner, role="janitor")
 
     async def run(
@@ -73,6 +89,7 @@ class Janitor:
         if now - self._last_trim >= self.app.settings.trim_interval_s:
             self._last_trim = now
             await self.trim()
+            await self.bound_lost_jobs()
 
     async def promote_due(self) -> int:
         """Move every due delayed job into its stream; returns how many.
@@ -140,6 +157,39 @@ class Janitor:
             self.trimmed += total
             self._log.info("trimmed history", entries=total)
         return total
+
+    async def bound_lost_jobs(self) -> list[str]:
+        """One bounded step of the scan for lost jobs; returns the job ids marked.
+
+        Examines about LOST_SCAN_COUNT job hashes (SCAN, continuing from where
+        the last pass stopped, so the whole keyspace is covered over passes).
+        """
+        app = self.app
+        redis = await app.redis()
+        scripts = await app.scripts()
+        base = app.keys.job("").encode()
+        cursor, keys = await redis.scan(
+            self._lost_cursor, match=app.keys.job_pattern(), count=LOST_SCAN_COUNT
+        )
+        self._lost_cursor = int(cursor)
+        jobs = [(key[len(base) :], key) for key in cast(list[bytes], keys)]
+        marked: list[str] = []
+        for i in range(0, len(jobs), LOST_BATCH):
+            found = await scripts.lost(
+                events=app.keys.events, delayed=app.keys.delayed, streams=app.streams,
+                group=GROUP, events_maxlen=app.settings.events_maxlen,
+                result_ttl_ms=int(app.settings.result_ttl_s * 1000),
+                safe_age_ms=int(app.settings.lost_job_age_s * 1000),
+                jobs=jobs[i : i + LOST_BATCH],
+            )  # fmt: skip
+            marked += [job_id.decode(errors="replace") for job_id in found]
+        if marked:
+            self.lost += len(marked)
+            self._log.error(
+                "jobs whose message is gone marked dead (MessageLost)", jobs=marked[:20],
+                count=len(marked),
+            )  # fmt: skip
+        return marked
 
     async def remove_idle_consumers(self) -> list[str]:
         app = self.app

@@ -45,6 +45,10 @@ class Keyspace:
     def lock(self, name: str) -> str:
         return f"{self._base}:lock:{name}"
 
+    def job_pattern(self) -> str:
+        """A SCAN pattern matching every job hash of this queue."""
+        return self.job("*").replace("{", "\\{").replace("}", "\\}")
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue (tests and ops)."""
         return f"{self._base}:*".replace("{", "\\{").replace("}", "\\}")

@@ -68,6 +68,10 @@ class Settings:
     """Also trim each stream to about this many entries (None: no length limit).
     Neither limit ever trims a pending or unread entry."""
     trim_interval_s: float = 10.0
+    lost_job_age_s: float = 3600.0
+    """A job hash that is not final but whose message is gone (deleted or trimmed by
+    hand, a delayed entry removed) is marked dead (``MessageLost``, with a TTL) by
+    the janitor once its last change is this old. A live job is never marked."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,7 +84,7 @@ class Settings:
             raise ConfigError(f"priorities must be distinct, got {list(self.priorities)}")
         for name in (
             "result_ttl_s", "socket_timeout_s", "visibility_timeout_s", "janitor_interval_s",
-            "consumer_idle_s", "trim_interval_s",
+            "consumer_idle_s", "trim_interval_s", "lost_job_age_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

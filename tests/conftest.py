@@ -19,6 +19,7 @@ import pytest
 
 from streamq import App, Worker
 from streamq.embedded import ValkeyServer
+from streamq.keys import GROUP
 
 # Keys that legitimately live without a TTL (the audit history and queues).
 PERMANENT_KINDS = {"stream", "events", "dlq", "delayed"}
@@ -65,8 +66,18 @@ async def app(redis_url: str) -> AsyncIterator[App]:
 
 
 async def assert_no_key_leak(application: App) -> None:
+    """No key of the queue lives forever by mistake.
+
+    Keys without a TTL are allowed only for the permanent kinds and for job
+    hashes that are not final *and* whose message still exists (pending,
+    unread, or in the delayed set), as the janitor's lost-job check decides
+    (``scripts/lost.lua``, without writing): a non-final hash whose message
+    is gone would never get a TTL, and counts as a leak.
+    """
     redis = await application.redis()
     leaked = []
+    live_candidates: list[tuple[bytes, bytes]] = []
+    base = application.keys.job("").encode()
     async for key in redis.scan_iter(match=application.keys.pattern(), count=1000):
         if await redis.pttl(key) != -1:
             continue
@@ -74,9 +85,43 @@ async def assert_no_key_leak(application: App) -> None:
         if kind in PERMANENT_KINDS:
             continue
         if kind == "job" and await redis.hget(key, "status") in NOT_FINAL:
+            live_candidates.append((key[len(base) :], key))
             continue
         leaked.append(key)
     assert not leaked, f"keys without a TTL left behind: {leaked}"
+    scripts = await application.scripts()
+    for i in range(0, len(live_candidates), 100):
+        lost = await scripts.lost(
+            events=application.keys.events, delayed=application.keys.delayed,
+            streams=application.streams, group=GROUP, events_maxlen=1,
+            result_ttl_ms=1, safe_age_ms=0, jobs=live_candidates[i : i + 100], mark=False,
+        )  # fmt: skip
+        assert not lost, f"non-final job hashes whose message is gone (no TTL, ever): {lost}"
+
+
+async def bound_lost_jobs(application: App) -> list[str]:
+    """The janitor's lost-job duty (``Janitor.bound_lost_jobs``) with no safe age:
+    mark every non-final job hash whose message is gone; returns their job ids.
+
+    For tests that lose a message on purpose: they show the orphan is bounded.
+    """
+    redis = await application.redis()
+    base = application.keys.job("").encode()
+    jobs = [
+        (key[len(base) :], key)
+        async for key in redis.scan_iter(match=application.keys.job_pattern(), count=1000)
+    ]
+    scripts = await application.scripts()
+    marked: list[bytes] = []
+    for i in range(0, len(jobs), 100):
+        marked += await scripts.lost(
+            events=application.keys.events, delayed=application.keys.delayed,
+            streams=application.streams, group=GROUP,
+            events_maxlen=application.settings.events_maxlen,
+            result_ttl_ms=int(application.settings.result_ttl_s * 1000), safe_age_ms=0,
+            jobs=jobs[i : i + 100],
+        )  # fmt: skip
+    return [job_id.decode() for job_id in marked]
 
 
 async def drop_queue(application: App) -> None:

@@ -42,7 +42,7 @@ class Script:
 
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
-    "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress",
+    "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -384,6 +384,23 @@ class Scripts:
              group, msg_id, deliveries],
         )  # fmt: skip
         return bool(reply)
+
+    async def lost(
+        self, *, events: str, delayed: str, streams: Sequence[str], group: str,
+        events_maxlen: int, result_ttl_ms: int, safe_age_ms: int,
+        jobs: Sequence[tuple[bytes, bytes]], mark: bool = True,
+    ) -> list[bytes]:  # fmt: skip
+        """Of ``jobs`` (job id, job hash key), those not final whose message is gone and
+        whose last change is at least ``safe_age_ms`` old; ``mark`` makes them final
+        ('dead', MessageLost) with a TTL and an event, else nothing is written."""
+        if not jobs:
+            return []
+        keys: list[str | bytes] = [events, delayed, *streams, *(key for _, key in jobs)]
+        args: list[Arg] = [
+            group, events_maxlen, result_ttl_ms, safe_age_ms, len(streams),
+            "mark" if mark else "check", *(job_id for job_id, _ in jobs),
+        ]  # fmt: skip
+        return list(await self._call("lost", keys, args))
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))

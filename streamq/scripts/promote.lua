@@ -8,7 +8,8 @@
 --   'peek'  returns the job ids of up to limit due members, in due order
 --           ('' for a member with none): the caller then passes their hashes;
 --   'move'  promotes the due members, in due order, updating each one's job
---           hash (msg_id, and 'scheduled' becomes 'queued'), and stops at the
+--           hash if not final (msg_id, where lost.lua looks for the job's message;
+--           and 'scheduled' becomes 'queued'), and stops at the
 --           first member whose job hash it was not given (it became due since
 --           the peek): the caller peeks again.
 -- A member is cjson [priority, field, value, ...]; an unknown priority (the
@@ -138,7 +139,10 @@ for _, member in ipairs(due) do
   end
   local status = nil
   if hash then status = redis.call('HGET', hash, 'status') end
-  if status ~= 'scheduled' and status ~= 'retrying' then status = nil end  -- leave final ones
+  if status ~= 'scheduled' and status ~= 'retrying' and status ~= 'queued'
+      and status ~= 'running' then
+    status = nil  -- leave final ones (and a missing hash) alone
+  end
 
   redis.call('ZREM', KEYS[1], member)
   if not problem then
@@ -163,7 +167,9 @@ for _, member in ipairs(due) do
     fields[#fields + 1] = 'dlq_raw'; fields[#fields + 1] = member
     fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = now
     local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
-    if status then
+    -- Only a hash that says the job waits in the delayed set becomes dead.
+    if status == 'scheduled' or status == 'retrying'
+        or (status and redis.call('HGET', hash, 'msg_id') == 'delayed') then
       redis.call('HSET', hash, 'status', 'dead', 'error_type', 'PoisonMessage',
         'error', problem, 'finished_ms', now, 'dlq_id', dlq_id)
       redis.call('PEXPIRE', hash, ARGV[5])

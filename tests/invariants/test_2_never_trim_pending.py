@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from streamq import App, Settings, Worker
 from streamq.keys import GROUP
 from streamq.worker.fetch import Fetcher, Message
-from tests.conftest import queue_name, running_worker, wait_until
+from tests.conftest import bound_lost_jobs, queue_name, running_worker, wait_until
 from tests.invariants._support import dlq_entries, events, pending_entries
 
 pytestmark = pytest.mark.anyio
@@ -104,7 +104,7 @@ async def test_restart_drain_dead_letters_its_own_entry_whose_message_is_gone(
     async def t() -> str:
         return "ran"
 
-    await t.enqueue()
+    lost = await t.enqueue()
     message = await hold_one(app, "restarting")
     redis = await app.redis()
     await remove_entry(redis, message, how)
@@ -121,3 +121,6 @@ async def test_restart_drain_dead_letters_its_own_entry_whose_message_is_gone(
     assert await after.result(timeout=1) == "ran"
     summary = await redis.xpending(message.stream, GROUP)
     assert int(summary["pending"]) == 0
+    # The dead entry had no fields, so no job id: its job hash is bounded by the
+    # janitor's lost-job duty (its message is gone), not left non-final forever.
+    assert await bound_lost_jobs(app) == [lost.id]

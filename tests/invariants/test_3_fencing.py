@@ -131,7 +131,7 @@ async def test_heartbeat_script_never_takes_back_a_reclaimed_message(app: App) -
     @app.task(name="t")
     async def t() -> None: ...
 
-    await t.enqueue()
+    job = await t.enqueue()
     fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, "a", 100)
     await fetcher.ensure_groups()
     (message,) = await fetcher.fetch(1)
@@ -154,6 +154,7 @@ async def test_heartbeat_script_never_takes_back_a_reclaimed_message(app: App) -
     # After the ack there is nothing left to heartbeat, for anyone.
     await redis.xack(message.stream, GROUP, message.msg_id)
     assert await scripts.heartbeat(streams, GROUP, "b", [(index, message.msg_id)]) == [False]
+    await redis.delete(app.keys.job(job.id))  # acked by hand: no outcome will come
 
 
 async def test_late_outcome_after_another_worker_recorded_the_job_is_lost(app: App) -> None:
