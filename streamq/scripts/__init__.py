@@ -43,6 +43,7 @@ class Script:
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
+    "bounce",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -401,6 +402,21 @@ class Scripts:
             "mark" if mark else "check", *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         return list(await self._call("lost", keys, args))
+
+    async def bounce(
+        self, *, stream: str, delayed: str, events: str, group: str, consumer: str,
+        msg_id: bytes, deliveries: int, priority: str, max_bounces: int, base_delay_ms: int,
+        max_delay_ms: int, events_maxlen: int,
+    ) -> tuple[int, int, int]:  # fmt: skip
+        """Hand a message back for another worker: (1, bounces, delay ms) bounced,
+        (-1, bounces, 0) past ``max_bounces`` (nothing written), (0, 0, 0) not ours."""
+        reply = await self._call(
+            "bounce", [stream, delayed, events],
+            [group, consumer, msg_id, deliveries, priority, max_bounces, base_delay_ms,
+             max_delay_ms, events_maxlen],
+        )  # fmt: skip
+        values = [int(v) for v in reply] + [0, 0]
+        return values[0], values[1], values[2]
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))
