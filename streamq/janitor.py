@@ -74,7 +74,7 @@ class Janitor:
                     if await lease.acquire_or_renew():
                         await self.run_once()
                 except RedisError as exc:
-                    self._log.warning("janitor pass failed; retrying", error=repr(exc))
+                    self._log.warning("janitor pass failed; retrying", error=str(exc))
                 await anyio.sleep(self.interval_s)
         finally:
             await lease.release()

@@ -106,7 +106,7 @@ class WorkerMetrics:
             try:
                 await self.sample()
             except RedisError as exc:
-                self._log.warning("metrics sample failed", error=repr(exc))
+                self._log.warning("metrics sample failed", error=str(exc))
             await anyio.sleep(self.sample_interval_s)
 
     def serve(self, port: int, host: str) -> int:

@@ -80,3 +80,20 @@ async def test_burst_waits_for_a_retry_due_soon(app: App) -> None:
     with anyio.fail_after(30):
         await Worker(app, burst=True).run()
     assert await job.result(timeout=1) == 2
+
+
+async def test_fetch_loop_logs_redis_errors_with_their_message(app: App) -> None:
+    """redis-py 8's repr() of an error is only its category (server:ResponseError):
+    the worker's log must carry str(exc), the message an operator can act on."""
+    redis = await app.redis()
+    await redis.set(app.keys.delayed, "not a zset")  # the burst check's ZCARD fails
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            worker = Worker(app, burst=True)
+            tg.start_soon(worker.run)
+            with anyio.fail_after(20):
+                while not any(r["event"] == "fetch failed; retrying" for r in logs):
+                    await anyio.sleep(0.01)
+            await redis.delete(app.keys.delayed)
+    (first, *_) = [r for r in logs if r["event"] == "fetch failed; retrying"]
+    assert "WRONGTYPE" in first["error"]

@@ -290,7 +290,7 @@ class Worker:
             except RedisError as exc:
                 delay = _RECONNECT_BACKOFF_S[min(failures, len(_RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
-                self._log.warning("fetch failed; retrying", error=repr(exc), retry_in_s=delay)
+                self._log.warning("fetch failed; retrying", error=str(exc), retry_in_s=delay)
                 await anyio.sleep(delay)
 
     def _dispatch(self, batch: list[Message]) -> None:
@@ -548,7 +548,7 @@ class Worker:
             )  # fmt: skip
         except RedisError as exc:
             log.error(
-                "message not moved to the DLQ; it stays pending", reason=reason, error=repr(exc)
+                "message not moved to the DLQ; it stays pending", reason=reason, error=str(exc)
             )
             return
         if moved:

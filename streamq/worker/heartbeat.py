@@ -59,7 +59,7 @@ class Heartbeat:
                 [(self._index[m.stream], m.msg_id) for m in messages],
             )
         except RedisError as exc:
-            self._log.warning("heartbeat failed; retrying next interval", error=repr(exc))
+            self._log.warning("heartbeat failed; retrying next interval", error=str(exc))
             return
         for message, ok in zip(messages, alive, strict=True):
             key = (message.stream, message.msg_id)
