@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from streamq import App, JobFailed, JobStatus, JobTimedOut, SerializationError, Worker
+from streamq import App, JobFailed, JobStatus, JobTimedOut, SerializationError, Settings, Worker
 from streamq.keys import GROUP
-from tests.conftest import running_worker, wait_until
+from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +247,23 @@ async def test_timed_out_sync_handler_never_overlaps_its_retry(app: App) -> None
         assert most == 1
         mine = f"streamq-handler:{worker.consumer}"
         assert sum(t.name == mine for t in threading.enumerate()) <= 1
+
+
+async def test_oversize_result_fails_the_job_without_retries(redis_url: str) -> None:
+    """A result larger than max_result_bytes fails at once: running again would
+    produce it again. Before, any size was written into the job hash."""
+    app = App(queue_name(), redis_url=redis_url, settings=Settings(max_result_bytes=1000))
+    async with app:
+
+        @app.task(name="big", max_retries=3)
+        async def big(n: int) -> str:
+            return "x" * n
+
+        small, large = await big.enqueue(10), await big.enqueue(5000)
+        await Worker(app, burst=True).run()
+        assert await small.result(timeout=1) == "x" * 10
+        with pytest.raises(JobFailed, match="max_result_bytes is 1000") as failed:
+            await large.result(timeout=1)
+        assert failed.value.error_type == "ResultTooLarge"
+        assert (await large.info())["attempts"] == "1"
+        await drop_queue(app)
