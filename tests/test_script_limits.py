@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from streamq import App, JobStatus
 from streamq.dlq import DeadLetters
@@ -339,3 +340,69 @@ async def test_the_largest_accepted_entry_goes_through_every_script(app: App) ->
     assert await job.status() == JobStatus.DEAD
     msg_id, _ = got[later.id]
     assert await complete(app, [outcome_of(msg_id, later.id, "succeeded")]) == [1]
+
+
+async def test_complete_records_a_batch_whose_middle_job_key_is_not_a_hash(app: App) -> None:
+    """A job key of the wrong type (a string someone SET) fails no batch half way.
+
+    Its message is still acked and its failure dead-lettered; only its hash,
+    which is not one, is left as it was (no write, no TTL). Before, the HSET
+    raised WRONGTYPE after the first job's XACK: the rest of the batch was lost.
+    """
+    redis = await app.redis()
+    ids = {name: await add_job(app, name) for name in ("one", "two", "three")}
+    await redis.delete(app.keys.job("two"))
+    await redis.set(app.keys.job("two"), "someone else's")
+    assert len(await read(app)) == 3
+    replies = await complete(
+        app,
+        [
+            outcome(app, ids["one"], "one", "succeeded"),
+            outcome(app, ids["two"], "two", "failed"),
+            outcome(app, ids["three"], "three", "succeeded"),
+        ],
+    )
+    assert replies == [1, 1, 1]
+    assert await pel_size(app) == 0
+    assert await redis.get(app.keys.job("two")) == b"someone else's"
+    assert await redis.pttl(app.keys.job("two")) == -1
+    assert set(await dlq_by_job(app)) == {"two"}
+    for name in ("one", "three"):
+        assert (await status_and_ttl(redis, app, name))[0] == b"succeeded"
+    await redis.delete(app.keys.job("two"))
+
+
+async def test_complete_with_a_wrong_type_shared_key_writes_nothing(app: App) -> None:
+    """The events stream SET as a string: refused with WRONGTYPE before any write."""
+    redis = await app.redis()
+    msg_id = await add_job(app, "one")
+    await read(app)
+    await redis.set(app.keys.events, "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await complete(app, [outcome(app, msg_id, "one", "succeeded")])
+    assert await pel_size(app) == 1
+    assert (await status_and_ttl(redis, app, "one"))[0] == b"queued"
+    await redis.delete(app.keys.events)
+    assert await complete(app, [outcome(app, msg_id, "one", "succeeded")]) == [1]
+
+
+async def test_promote_leaves_a_job_key_of_the_wrong_type_alone(app: App) -> None:
+    redis = await app.redis()
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    jobs = [await t.with_options(job_id=name).enqueue_in(0.01) for name in ("a", "b")]
+    await redis.delete(app.keys.job("a"))
+    await redis.set(app.keys.job("a"), "not a hash")
+    await wait_until(lambda: _due(app), 5, "both due")
+    assert await Janitor(app, "j").promote_due() == 2
+    assert await redis.get(app.keys.job("a")) == b"not a hash"
+    assert await jobs[1].status() == JobStatus.QUEUED
+    await redis.delete(app.keys.job("a"))
+
+
+async def _due(app: App) -> bool:
+    redis = await app.redis()
+    seconds, micros = await redis.time()
+    return bool(await redis.zcount(app.keys.delayed, "-inf", seconds * 1000 + micros // 1000) == 2)

@@ -66,6 +66,20 @@ local function standard_fields(src)
   return out
 end
 
+-- Key types are checked before the first write too: the shared keys once here;
+-- per job, a stream that is not one (or lost its group) reads as not ours, and a
+-- job key that is not a hash is left unwritten (its HSET in a pcall) rather than
+-- failing the batch after its earlier jobs were acked.
+for i, key in ipairs(KEYS) do
+  if i > 3 then break end
+  local want = 'stream'
+  if i == 2 then want = 'zset' end
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want)
+  end
+end
+
 for i = 1, n do
   local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 6 + (i - 1) * STRIDE
@@ -73,7 +87,8 @@ for i = 1, n do
   -- Which delivery recorded the outcome: a reclaim keeps the message id, so the
   -- id alone cannot tell this worker's retried call from a stale worker's.
   local token = msg_id .. '|' .. ARGV[2] .. '|' .. ARGV[a + 1]
-  local entry = redis.call('XPENDING', stream, ARGV[1], msg_id, msg_id, 1)[1]
+  local read, pending = pcall(redis.call, 'XPENDING', stream, ARGV[1], msg_id, msg_id, 1)
+  local entry = read and pending[1]
   if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == deliveries then
     -- Read and size everything first: no write may precede a possible error.
     local status = ARGV[a + 5]
@@ -97,10 +112,11 @@ for i = 1, n do
     end
     redis.call('XACK', stream, ARGV[1], msg_id)
     if status == 'succeeded' then
-      redis.call('HSET', job, 'status', status, 'result', ARGV[a + 6],
-        'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token)
-      redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
-      redis.call('PEXPIRE', job, ARGV[4])
+      if pcall(redis.call, 'HSET', job, 'status', status, 'result', ARGV[a + 6],
+          'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token) then
+        redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
+        redis.call('PEXPIRE', job, ARGV[4])
+      end
       event('succeeded', a, {})
     elseif status == 'retry' then
       for f = 1, #fields - 1, 2 do
@@ -115,11 +131,12 @@ for i = 1, n do
       else
         next_id = redis.call('XADD', stream, '*', unpack(fields))
       end
-      redis.call('HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
-        'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
-        'due_ms', string.format('%d', due), 'outcome_msg', token)
-      -- The next attempt starts from nothing: not the failed attempt's progress.
-      redis.call('HDEL', job, 'progress', 'progress_msg', 'progress_ms')
+      if pcall(redis.call, 'HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
+          'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
+          'due_ms', string.format('%d', due), 'outcome_msg', token) then
+        -- The next attempt starts from nothing: not the failed attempt's progress.
+        redis.call('HDEL', job, 'progress', 'progress_msg', 'progress_ms')
+      end
       event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})
     else
       if not fields then fields = {} end
@@ -137,14 +154,15 @@ for i = 1, n do
         fields[#fields + 1] = v
       end
       local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
-      redis.call('HSET', job, 'status', 'failed', 'error_type', ARGV[a + 6],
-        'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
-        'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id)
-      redis.call('PEXPIRE', job, ARGV[4])
+      if pcall(redis.call, 'HSET', job, 'status', 'failed', 'error_type', ARGV[a + 6],
+          'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
+          'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id) then
+        redis.call('PEXPIRE', job, ARGV[4])
+      end
       event('failed', a, {'error_type', ARGV[a + 6], 'dlq_id', dlq_id})
     end
     replies[i] = 1
-  elseif redis.call('HGET', job, 'outcome_msg') == token then
+  elseif select(2, pcall(redis.call, 'HGET', job, 'outcome_msg')) == token then
     replies[i] = 2
   else
     -- Fenced off: record that this worker's outcome was dropped, for the audit.

@@ -10,6 +10,16 @@
 -- ARGV[9] job id ('' when the entry has none)   ARGV[10] task ('' when unknown)
 -- ARGV[11] error type for the job hash (PoisonMessage, TooManyDeliveries, ...)
 -- reply: DLQ entry id, or 0 when the message is no longer ours
+-- Key types before any write: the DLQ and events streams (a job key that is not
+-- a hash is left alone).
+for i, key in ipairs(KEYS) do
+  if i == 2 or i == 3 then
+    local found = redis.call('TYPE', key)['ok']
+    if found ~= 'none' and found ~= 'stream' then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a stream')
+    end
+  end
+end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 local entry = pending[1]
 if not (entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[4])) then
@@ -44,7 +54,7 @@ fields[#fields + 1] = 'dlq_deliveries'; fields[#fields + 1] = ARGV[4]
 fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = ARGV[6]
 local dlq_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+if ARGV[9] ~= '' and redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
   redis.call('HSET', KEYS[4], 'status', 'dead', 'error_type', ARGV[11],
     'error', ARGV[5], 'finished_ms', ARGV[6], 'dlq_id', dlq_id, 'outcome_msg', ARGV[3])
   redis.call('PEXPIRE', KEYS[4], ARGV[8])

@@ -26,6 +26,27 @@ local n, e = tonumber(ARGV[9]), tonumber(ARGV[10])
 if e > 100 or e % 2 ~= 0 then
   return redis.error_reply('enqueue: ' .. e .. ' extra entry values; at most 100, in pairs')
 end
+-- Key types before any write too (a WRONGTYPE half way would leave part of the
+-- batch enqueued, and a caller retrying it with fresh ids would enqueue twice):
+-- the stream, events and delayed keys, then each job key, read once here.
+for i, key in ipairs(KEYS) do
+  if i > 3 then break end
+  local want = 'stream'
+  if i == 3 then want = 'zset' end
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want)
+  end
+end
+local existing_ids = {}
+for j = 1, n do
+  local job = KEYS[3 + j]
+  local ok, existing = pcall(redis.call, 'HGET', job, 'msg_id')
+  if not ok then
+    return redis.error_reply('WRONGTYPE ' .. job .. ' is not a hash')
+  end
+  existing_ids[j] = existing
+end
 local due, delay = tonumber(ARGV[7]), tonumber(ARGV[11])
 local clock = redis.call('TIME')
 local server_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -62,7 +83,7 @@ for j = 1, n do
   local job = KEYS[3 + j]
   local a = 12 + e + (j - 1) * 2
   local id = ARGV[a]
-  local existing = redis.call('HGET', job, 'msg_id')
+  local existing = existing_ids[j]
   if existing then
     replies[j] = {0, existing}
   elseif limit > 0 and depth >= limit then

@@ -100,12 +100,24 @@ local function in_stream(job, msg_id)
   return false
 end
 
+-- No error after the first write: shared key types first; a job key that is
+-- not a hash reads as nothing to do.
+for i, key in ipairs(KEYS) do
+  if i > 2 + p then break end
+  local want = 'stream'
+  if i == 2 then want = 'zset' end
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want)
+  end
+end
+
 local lost = {}
 for k = 3 + p, #KEYS do
   local hash, job = KEYS[k], ARGV[k + 4 - p]
-  local h = redis.call('HMGET', hash, 'status', 'msg_id', 'due_ms', 'enqueued_ms',
+  local ok, h = pcall(redis.call, 'HMGET', hash, 'status', 'msg_id', 'due_ms', 'enqueued_ms',
     'started_ms', 'progress_ms', 'task')
-  if h[1] and NOT_FINAL[h[1]] then
+  if ok and h[1] and NOT_FINAL[h[1]] then
     local last = 0
     for i = 3, 6 do
       local t = tonumber(h[i])

@@ -12,6 +12,11 @@
 -- ARGV[6] attempt   ARGV[7] worker (consumer)   ARGV[8] events maxlen
 -- ARGV[9] group   ARGV[10] message id   ARGV[11] delivery count
 -- reply: 1 recorded, 0 the job is not running or the message is no longer this delivery's
+local events_key = KEYS[2]
+local found = redis.call('TYPE', events_key)['ok']
+if found ~= 'none' and found ~= 'stream' then
+  return redis.error_reply('WRONGTYPE ' .. events_key .. ' holds a ' .. found .. ', not a stream')
+end
 if KEYS[3] then
   local entry = redis.call('XPENDING', KEYS[3], ARGV[9], ARGV[10], ARGV[10], 1)[1]
   if not (entry and entry[2] == ARGV[7] and tonumber(entry[4]) == tonumber(ARGV[11])) then

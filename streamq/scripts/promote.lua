@@ -59,6 +59,19 @@ local function member_id(member)
   return ''
 end
 
+-- Key types before any write (the delayed set, events, DLQ and streams); a job
+-- key that is not a hash reads as no hash (its HGET in a pcall), so it is
+-- never written and cannot fail the batch half way.
+for i, key in ipairs(KEYS) do
+  if i > 3 + p then break end
+  local want = 'stream'
+  if i == 1 then want = 'zset' end
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want)
+  end
+end
+
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 if ARGV[1] == 'peek' then
   local ids = {}
@@ -138,7 +151,10 @@ for _, member in ipairs(due) do
     if decoded ~= job then hash = nil end
   end
   local status = nil
-  if hash then status = redis.call('HGET', hash, 'status') end
+  if hash then
+    local ok, value = pcall(redis.call, 'HGET', hash, 'status')  -- not a hash: no status
+    if ok then status = value end
+  end
   if status ~= 'scheduled' and status ~= 'retrying' and status ~= 'queued'
       and status ~= 'running' then
     status = nil  -- leave final ones (and a missing hash) alone

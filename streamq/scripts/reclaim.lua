@@ -62,6 +62,16 @@ local function examine(p)
   end
 end
 
+-- The DLQ and events keys' types before any write (the claims come first).
+for i, key in ipairs(KEYS) do
+  if i > 1 then
+    local found = redis.call('TYPE', key)['ok']
+    if found ~= 'none' and found ~= 'stream' then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a stream')
+    end
+  end
+end
+
 local cursor = ARGV[8]
 local from_start = cursor == '-' or cursor == '' or cursor == '0-0'
 local start = '-'

@@ -14,6 +14,13 @@
 --   {reason code, message} when it is refused, before any write: 'no-job-id',
 --   'too-large' (more fields than unpack() can pass to XADD), 'job-id-reused'
 local MAX_VALUES = 2000
+-- The events key's type first: its XADD is the last write (the others fail, if
+-- at all, before any write).
+local events_key = KEYS[4]
+local found = redis.call('TYPE', events_key)['ok']
+if found ~= 'none' and found ~= 'stream' then
+  return redis.error_reply('WRONGTYPE ' .. events_key .. ' holds a ' .. found .. ', not a stream')
+end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
 if not entry then return 0 end
 local fields, job, task = {}, '', ''

@@ -13,14 +13,23 @@
 -- ARGV[1] now ms   ARGV[2] worker   ARGV[3] events maxlen   ARGV[4] group
 -- ARGV[5..] per job: message id, job id, task, attempt, priority, delivery count
 -- reply: number of jobs marked
+-- No error after the first write: the events key's type is checked first, and a
+-- stream without the group or a job key that is not a hash reads as not markable.
+local events_key = KEYS[1]
+local found = redis.call('TYPE', events_key)['ok']
+if found ~= 'none' and found ~= 'stream' then
+  return redis.error_reply('WRONGTYPE ' .. events_key .. ' holds a ' .. found .. ', not a stream')
+end
 local marked = 0
 local n = (#KEYS - 1) / 2
 for i = 1, n do
   local stream, job = KEYS[2 * i], KEYS[2 * i + 1]
   local a = 5 + (i - 1) * 6
-  local entry = redis.call('XPENDING', stream, ARGV[4], ARGV[a], ARGV[a], 1)[1]
+  local read, pending = pcall(redis.call, 'XPENDING', stream, ARGV[4], ARGV[a], ARGV[a], 1)
+  local entry = read and pending[1]
   if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[a + 5]) then
-    local status = redis.call('HGET', job, 'status')
+    local ok, status = pcall(redis.call, 'HGET', job, 'status')
+    if not ok then status = nil end
     if status == 'queued' or status == 'running' or status == 'retrying'
         or status == 'scheduled' then
       redis.call('HSET', job, 'status', 'running', 'started_ms', ARGV[1],
