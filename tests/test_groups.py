@@ -10,14 +10,22 @@ restarts just before the oldest entry whose job is unfinished.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from streamq import App
+from streamq import App, Settings
 from streamq.keys import GROUP
 from streamq.worker.fetch import Fetcher
-from tests.conftest import running_worker, wait_until
+from tests.conftest import (
+    assert_no_key_leak,
+    drop_queue,
+    queue_name,
+    running_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +82,48 @@ async def test_a_group_destroyed_between_workers_restarts_at_the_unfinished_jobs
         assert [await job.result(timeout=10) for job in waiting] == [3, 4]
         await anyio.sleep(0.2)
     assert runs == [1, 2, 3, 4]
+
+
+async def test_a_busy_worker_recreates_a_destroyed_group_without_rerunning_history(
+    redis_url: str,
+) -> None:
+    """The group goes while a busy worker reads through the fetch script: the script
+    must not recreate it at id 0 (that reran every retained, finished job); the
+    worker recreates it at the restart point, as on the blocking path.
+
+    Many queued jobs keep the worker on the non-blocking ``fetch`` path, and the
+    reclaim pass (which also meets NOGROUP) runs only at start. Jobs in flight
+    when the group goes may run again (their ack finds no pending entry): only
+    jobs already finished must not."""
+    settings = Settings(janitor_interval_s=60.0)
+    app = App(queue_name(), redis_url=redis_url, settings=settings)
+    runs: Counter[int] = Counter()
+
+    @app.task(name="t")
+    async def t(n: int) -> int:
+        runs[n] += 1
+        await anyio.sleep(0.01)
+        return n
+
+    async with app:
+        jobs = await t.enqueue_many([(n,) for n in range(300)])
+        with capture_logs() as logs:
+            async with running_worker(app, concurrency=8):
+                await wait_until(lambda: len(runs) >= 40, 10, "some jobs to finish")
+                infos = [await job.info() for job in jobs]
+                finished = {n for n, info in enumerate(infos) if info.get("status") == "succeeded"}
+                await destroy_groups(app)
+                assert [await job.result(timeout=30) for job in jobs] == list(range(300))
+                await anyio.sleep(0.2)
+        assert len(finished) < 300, "every job finished before the group was destroyed"
+        assert finished, "no job finished before the group was destroyed"
+        rerun = sorted(n for n in finished if runs[n] > 1)
+        assert rerun == [], f"{len(rerun)} finished jobs ran again (the group restarted at 0)"
+        assert set(runs) == set(range(300))
+        recreated = [e for e in logs if e["event"] == "consumer group missing; recreating it"]
+        assert recreated
+        await assert_no_key_leak(app)
+        await drop_queue(app)
 
 
 async def test_reclaim_recreates_a_destroyed_group(app: App) -> None:

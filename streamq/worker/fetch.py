@@ -15,9 +15,10 @@ In order of preference:
 Delivery counts always come from Redis (DESIGN.md invariant 5).
 
 A group destroyed under a running worker (``XGROUP DESTROY``) makes the
-blocking read and the reclaim pass fail with NOGROUP: the fetcher recreates
-the groups and reads again. Not at id 0: the streams keep acked entries as
-the audit history, and a group at 0 would run every retained job again.
+blocking read and the reclaim pass fail with NOGROUP, and the fetch script
+report the stream: the fetcher recreates the groups and reads again. Not at
+id 0: the streams keep acked entries as the audit history, and a group at 0
+would run every retained job again.
 The group restarts just before the oldest entry whose job is unfinished
 (``restart_point``), so nothing queued or in flight is skipped either.
 """
@@ -115,7 +116,11 @@ class Fetcher:
             try:
                 await self._redis.xgroup_create(stream, GROUP, id=start, mkstream=True)
             except OutOfMemoryError:
-                continue  # the fetch script (allowed at maxmemory) creates it when needed
+                # A new stream: the fetch script (allowed at maxmemory) creates it at 0.
+                # A lost group waits for memory (the script never recreates it at 0).
+                if lost:
+                    self._log.warning("consumer group not recreated at maxmemory", stream=stream)
+                continue
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -234,12 +239,32 @@ class Fetcher:
         raise exc
 
     async def fetch(self, count: int) -> list[Message]:
-        """Up to ``count`` new messages without blocking, highest priority first."""
+        """Up to ``count`` new messages without blocking, highest priority first.
+
+        The script creates the group only on a stream that does not exist yet
+        (at id 0, also at maxmemory); a stream that lost its group comes back
+        with no entries, and the groups are recreated here at the restart
+        point, as on NOGROUP in ``wait``/``reclaim``, before reading again.
+        """
+        reply = await self._fetch(count)
+        lost = [stream for stream, entries in reply if not entries]
+        if not lost:
+            return self._messages(reply)
+        await self._recover(ResponseError(f"NOGROUP consumer group missing on {', '.join(lost)}"))
+        messages = self._messages(reply)
+        if len(messages) < count:
+            # At maxmemory the group may still be missing: that stream waits, the rest run.
+            messages = sorted(
+                messages + self._messages(await self._fetch(count - len(messages))),
+                key=lambda m: self._rank[m.stream],
+            )
+        return messages
+
+    async def _fetch(self, count: int) -> list[tuple[str, list[Entry]]]:
         try:
-            reply = await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
+            return await self._scripts.fetch(self.streams, GROUP, self._consumer, count)
         except ResponseError as exc:
             await self._failed(exc)
-        return self._messages(reply)
 
     async def wait(self, free: int, max_block_ms: int | None = None) -> tuple[list[Message], bool]:
         """Block until at least one stream has a new message (or the block expires).
