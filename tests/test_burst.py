@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from streamq import App, JobStatus, Settings, Worker
 from streamq.keys import GROUP
 from streamq.worker import BURST_HORIZON_S
-from tests.conftest import drop_queue, queue_name
+from tests.conftest import drop_queue, queue_name, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -91,9 +91,11 @@ async def test_fetch_loop_logs_redis_errors_with_their_message(app: App) -> None
         async with anyio.create_task_group() as tg:
             worker = Worker(app, burst=True)
             tg.start_soon(worker.run)
-            with anyio.fail_after(20):
-                while not any(r["event"] == "fetch failed; retrying" for r in logs):
-                    await anyio.sleep(0.01)
+            await wait_until(
+                lambda: any(r["event"] == "fetch failed; retrying" for r in logs),
+                timeout=20,
+                description="the fetch loop's failure logged",
+            )
             await redis.delete(app.keys.delayed)
     (first, *_) = [r for r in logs if r["event"] == "fetch failed; retrying"]
     assert "WRONGTYPE" in first["error"]
