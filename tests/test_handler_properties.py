@@ -27,24 +27,12 @@ from streamq import App, JobStatus, Settings
 from streamq.keys import GROUP
 from tests.apps.process import streamq_child
 from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
+from tests.test_hostile_handlers import BrokenBoth, BrokenStr
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT_S = 0.2
 FINAL = {"succeeded", "failed", "dead"}
-
-
-class BrokenStr(Exception):
-    def __str__(self) -> str:
-        raise RuntimeError("broken __str__")
-
-
-class BrokenBoth(Exception):
-    def __str__(self) -> str:
-        raise RuntimeError("broken __str__")
-
-    def __repr__(self) -> str:
-        raise RuntimeError("broken __repr__")
 
 
 class CustomBase(BaseException):
