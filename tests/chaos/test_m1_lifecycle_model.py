@@ -11,8 +11,9 @@ forgets what it holds; the PEL keeps it), reclaim (``Fetcher.reclaim`` with a
 DLQ (``streamq.dlq``). Consumers may act on messages they no longer own
 (after a crash or a reclaim by another).
 
-The model predicts every reply (what a fetch or reclaim returns, in priority
-and FIFO order; whether an outcome is recorded, already recorded, or refused by
+The model predicts every reply (what a fetch returns, in priority and FIFO
+order; what a reclaim returns, in priority order and, within a stream, from
+the reclaim cursor on; whether an outcome is recorded, already recorded, or refused by
 fencing) and where each job is. After every step the invariant is read back
 from Redis: each job id is in exactly one of succeeded, the DLQ, a PEL, a
 stream not yet delivered, or the delayed set; never lost, never in two. One
@@ -121,6 +122,8 @@ class Lifecycle(RuleBasedStateMachine):
         """Per priority, FIFO groups; order within a group (one promote batch) is free."""
         # Keyed by (stream, id): two streams can hand out the same id in one millisecond.
         self.pel: dict[MessageKey, Pending] = {}
+        self.reclaim_cursor: dict[str, bytes | None] = {}
+        """Per stream: where the reclaim script's next scan starts (after this id)."""
         self.held: dict[str, dict[MessageKey, Message]] = {c: {} for c in CONSUMERS}
         self.delayed: dict[str, int] = {}
         self.last_call: tuple[str, Message, Outcome, int] | None = None
@@ -313,10 +316,24 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(consumer=st.sampled_from(CONSUMERS), count=st.integers(1, 5))
     def reclaim(self, consumer: str, count: int) -> None:
         time.sleep(0.003)  # every pending entry is now idle past the 1 ms timeout
-        rank = {self.app.keys.stream(p): i for i, p in enumerate(PRIORITIES)}
-        order = sorted(self.pel, key=lambda k: (rank[k[0]], id_order(k[1])))
+        # Streams in priority order; within one, the scan continues after the last
+        # call's cursor to the end of the PEL, then wraps to its head.
+        expected: list[MessageKey] = []
+        for priority in PRIORITIES:
+            want = count - len(expected)
+            if want <= 0:
+                break
+            stream = self.app.keys.stream(priority)
+            ids = sorted((k[1] for k in self.pel if k[0] == stream), key=id_order)
+            cursor = self.reclaim_cursor.get(stream)
+            if cursor is not None:
+                after = [i for i in ids if id_order(i) > id_order(cursor)]
+                ids = after + [i for i in ids if id_order(i) <= id_order(cursor)]
+            taken = ids[:want]
+            expected += [(stream, i) for i in taken]
+            self.reclaim_cursor[stream] = taken[-1] if len(taken) == want else None
         got = run(self.fetchers[consumer].reclaim, count)
-        assert [key_of(m) for m in got] == order[:count]
+        assert [key_of(m) for m in got] == expected
         for message in got:
             entry = self.pel[key_of(message)]
             assert message.deliveries == entry.deliveries + 1
