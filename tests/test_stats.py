@@ -17,7 +17,7 @@ from streamq.keys import GROUP
 from streamq.stats import collect
 from tests.apps.process import streamq_child
 from tests.apps.slow import ADD, register
-from tests.conftest import queue_name, running_worker, subprocess_env
+from tests.conftest import bound_lost_jobs, queue_name, running_worker, subprocess_env
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +139,8 @@ async def test_lag_the_server_cannot_tell_is_estimated_and_labelled(app: App) ->
     assert (by_name["low"].lag, by_name["low"].lag_estimated) == (2, True)  # truly 1
     assert (by_name["default"].lag, by_name["default"].lag_estimated) == (2, False)
     assert by_name["low"].pending == 1
+    # Their jobs' messages were deleted: the janitor's lost-job duty bounds the hashes.
+    assert len(await bound_lost_jobs(app)) == 2
 
 
 def streamq_stats(url: str, queue: str, *args: str) -> subprocess.CompletedProcess[str]:
