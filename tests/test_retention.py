@@ -22,8 +22,8 @@ pytestmark = pytest.mark.anyio
 NOW = Settings(retention_s=0, visibility_timeout_s=0.3, janitor_interval_s=0.05)
 
 
-async def make_app(redis_url: str, settings: Settings = NOW) -> App:
-    app = App(queue_name(), redis_url=redis_url, settings=settings)
+async def make_app(redis_url: str, settings: Settings = NOW, name: str | None = None) -> App:
+    app = App(name or queue_name(), redis_url=redis_url, settings=settings)
 
     @app.task(name="noop")
     async def noop(n: int) -> int:
@@ -51,7 +51,12 @@ async def test_pending_entries_survive_trimming_and_still_run(redis_url: str) ->
         ghost = Fetcher(redis, await app.scripts(), app.keys, app.settings, "ghost", 100)
         taken = await ghost.fetch(50)  # a worker that took 50 jobs and died
         assert [m.fields[b"id"].decode() for m in taken if m.fields] == held[:50]
-        await Worker(app, burst=True, concurrency=50, janitor=False).run()
+        # A worker that runs the other 200 but does not reclaim the ghost's 50 yet
+        # (a long visibility timeout; --burst would wait for them, since 37d47b9).
+        patient = await make_app(redis_url, NOW.with_changes(visibility_timeout_s=60), app.name)
+        async with patient, running_worker(patient, concurrency=50, janitor=False):
+            for job_id in held[50:]:
+                assert await patient.job(job_id).result(timeout=20) is not None
         # Now: 250 acked, then 50 pending to a dead consumer, then 200 acked.
 
         await Janitor(app, "janitor").trim()
