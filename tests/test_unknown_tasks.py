@@ -14,7 +14,7 @@ import warnings
 import anyio
 import pytest
 
-from streamq import App, JobStatus, Settings
+from streamq import App, DeadLetters, JobStatus, Settings
 from streamq.worker import MAX_BOUNCES, unknown_task_hint
 from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
@@ -99,3 +99,46 @@ def test_hint_names_the_cause() -> None:
     assert "'app.send'" in unknown_task_hint("__main__.send", ["app.send"])
     assert "different module names" in unknown_task_hint("tasks.send", ["app.tasks.send"])
     assert "deploy a worker" in unknown_task_hint("x.y", [])
+
+
+async def test_a_bounced_job_is_located_and_a_requeue_starts_its_count_afresh(
+    redis_url: str,
+) -> None:
+    """The hash says where a bounced message waits (msg_id 'delayed', due_ms), so
+    the janitor's lost-job check never takes it for lost; a DLQ requeue drops
+    the dead run's bounce count."""
+    name = queue_name()
+    producer = make_app(name, redis_url, ["ghost"])
+    slow = Settings(janitor_interval_s=30.0, visibility_timeout_s=60.0)
+    stranger = App(name, redis_url=redis_url, settings=slow)
+    async with producer, stranger:
+        job = await producer.enqueue("ghost", 1)
+        redis = await producer.redis()
+        async with running_worker(stranger):
+
+            async def bounced() -> bool:
+                return (await job.info()).get("msg_id") == "delayed"
+
+            await wait_until(bounced, timeout=20, description="the job bounced")
+        info = await job.info()
+        assert info["status"] == "queued" and int(info["due_ms"]) > 0
+        scripts = await producer.scripts()
+        lost = await scripts.lost(
+            events=producer.keys.events, delayed=producer.keys.delayed,
+            streams=producer.streams, group="workers", events_maxlen=1000,
+            result_ttl_ms=1000, safe_age_ms=0,
+            jobs=[(job.id.encode(), producer.keys.job(job.id).encode())], mark=False,
+        )  # fmt: skip
+        assert lost == []
+        ((member, _),) = await redis.zrange(producer.keys.delayed, 0, -1, withscores=True)
+        assert b'"bounces","1"' in member
+        dlq_id = await redis.xadd(
+            producer.keys.dlq,
+            {"v": "1", "id": "old-ghost", "task": "ghost", "ct": "json",
+             "payload": '{"args":[1],"kwargs":{}}', "attempt": "1", "enq_ms": "0",
+             "bounces": "12", "dlq_reason": "no worker knew it", "dlq_error_type": "UnknownTask"},
+        )  # fmt: skip
+        assert await DeadLetters(producer).requeue(dlq_id.decode()) == "old-ghost"
+        ((_, entry),) = await redis.xrevrange(producer.keys.stream("default"), count=1)
+        assert entry[b"id"] == b"old-ghost" and b"bounces" not in entry
+        await drop_queue(producer)

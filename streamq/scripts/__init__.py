@@ -404,14 +404,14 @@ class Scripts:
         return list(await self._call("lost", keys, args))
 
     async def bounce(
-        self, *, stream: str, delayed: str, events: str, group: str, consumer: str,
-        msg_id: bytes, deliveries: int, priority: str, max_bounces: int, base_delay_ms: int,
-        max_delay_ms: int, events_maxlen: int,
+        self, *, stream: str, delayed: str, events: str, job_key: str, group: str,
+        consumer: str, msg_id: bytes, deliveries: int, priority: str, max_bounces: int,
+        base_delay_ms: int, max_delay_ms: int, events_maxlen: int,
     ) -> tuple[int, int, int]:  # fmt: skip
         """Hand a message back for another worker: (1, bounces, delay ms) bounced,
         (-1, bounces, 0) past ``max_bounces`` (nothing written), (0, 0, 0) not ours."""
         reply = await self._call(
-            "bounce", [stream, delayed, events],
+            "bounce", [stream, delayed, events, job_key],
             [group, consumer, msg_id, deliveries, priority, max_bounces, base_delay_ms,
              max_delay_ms, events_maxlen],
         )  # fmt: skip

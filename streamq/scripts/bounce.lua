@@ -9,7 +9,10 @@
 -- count as deliveries (TooManyDeliveries is for messages that kill workers).
 -- Past the limit the caller dead-letters it (reply -1) with the reason.
 --
--- KEYS[1] stream   KEYS[2] delayed zset   KEYS[3] events stream
+-- The job hash (if not final) records where the message now is (msg_id
+-- 'delayed', due_ms), so the janitor's lost-job check finds it there.
+--
+-- KEYS[1] stream   KEYS[2] delayed zset   KEYS[3] events stream   KEYS[4] job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] msg id   ARGV[4] delivery count
 -- ARGV[5] priority   ARGV[6] max bounces   ARGV[7] base delay ms   ARGV[8] max delay ms
 -- ARGV[9] events maxlen
@@ -19,6 +22,15 @@ local MAX_VALUES = 2000  -- cjson-encoded, not unpacked; still, bound what we co
 local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
 if not (entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[4])) then
   return {0}
+end
+local status = redis.call('TYPE', KEYS[4])['ok'] == 'hash'
+  and redis.call('HGET', KEYS[4], 'status') or false
+-- Nothing may raise after the XACK below: check the shared keys' types first.
+for k, want in pairs({[KEYS[2]] = 'zset', [KEYS[3]] = 'stream'}) do
+  local found = redis.call('TYPE', k)['ok']
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('WRONGTYPE ' .. k .. ' holds a ' .. found .. ', not a ' .. want)
+  end
 end
 local original = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])[1]
 if not original or #original[2] > MAX_VALUES then return {0} end
@@ -42,6 +54,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 table.insert(fields, 1, ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], now + delay, cjson.encode(fields))
+if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+  redis.call('HSET', KEYS[4], 'msg_id', 'delayed', 'due_ms', tostring(now + delay))
+end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'bounced', 'job', job,
   'task', task, 'msg', ARGV[3], 'worker', ARGV[2], 'bounces', bounces, 'delay_ms', delay,
   'error', 'unknown task: no handler registered on this worker', 'ts', now)

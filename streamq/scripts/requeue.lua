@@ -31,7 +31,8 @@ if #src > MAX_VALUES then
 end
 for f = 1, #src - 1, 2 do
   local name, value = src[f], src[f + 1]
-  if string.sub(name, 1, 4) ~= 'dlq_' then
+  -- dlq_* is the DLQ's own metadata; bounces counted hand-backs of the dead run.
+  if string.sub(name, 1, 4) ~= 'dlq_' and name ~= 'bounces' then
     if name == 'attempt' then value = '1' end
     if name == 'id' then job = value end
     if name == 'task' then task = value end

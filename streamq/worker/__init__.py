@@ -509,7 +509,8 @@ class Worker:
         try:
             code, bounces, delay_ms = await (await self.app.scripts()).bounce(
                 stream=message.stream, delayed=self.app.keys.delayed,
-                events=self.app.keys.events, group=GROUP, consumer=self.consumer,
+                events=self.app.keys.events, job_key=self.app.keys.job(env.job_id),
+                group=GROUP, consumer=self.consumer,
                 msg_id=message.msg_id, deliveries=message.deliveries, priority=message.priority,
                 max_bounces=MAX_BOUNCES, base_delay_ms=int(settings.janitor_interval_s * 1000),
                 max_delay_ms=int(min(60.0, settings.visibility_timeout_s) * 1000),
