@@ -26,11 +26,12 @@ end
 local status = redis.call('TYPE', KEYS[4])['ok'] == 'hash'
   and redis.call('HGET', KEYS[4], 'status') or false
 -- Nothing may raise after the XACK below: check the shared keys' types first.
-for k, want in pairs({[KEYS[2]] = 'zset', [KEYS[3]] = 'stream'}) do
-  local found = redis.call('TYPE', k)['ok']
-  if found ~= 'none' and found ~= want then
-    return redis.error_reply('WRONGTYPE ' .. k .. ' holds a ' .. found .. ', not a ' .. want)
-  end
+local delayed_type = redis.call('TYPE', KEYS[2])['ok']
+local events_type = redis.call('TYPE', KEYS[3])['ok']
+if (delayed_type ~= 'none' and delayed_type ~= 'zset')
+    or (events_type ~= 'none' and events_type ~= 'stream') then
+  return redis.error_reply('WRONGTYPE the delayed set or the events stream of this queue '
+    .. 'holds another type (see streamq doctor)')
 end
 local original = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])[1]
 if not original or #original[2] > MAX_VALUES then return {0} end
