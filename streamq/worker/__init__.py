@@ -17,7 +17,6 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -31,11 +30,11 @@ from streamq.decide import Decision, admit, decide, max_retries_for
 from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
-from streamq.keys import GROUP
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
+from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
 from streamq.worker.execute import (
     Execution,
     describe_message,
@@ -48,39 +47,17 @@ from streamq.worker.heartbeat import Heartbeat
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
+from streamq.worker.unknown import MAX_BOUNCES, hand_back, unknown_task_hint
 
 __all__ = ["BURST_HORIZON_S", "MAX_BOUNCES", "Worker", "unknown_task_hint"]
 
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-MAX_BOUNCES = 12
-"""Times a message whose task a worker does not know is handed back before the DLQ."""
-BURST_HORIZON_S = 60.0
-"""A burst worker waits for delayed jobs (retries, schedules) due within this many seconds."""
 _WRITER_DRAIN_S = 30.0
 
 
 def consumer_name() -> str:
     """host:pid:random — unique per process, readable in XINFO CONSUMERS."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def unknown_task_hint(name: str, known: Iterable[str]) -> str:
-    """The likely cause of an unknown task name, and its fix."""
-    short = name.rsplit(".", 1)[-1]
-    alike = sorted(t for t in known if t.rsplit(".", 1)[-1] == short)
-    here = f" (this worker registers {alike[0]!r})" if alike else ""
-    if name.startswith("__main__."):
-        return (
-            f"the producer registered it as {name!r} because it ran its module as a "
-            f"script; give the task an explicit name (@app.task(name=...)) or import it "
-            f"from its module{here}"
-        )
-    if alike:
-        return (
-            f"this worker registers {alike[0]!r}: producer and worker import the handler "
-            f"under different module names; give the task an explicit name"
-        )
-    return "no handler of that name is registered here: deploy a worker that has it"
 
 
 class Worker:
@@ -131,7 +108,6 @@ class Worker:
         self.exit_code = 0
         """128 + the signal's number after a second signal forced the stop (the CLI's code)."""
         self.watchdog = Watchdog()
-        self._burst_said_at = float("-inf")
         self._running = 0
         self._unsettled = 0  # fetched and not yet recorded (or dropped)
         self._changed = anyio.Event()
@@ -142,6 +118,7 @@ class Worker:
         self._heartbeat: Heartbeat | None = None
         self._decoded: dict[tuple[str, bytes], Envelope] = {}
         self._log = get_logger(queue=app.name, worker=self.consumer)
+        self._burst = BurstCheck(app, self._log)
 
     _writer: OutcomeWriter  # set by run()
 
@@ -325,43 +302,9 @@ class Worker:
             self._idle.popleft().set()
 
     async def _burst_done(self) -> bool:
-        """True once nothing is waiting, in flight or stale, and nothing is due soon.
-
-        Pending entries held by other consumers are waited for: they finish,
-        or go stale and are reclaimed by this worker's next reclaim pass.
-        """
         if self._unsettled > 0 or self._ready:
             return False
-        app = self.app
-        redis = await app.redis()
-        async with redis.pipeline(transaction=False) as pipe:
-            for stream in app.streams:
-                pipe.xpending(stream, GROUP)
-            pipe.time()
-            pipe.zcard(app.keys.delayed)
-            pipe.zrange(app.keys.delayed, 0, 0, withscores=True)
-            *summaries, (seconds, micros), scheduled, first = await pipe.execute()
-        pending = sum(int(s["pending"]) for s in summaries)
-        if pending:
-            now = time.monotonic()
-            if now >= self._burst_said_at + 10.0:
-                self._burst_said_at = now
-                self._log.info(
-                    "burst: waiting for jobs pending at other consumers "
-                    "(they finish, or are reclaimed once past their visibility timeout)",
-                    pending=pending,
-                )
-            return False
-        if not scheduled:
-            return True
-        next_due_in_s = (first[0][1] - (seconds * 1000 + micros // 1000)) / 1000
-        if next_due_in_s <= BURST_HORIZON_S:
-            return False
-        self._log.info(
-            "burst: only scheduled jobs remain; exiting", scheduled=int(scheduled),
-            next_due_in_s=round(next_due_in_s, 1),
-        )  # fmt: skip
-        return True
+        return await self._burst.queue_done()
 
     def _hold(self, message: Message) -> None:
         self._unsettled += 1
@@ -493,41 +436,8 @@ class Worker:
         )
 
     async def _unknown_task(self, message: Message, env: Envelope) -> None:
-        """Hand the message back for a worker that knows its task, or dead-letter it.
-
-        Workers with different task sets may share a queue (or a rolling deploy
-        is half done): the message goes back through the delayed set, with a
-        backoff, up to ``MAX_BOUNCES`` times. Bounces are not deliveries, so
-        TooManyDeliveries never fires before a knowing worker had its chance.
-        """
-        settings = self.app.settings
-        hint = unknown_task_hint(env.task, self.app.tasks)
-        log = self._log.bind(
-            job_id=env.job_id, task=env.task, attempt=env.attempt, duration_ms=0,
-            deliveries=message.deliveries,
-        )  # fmt: skip
-        try:
-            code, bounces, delay_ms = await (await self.app.scripts()).bounce(
-                stream=message.stream, delayed=self.app.keys.delayed,
-                events=self.app.keys.events, job_key=self.app.keys.job(env.job_id),
-                group=GROUP, consumer=self.consumer,
-                msg_id=message.msg_id, deliveries=message.deliveries, priority=message.priority,
-                max_bounces=MAX_BOUNCES, base_delay_ms=int(settings.janitor_interval_s * 1000),
-                max_delay_ms=int(min(60.0, settings.visibility_timeout_s) * 1000),
-                events_maxlen=settings.events_maxlen,
-            )  # fmt: skip
-        except RedisError as exc:
-            log.error("unknown task; not handed back, it stays pending", error=str(exc))
-            return
-        if code == 1:
-            log.warning(
-                "unknown task; handed back for a worker that knows it", bounces=bounces,
-                max_bounces=MAX_BOUNCES, retry_in_ms=delay_ms, hint=hint,
-            )  # fmt: skip
-        elif code == -1:
-            reason = (
-                f"no worker that knows task {env.task!r} took it in {MAX_BOUNCES} tries: {hint}"
-            )
+        reason = await hand_back(self.app, self.consumer, message, env, self._log)
+        if reason is not None:
             await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask")
 
     async def _dead_letter(
