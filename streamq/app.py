@@ -17,6 +17,7 @@ from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, Serializatio
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
+from streamq.revive import reviver
 from streamq.scripts import Arg, Scripts
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
@@ -194,10 +195,12 @@ class App:
             async with self._connect_lock:
                 if self._redis is None:
                     url = self.settings.redis_url
+                    revive = None
                     if url is None:
                         self._embedded = embedded.Embedded(embedded.data_dir())
                         url = await anyio.to_thread.run_sync(self._embedded.ensure)
-                    self._redis = make_client(url, self.settings)
+                        revive = reviver(embedded.Embedded(self._embedded.directory))
+                    self._redis = make_client(url, self.settings, revive)
         return self._redis
 
     async def scripts(self) -> Scripts:
@@ -206,15 +209,12 @@ class App:
         return self._scripts
 
     async def close(self) -> None:
-        """Close connections; stop the embedded server if this process started it."""
+        """Close connections. The embedded server keeps running for other processes."""
         await self.result_waiters.aclose()
         client, self._redis, self._scripts = self._redis, None, None
         if client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
-        owned, self._embedded = self._embedded, None
-        if owned is not None and owned.owned:
-            await anyio.to_thread.run_sync(owned.close)
 
     async def __aenter__(self) -> App:
         await self.redis()

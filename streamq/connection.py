@@ -13,7 +13,7 @@ timeout, which is safe because every streamq write is idempotent by job id.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -23,6 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from streamq.revive import RevivingRetry
 from streamq.settings import Settings
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -34,8 +35,17 @@ except ImportError:  # pragma: no cover - hiredis is a dependency
 POOL_WAIT_S = 30.0
 
 
-def make_client(url: str, settings: Settings) -> Redis:
-    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=8)
+def make_client(
+    url: str, settings: Settings, revive: Callable[[], Awaitable[None]] | None = None
+) -> Redis:
+    """A pooled client; ``revive`` runs after each connection error (the embedded server)."""
+    backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
+    retryable = (RedisConnectionError, RedisTimeoutError)
+    retry = (
+        Retry(backoff, retries=8, supported_errors=retryable)
+        if revive is None
+        else RevivingRetry(backoff, 8, retryable, revive)
+    )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=settings.max_connections,

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from streamq import App, Worker
-from streamq.embedded import ValkeyServer
+from streamq.embedded import Embedded, ValkeyServer
 from streamq.keys import GROUP
 
 # Keys that legitimately live without a TTL (the audit history and queues).
@@ -47,10 +47,17 @@ def redis_url(valkey: ValkeyServer) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test touches the developer's real embedded server or its data dir."""
-    monkeypatch.setenv("STREAMQ_HOME", str(tmp_path / "home"))
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test touches the developer's real embedded server or its data dir.
+
+    The embedded server is detached by design (it outlives whoever started
+    it), so whatever a test left running under its home is stopped after it.
+    """
+    home = tmp_path / "home"
+    monkeypatch.setenv("STREAMQ_HOME", str(home))
     monkeypatch.delenv("STREAMQ_REDIS_URL", raising=False)
+    yield
+    Embedded(home).stop()
 
 
 def queue_name() -> str:

@@ -14,6 +14,7 @@ import typer
 
 from streamq.cli import demo, doctor, janitor, replay, stats, worker
 from streamq.cli.dlq import dlq_cli
+from streamq.cli.server import server_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -28,6 +29,7 @@ cli.command("worker")(worker.worker)
 cli.command("janitor")(janitor.janitor)
 cli.command("replay")(replay.replay)
 cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(server_cli, name="server")
 cli.command("demo")(demo.demo)
 cli.command("stats")(stats.stats)
 cli.command("doctor")(doctor.doctor)
