@@ -1,8 +1,9 @@
 """Quickstart: define tasks, enqueue jobs, run a worker, read the results.
 
 Run it with ``python examples/quickstart.py``. With no ``$STREAMQ_REDIS_URL``
-it uses the embedded valkey-server (started on first use, stopped when this
-process exits). The same ``app`` serves a long-running worker too:
+it uses the embedded valkey-server (started on first use; it keeps running
+for the next process until ``streamq server stop``). The same ``app`` serves a
+long-running worker too:
 
     streamq worker examples.quickstart:app --concurrency 50
 

@@ -209,6 +209,25 @@ def test_producer_with_its_own_worker(redis_url: str) -> None:
     assert re.fullmatch(r"30/30 sent, 0 failed, in [\d.]+ s", proc.stdout.splitlines()[-1])
 
 
+def test_producer_without_a_worker_says_it_waits_for_one(redis_url: str) -> None:
+    """With no worker on the queue, the producer says what it waits for and how to start one.
+
+    Before, it sat silent until its timeout (120 s by default). It still
+    exits 1 when the batch does not finish in time.
+    """
+    proc = run(
+        [sys.executable, "-W", "error", "examples/producer.py", "--jobs", "3", "--timeout", "2"],
+        redis_url,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "no worker is reading queue" in out, out
+    assert "streamq worker examples.emails:app" in out, out
+    assert "0/3 sent, 0 failed" in out.splitlines()[-1], out
+    # The jobs stay queued for the worker that comes later.
+    assert "are still queued" in out, out
+
+
 @pytest.fixture
 def web_example(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """examples/web_app.py imported afresh, on a fresh queue with room for 2 pending jobs."""
