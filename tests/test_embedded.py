@@ -185,11 +185,13 @@ async def test_sigterm_on_a_waiting_producer_leaves_a_server_everyone_can_find()
 
 
 @pytest.mark.anyio
-async def test_a_running_worker_starts_the_server_again_when_it_is_gone() -> None:
-    """Stop the server under a running worker: the worker brings it back on the same data.
+@pytest.mark.parametrize("how", ["server-stop", "sigkill"])
+async def test_a_running_worker_starts_the_server_again_when_it_is_gone(how: str) -> None:
+    """Stop or kill the server under a running worker: it comes back on the same data.
 
-    A job enqueued before the stop and one enqueued after both complete. Before,
-    the worker only logged ``fetch failed; retrying`` forever.
+    A job enqueued before and one enqueued after both complete. Before, the
+    worker only logged ``fetch failed; retrying`` forever. A SIGKILL leaves a
+    stale pid file and socket file behind; neither stops the restart.
     """
     home = embedded.data_dir()
     app = register(App("embedded-revive"))
@@ -197,7 +199,11 @@ async def test_a_running_worker_starts_the_server_again_when_it_is_gone() -> Non
         first = await app.enqueue(SLEEP, 0.0)
         async with running_worker(app, concurrency=2):
             assert await first.result(timeout=10) == 0.0
-            assert Embedded(home).stop() is not None
+            if how == "server-stop":
+                assert Embedded(home).stop() is not None
+            else:
+                (pid,) = valkey_pids_serving(home)
+                os.kill(pid, signal.SIGKILL)
             await wait_until(
                 lambda: embedded.ping(embedded.socket_path(home)),
                 timeout=30,
