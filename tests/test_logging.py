@@ -5,20 +5,30 @@ fields. So every job outcome line ("job succeeded", "job retried", "job
 failed") must carry job_id, task, queue, attempt and duration_ms, both in a
 real worker process (stdout a pipe, so JSON) and as structlog's
 ``capture_logs`` sees it in-process. Assertions are on parsed dicts.
+
+Used as a library, streamq follows the application's logging: its structlog
+configuration if it has one, else the stdlib logger ``streamq``, which is
+silent below warning until logging is configured. The CLI's tracebacks never
+show frame locals (payloads, URLs with passwords).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 import structlog
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from streamq import App, JobFailed, Worker, configure_logging
-from tests.apps.process import streamq_child
+from streamq.logging import get_logger
+from tests.apps import secret_payload
+from tests.apps.process import python_child, streamq_child
 from tests.apps.slow import ADD, FAIL, register
 from tests.conftest import subprocess_env
 
@@ -134,3 +144,190 @@ async def test_log_level_filters_job_events(app: App, capsys: pytest.CaptureFixt
     assert sorted(r["event"] for r in events) == ["job failed", "job retried"]
     assert {r["job_id"] for r in events} == {failing.id}
     assert {r["level"] for r in records} == {"warning", "error"}, records
+
+
+# The README's Usage, cut down: an App, a task, a burst worker, no logging set up.
+LIBRARY_SCRIPT = """
+import os
+import sys
+
+import anyio
+from streamq import App, JobFailed, Worker
+
+app = App(os.environ["STREAMQ_TEST_QUEUE"])   # URL from $STREAMQ_REDIS_URL
+
+
+@app.task(name="lib.send_email", max_retries=1, backoff_base=0.01)
+async def send_email(to: str, subject: str) -> dict[str, str]:
+    if subject == "fail":
+        raise ValueError("mailbox full")
+    return {"to": to, "status": "sent"}
+
+
+async def main() -> None:
+    async with app:
+        job = await send_email.enqueue("ada@example.com", sys.argv[1])
+        await Worker(app, burst=True).run()
+        try:
+            await job.result(timeout=10)
+        except JobFailed:
+            pass
+        with open(sys.argv[2], "w") as out:
+            out.write(job.id)
+
+anyio.run(main)
+"""
+
+
+async def run_library_script(
+    app: App, redis_url: str, tmp_path: Any, subject: str
+) -> tuple[str, list[str], list[str]]:
+    """(job id, stdout lines, stderr lines) of the script run as ``python -c``."""
+    id_file = tmp_path / "job_id"
+    env = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=app.name)
+    async with python_child(["-c", LIBRARY_SCRIPT, subject, str(id_file)], env) as child:
+        code = await child.wait(timeout_s=30)
+    assert code == 0, child.output()
+    return id_file.read_text(), child.stdout, child.stderr
+
+
+async def test_library_use_prints_nothing(app: App, redis_url: str, tmp_path: Any) -> None:
+    """The README's Usage in a script prints nothing: no line per job, none per worker.
+
+    Without logging configured, Python's convention for a library applies:
+    its logger ("streamq") stays silent below warning. With structlog's
+    defaults the worker printed "worker started", "job succeeded" and
+    "worker stopped" lines to stdout.
+    """
+    _, out, err = await run_library_script(app, redis_url, tmp_path, "hi")
+    assert (out, err) == ([], [])
+
+
+async def test_library_use_shows_only_warnings_and_errors_on_stderr(
+    app: App, redis_url: str, tmp_path: Any
+) -> None:
+    """Unconfigured, a job's retry (warning) and failure (error) still reach stderr.
+
+    That is stdlib logging's last-resort handler: problems are not silently
+    lost, while info lines (a job succeeded, the worker started) stay quiet.
+    Each line names the event and carries the job's id.
+    """
+    job_id, out, err = await run_library_script(app, redis_url, tmp_path, "fail")
+    assert out == []
+    assert [line.split(" ", 2)[:2] for line in err] == [["job", "retried"], ["job", "failed"]], err
+    for line in err:
+        assert f"job_id={job_id}" in line and "mailbox full" in line, line
+
+
+async def test_stdlib_logging_sees_job_events_when_structlog_is_not_configured(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application that configures only stdlib logging gets streamq's events.
+
+    They come from the ``streamq`` logger at the matching stdlib level, and
+    the message carries the job's context (``job_id=...``), so a plain
+    ``logging.basicConfig(level="INFO")`` shows which job did what.
+    """
+    register(app)
+    ok = await app.enqueue(ADD, 1, 2)
+    failing = await app.enqueue(FAIL, "on purpose")
+    caplog.set_level(logging.INFO, logger="streamq")
+    await Worker(app, burst=True).run()
+    seen = [
+        (r.levelname, event, r.getMessage())
+        for r in caplog.records
+        for event in JOB_EVENTS
+        if r.name == "streamq" and r.getMessage().startswith(f"{event} ")
+    ]
+    assert sorted((level, event) for level, event, _ in seen) == [
+        ("ERROR", "job failed"),
+        ("INFO", "job succeeded"),
+        ("WARNING", "job retried"),
+    ]
+    for _, event, message in seen:
+        job_id = ok.id if event == "job succeeded" else failing.id
+        assert f"job_id={job_id}" in message
+        assert f"queue={app.name}" in message and "attempt=" in message, message
+
+
+async def test_structlog_configured_after_the_worker_is_built_gets_its_events(app: App) -> None:
+    """An application that configures structlog sees streamq's events in its own pipeline.
+
+    Here the configuration comes after the Worker (and its loggers) exist, as
+    when an application builds its worker before its entry point sets up
+    logging. Loggers bound to the configuration of their creation would
+    print through structlog's defaults instead.
+    """
+    register(app)
+    ok = await app.enqueue(ADD, 2, 3)
+    worker = Worker(app, burst=True)
+    captured = LogCapture()
+    structlog.configure(processors=[captured])
+    await worker.run()
+    events = job_events(captured.entries)
+    assert_job_context(events, app)
+    assert [(r["event"], r["job_id"]) for r in events] == [("job succeeded", ok.id)]
+    # The worker's own logger, bound in Worker(): its lines must come here too.
+    (stopped,) = [r for r in captured.entries if r["event"] == "worker stopped"]
+    assert stopped["worker"] == worker.consumer
+
+
+SECRET = "hunter2-7f3a"
+
+
+def _connect(password: str) -> None:
+    url = f"redis://:{password}@db.internal:6379"
+    raise ConnectionError(f"cannot connect to db.internal ({len(url)} chars)")
+
+
+@pytest.mark.parametrize("mode", ["json", "console", "terminal"])
+def test_cli_tracebacks_never_show_frame_locals(
+    mode: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception logged under ``configure_logging`` shows its traceback, not its locals.
+
+    structlog's ``dict_tracebacks`` (JSON) and its Rich console formatter
+    render every frame's local variables by default: a payload or a URL
+    with its password would go to the log. The traceback itself (type,
+    message, frames) must still be there.
+    """
+    if mode == "terminal":
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    configure_logging(json=mode == "json", level="info")
+    try:
+        _connect(SECRET)
+    except ConnectionError:
+        get_logger(queue="q").exception("connect failed")
+    out = capsys.readouterr().out
+    assert "connect failed" in out
+    assert "ConnectionError" in out and "cannot connect to db.internal" in out
+    assert "_connect" in out, "the traceback's frames are missing"
+    assert SECRET not in out
+
+
+async def test_worker_process_log_of_a_bug_shows_no_payload_or_locals(
+    app: App, redis_url: str
+) -> None:
+    """A job whose decoding hits a bug is logged with a traceback free of secrets.
+
+    The worker logs "message not processed; it stays pending" with the
+    exception. The frames hold the job's payload (its argument is a
+    password) and a local secret; the JSON log line keeps the traceback and
+    leaves both out, on stdout and stderr.
+    """
+    secret_payload.register(app)
+    await app.enqueue(secret_payload.TASK, secret_payload.ARGUMENT_SECRET)
+    env = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=app.name)
+    args = ["worker", "tests.apps.secret_payload:app", "--no-janitor"]
+    async with streamq_child(args, env) as child:
+        await child.wait_for_line(
+            lambda line: "message not processed" in line, 30, "logging the bug"
+        )
+        child.signal(signal.SIGTERM)
+        code = await child.wait(timeout_s=30)
+    assert code == 0, child.output()
+    (record,) = [r for r in child.records() if r["event"].startswith("message not processed")]
+    assert "LookupError" in json.dumps(record["exception"]), record
+    output = child.output()
+    assert secret_payload.ARGUMENT_SECRET not in output
+    assert secret_payload.LOCAL_SECRET not in output
