@@ -12,7 +12,7 @@ import anyio
 from redis.asyncio import Redis
 
 from streamq import embedded
-from streamq.connection import make_client
+from streamq.connection import check_server, make_client
 from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, SerializationError
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
@@ -200,6 +200,7 @@ class App:
                         self._embedded = embedded.Embedded(embedded.data_dir())
                         url = await anyio.to_thread.run_sync(self._embedded.ensure)
                         revive = reviver(embedded.Embedded(self._embedded.directory))
+                    await check_server(url, self.settings)
                     self._redis = make_client(url, self.settings, revive)
         return self._redis
 

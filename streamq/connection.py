@@ -9,22 +9,31 @@ The pool is a BlockingConnectionPool: past ``max_connections`` a caller waits
 for a free connection instead of getting MaxConnectionsError (redis-py's
 default pool raises). Commands are retried after a dropped connection or a
 timeout, which is safe because every streamq write is idempotent by job id.
+
+Before the pool is made, ``check_server`` opens one connection without
+retries and bounded by ``connect_timeout_s``: an unreachable, silent, locked
+or too old server is refused there, with a message that says which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import str_if_bytes
 
+from streamq.errors import ConfigError, ServerTooOld, ServerUnavailable
 from streamq.revive import RevivingRetry
-from streamq.settings import Settings
+from streamq.settings import Settings, mask_url
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -106,3 +115,160 @@ _FAST_CLASSES: dict[type[Any], type[Any]] = {
     UnixDomainSocketConnection: _FastUnixConnection,
     SSLConnection: _FastSSLConnection,
 }
+
+
+# -- the connect-time check ------------------------------------------------------------
+
+MIN_REDIS = (7, 0)
+"""The scripts declare their flags in a ``#!lua flags=`` first line (Redis 7.0)."""
+MIN_VALKEY = (7, 2)
+"""The first Valkey release (forked from Redis 7.2): every Valkey qualifies."""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"7.2.4"`` → ``(7, 2, 4)``; ignores suffixes such as ``-rc1``."""
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+@dataclass(frozen=True, slots=True)
+class ServerVersion:
+    """What the server says it is: ``Valkey 8.1.1``, ``Redis 7.4.2``."""
+
+    product: str
+    version: str
+    redis_version: str
+    """The ``redis_version`` field (Valkey keeps reporting 7.2.x there)."""
+
+    @property
+    def minimum(self) -> tuple[int, ...]:
+        return MIN_VALKEY if self.product == "Valkey" else MIN_REDIS
+
+    @property
+    def supported(self) -> bool:
+        return version_tuple(self.version) >= self.minimum
+
+    def __str__(self) -> str:
+        return f"{self.product} {self.version}"
+
+
+def server_version(info: Mapping[str, Any]) -> ServerVersion:
+    """The version from ``INFO server`` fields (or from a HELLO reply's)."""
+    fields = {str_if_bytes(k): str_if_bytes(v) for k, v in info.items()}
+    redis_version = str(fields.get("redis_version") or fields.get("version") or "0")
+    if "valkey_version" in fields:
+        return ServerVersion("Valkey", str(fields["valkey_version"]), redis_version)
+    if str(fields.get("server", "")).lower() == "valkey":
+        return ServerVersion("Valkey", str(fields.get("version", "0")), redis_version)
+    return ServerVersion("Redis", redis_version, redis_version)
+
+
+async def check_server(url: str, settings: Settings) -> ServerVersion | None:
+    """Connect once, without retries, and check that streamq can use this server.
+
+    Connecting and each reply are bounded by ``settings.connect_timeout_s``, so
+    a refused connection fails at once and a server that never answers fails
+    after that bound, not after the pool's retries. Raises ServerUnavailable
+    (not there, no answer, authentication refused), ConfigError (a database
+    index the server does not have) or ServerTooOld (below Redis 7.0). Returns
+    the server's version, or None when the user may read neither ``INFO`` nor
+    ``HELLO`` (the version then goes unchecked; ``streamq doctor`` says so).
+    """
+    shown = mask_url(url)
+    wait = f"{settings.connect_timeout_s:g} s"
+    phase = "connect"
+
+    async def handshake(connection: Any) -> None:
+        nonlocal phase
+        phase = "handshake"
+        await connection.on_connect()
+        phase = "ready"
+
+    client = Redis.from_url(
+        url,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        redis_connect_func=handshake,
+        single_connection_client=True,
+    )
+    try:
+        try:
+            info = await _command(client, "INFO", "server")
+        except ResponseError:
+            if phase != "ready":
+                raise
+            info = await _hello(client)  # INFO denied to this user: HELLO says it too
+    except AuthenticationError as exc:
+        if "@" not in url.partition("://")[2].partition("/")[0]:
+            raise ServerUnavailable(
+                f"authentication required: {shown} asks for a password; put it in the URL, "
+                f"{_password_hint(url)}"
+            ) from None
+        raise ServerUnavailable(
+            f"authentication failed on {shown}: {exc} (check the user and password in the URL)"
+        ) from None
+    except RedisTimeoutError:
+        if phase == "connect":
+            raise ServerUnavailable(
+                f"cannot connect to {shown}: no connection within {wait}"
+            ) from None
+        raise ServerUnavailable(
+            f"{shown} accepted the connection but did not answer within {wait}; "
+            "is it a Redis server?"
+        ) from None
+    except RedisConnectionError as exc:
+        if phase == "connect":
+            raise ServerUnavailable(f"cannot connect to {shown}: {_why(exc)}") from None
+        raise ServerUnavailable(f"{shown} closed the connection: {exc}") from None
+    except ResponseError as exc:
+        text = str(exc)
+        if "DB index is out of range" in text:
+            db = client.connection_pool.connection_kwargs.get("db")
+            raise ConfigError(
+                f"redis_url names database {db}, which {shown} does not have "
+                "(its `databases` setting bounds the index)"
+            ) from None
+        if "unknown command" in text.lower() and "hello" in text.lower():
+            raise ServerTooOld(shown, "a server without HELLO (older than Redis 6.0)") from None
+        raise ServerUnavailable(f"{shown} refused the connection: {text}") from None
+    except RedisError as exc:
+        raise ServerUnavailable(f"{shown} did not answer as a Redis server: {exc}") from None
+    finally:
+        await client.aclose()
+    if info is None:
+        return None
+    version = server_version(info)
+    if not version.supported:
+        raise ServerTooOld(shown, str(version))
+    return version
+
+
+async def _command(client: Redis, *args: str) -> Any:
+    execute: Callable[..., Awaitable[Any]] = client.execute_command
+    return await execute(*args)
+
+
+async def _hello(client: Redis) -> Mapping[str, Any] | None:
+    try:
+        reply = await _command(client, "HELLO")
+    except ResponseError:
+        return None
+    if isinstance(reply, list):  # RESP2: field, value, field, value...
+        reply = dict(zip(reply[::2], reply[1::2], strict=False))
+    return reply if isinstance(reply, Mapping) else None
+
+
+def _password_hint(url: str) -> str:
+    if url.startswith("unix:"):
+        return "unix://:PASSWORD@/path/to/socket (or unix://USER:PASSWORD@/path/to/socket)"
+    scheme = url.partition("://")[0]
+    return f"{scheme}://:PASSWORD@host:port (or {scheme}://USER:PASSWORD@host:port)"
+
+
+def _why(exc: RedisConnectionError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused (is the server running, on that port?)"
+    if isinstance(cause, FileNotFoundError):
+        return "no such socket file (is the server running, with that unixsocket?)"
+    return str(exc)

@@ -4,12 +4,16 @@
 
     StreamqError
     ├── ConfigError            bad settings, App or task options (also a ValueError)
-    ├── UnknownPriorityError   a priority name the App does not define (also a ValueError)
+    │   └── UnknownPriorityError a priority name the App does not define
     ├── EnqueueError           enqueue refused; nothing was written
     │   ├── SerializationError arguments the serializer cannot encode (also a TypeError)
     │   ├── PayloadTooLarge    encoded arguments over ``max_payload_bytes``
     │   └── QueueFull          the queue already holds ``max_pending`` jobs
-    ├── EmbeddedServerError    the embedded valkey-server could not be found or started
+    ├── ServerError            the Redis server cannot be used (the CLI exits 3)
+    │   ├── ServerUnavailable  not reachable, no answer in time, or authentication
+    │   │                      refused (also a redis ConnectionError)
+    │   ├── ServerTooOld       older than Redis 7.0 (Valkey: any release)
+    │   └── EmbeddedServerError the embedded valkey-server could not be found or started
     ├── WrongKeyType           a key of the queue holds another Redis type than streamq's
     │                          (also a redis ResponseError, as the WRONGTYPE it replaces)
     ├── JobNotFound            no job hash for that id (never enqueued, or expired)
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 
@@ -82,7 +87,32 @@ class QueueFull(EnqueueError):
         self.accepted = accepted
 
 
-class EmbeddedServerError(StreamqError):
+class ServerError(StreamqError):
+    """The Redis server cannot be used: the CLI says why in one line and exits 3."""
+
+
+class ServerUnavailable(ServerError, RedisConnectionError):
+    """Raised on connecting when the server is not there, does not answer in time,
+    or refuses the credentials. The message names the URL (password masked) and
+    which of these it was. Also a redis ConnectionError, as what it replaces."""
+
+
+class ServerTooOld(ServerError):
+    """Raised on connecting to a server older than streamq needs (Redis 7.0).
+
+    streamq's scripts declare their flags in a ``#!lua flags=`` first line,
+    which older servers reject in every script call.
+    """
+
+    def __init__(self, url: str, found: str) -> None:
+        super().__init__(f"streamq needs Redis 7.0+ or Valkey 7.2+; {url} runs {found}")
+        self.url = url
+        """The server's URL, password masked."""
+        self.found = found
+        """What the server reported, e.g. ``Redis 6.2.14``."""
+
+
+class EmbeddedServerError(ServerError):
     """Raised when the embedded valkey-server cannot be found, started or reached."""
 
 

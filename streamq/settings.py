@@ -12,6 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio.connection import parse_url
 
 from streamq.errors import ConfigError
 
@@ -24,6 +27,60 @@ def check_name(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ConfigError(f"{kind} must match [A-Za-z0-9_.-]+, got {value!r}")
     return value
+
+
+_QUERY_PASSWORD = re.compile(r"(?<=[?&]password=)[^&#]*")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, tail = rest.partition("/")
+        if "?" in netloc:  # redis://host?db=1: the query starts the tail
+            netloc, question, query = netloc.partition("?")
+            slash, tail = "", question + query + slash + tail
+        userinfo, at, host = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if at and colon and password:
+            netloc = f"{user}:***@{host}"
+        url = f"{scheme}{sep}{netloc}{slash}{tail}"
+    return _QUERY_PASSWORD.sub("***", url)
+
+
+def check_redis_url(url: str) -> str:
+    """Reject a URL redis-py cannot use, saying which rule it broke (password masked)."""
+    shown = mask_url(url) if isinstance(url, str) else repr(url)
+
+    def bad(rule: str) -> ConfigError:
+        return ConfigError(f"redis_url {rule}, got {shown}")
+
+    if not isinstance(url, str):
+        raise bad("must be a string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise bad("must start with redis://, rediss:// or unix:// (redis://host:6379/0)")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise bad("needs the socket's path (unix:///path/to/valkey.sock)")
+    else:
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port is not None and not 1 <= port <= 65535:
+            raise bad("port must be 1..65535")
+    databases = parse_qs(parts.query).get("db", [])
+    if parts.scheme != "unix" and unquote(parts.path).strip("/"):
+        databases.append(unquote(parts.path).strip("/"))
+    for db in databases:
+        if not db.isdigit():
+            raise bad(f"database must be an integer >= 0 (/0, ?db=0), not {db!r}")
+    try:
+        parse_url(url)
+    except ValueError as exc:  # a query argument redis-py cannot parse
+        raise bad(str(exc).rstrip(".")) from None
+    return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +104,9 @@ class Settings:
     """Backpressure: enqueue raises QueueFull once the queue holds this many unfinished
     jobs (unread + delivered-not-acked + delayed, over all priorities). None: no limit."""
     socket_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    """The bound on connecting to the server and on its answer to the first
+    command: past it, connecting fails with ServerUnavailable instead of waiting."""
     max_connections: int = 64
     """Size of the connection pool; callers past it wait instead of failing."""
     max_retries: int = 3
@@ -75,6 +135,8 @@ class Settings:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
         check_name("prefix", self.prefix)
         if not self.priorities:
             raise ConfigError("priorities must name at least one priority")
@@ -83,8 +145,8 @@ class Settings:
         if len(set(self.priorities)) != len(self.priorities):
             raise ConfigError(f"priorities must be distinct, got {list(self.priorities)}")
         for name in (
-            "result_ttl_s", "socket_timeout_s", "visibility_timeout_s", "janitor_interval_s",
-            "consumer_idle_s", "trim_interval_s", "lost_job_age_s",
+            "result_ttl_s", "socket_timeout_s", "connect_timeout_s", "visibility_timeout_s",
+            "janitor_interval_s", "consumer_idle_s", "trim_interval_s", "lost_job_age_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -134,6 +196,8 @@ class Settings:
             values["retention_s"] = _number("STREAMQ_RETENTION", retention)
         if vis := env.get("STREAMQ_VISIBILITY_TIMEOUT"):
             values["visibility_timeout_s"] = _number("STREAMQ_VISIBILITY_TIMEOUT", vis)
+        if connect := env.get("STREAMQ_CONNECT_TIMEOUT"):
+            values["connect_timeout_s"] = _number("STREAMQ_CONNECT_TIMEOUT", connect)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "priorities" in values:
             values["priorities"] = tuple(values["priorities"])

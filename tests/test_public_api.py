@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 from importlib import resources
 
+import redis.exceptions
+
 import streamq
 import streamq.cli
 import streamq.scripts
@@ -65,3 +67,12 @@ def test_console_script_entry_point() -> None:
 def test_version_matches_distribution_metadata() -> None:
     """``streamq.__version__`` agrees with the installed distribution's version."""
     assert streamq.__version__ == importlib.metadata.version("streamq")
+
+
+def test_server_errors_are_one_branch_of_the_tree() -> None:
+    """The CLI maps ServerError to exit 3; ServerUnavailable stays a redis
+    ConnectionError, so code that catches redis-py's errors still catches it."""
+    for error in (streamq.ServerUnavailable, streamq.ServerTooOld, streamq.EmbeddedServerError):
+        assert issubclass(error, streamq.ServerError)
+    assert issubclass(streamq.ServerError, streamq.StreamqError)
+    assert issubclass(streamq.ServerUnavailable, redis.exceptions.ConnectionError)
