@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
 from streamq.app import App
-from streamq.errors import WrongKeyType
+from streamq.connection import MIN_REDIS, MIN_VALKEY, server_version
+from streamq.errors import ServerTooOld, WrongKeyType
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import KEY_TYPES, find_wrong_types
 
@@ -51,15 +52,21 @@ class Check:
 Readable = str | Exception
 """A value read from the server, or why it could not be read."""
 
-MIN_REDIS = (6, 2)
-"""XPENDING … IDLE (the reclaim script) and XAUTOCLAIM arrived in Redis 6.2."""
-MIN_VALKEY = (7, 2)
-"""The first Valkey release (forked from Redis 7.2)."""
-
 
 async def run_checks(app: App) -> list[Check]:
-    """Every check, in a fixed order; reads the server, never changes it."""
-    redis = await app.redis()
+    """Every check, in a fixed order; reads the server, never changes it.
+
+    A server too old for streamq is refused by ``app.redis()``; the checks
+    then run on a connection of their own, so the version is reported as a
+    problem (and the rest still read) instead of ending the report.
+    """
+    try:
+        redis = await app.redis()
+    except ServerTooOld as exc:
+        url = app.settings.redis_url
+        if url is None:
+            return [_too_old(exc.found)]
+        return await _unchecked(url, app)
     try:
         return await _checks(redis, app.keys, app.settings.priorities)
     except NoPermissionError as exc:
@@ -79,13 +86,18 @@ async def run_checks(app: App) -> list[Check]:
             return [connection]
     # The other checks still tell the operator what else to fix: read them on a
     # connection that does not name itself.
+    return [connection, *await _unchecked(url, app)]
+
+
+async def _unchecked(url: str, app: App) -> list[Check]:
+    """The checks on a plain connection: no client name, no version gate."""
     unnamed = Redis.from_url(
         url,
         socket_timeout=app.settings.socket_timeout_s,
-        socket_connect_timeout=app.settings.socket_timeout_s,
+        socket_connect_timeout=app.settings.connect_timeout_s,
     )
     try:
-        return [connection, *await _checks(unnamed, app.keys, app.settings.priorities)]
+        return await _checks(unnamed, app.keys, app.settings.priorities)
     finally:
         await unnamed.aclose()
 
@@ -141,26 +153,23 @@ def _unreadable_config_fix(param: str, want: str) -> str:
 def check_version(info: Mapping[str, Any] | Exception) -> Check:
     if isinstance(info, Exception):
         return _cannot_read("version", "INFO server", info, "grant +info so doctor can check")
-    redis_version = str(info.get("redis_version", "0"))
-    if "valkey_version" in info:
-        product, version, minimum = "Valkey", str(info["valkey_version"]), MIN_VALKEY
-    else:
-        product, version, minimum = "Redis", redis_version, MIN_REDIS
-    label = f"{product} {version}" + (
-        f" (redis_version {redis_version})" if product != "Redis" else ""
+    version = server_version(info)
+    label = str(version) + (
+        f" (redis_version {version.redis_version})" if version.product != "Redis" else ""
     )
-    if _version(version) < minimum:
-        wanted = ".".join(map(str, minimum))
-        return Check(
-            "version", Status.PROBLEM,
-            f"{label}: streamq needs {product} {wanted} or later (XPENDING IDLE, XAUTOCLAIM)",
-            "upgrade to Redis 6.2 or later, or Valkey 7.2 or later",
-        )  # fmt: skip
+    if not version.supported:
+        return _too_old(label, version.product)
     return Check("version", Status.OK, label)
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+def _too_old(found: str, product: str = "Redis") -> Check:
+    wanted = ".".join(map(str, MIN_VALKEY if product == "Valkey" else MIN_REDIS))
+    return Check(
+        "version", Status.PROBLEM,
+        f"{found}: streamq needs {product} {wanted} or later (every script starts with "
+        "a #!lua flags= line, which older servers reject)",
+        "upgrade to Redis 7.0 or later, or Valkey 7.2 or later",
+    )  # fmt: skip
 
 
 def check_appendonly(value: Readable) -> Check:

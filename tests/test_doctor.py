@@ -29,6 +29,7 @@ from streamq.doctor import (
 )
 from streamq.embedded import ValkeyServer
 from tests.conftest import queue_name, subprocess_env
+from tests.servers import old_redis
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,13 @@ def as_user(server: ValkeyServer, user: str) -> str:
 
 
 async def checks_for(url: str) -> dict[str, Check]:
-    async with App(queue_name(), redis_url=url) as app:
+    """run_checks on a fresh App, as ``streamq doctor`` does: not entered first,
+    since entering it already refuses some servers doctor reports on."""
+    app = App(queue_name(), redis_url=url)
+    try:
         return {check.name: check for check in await run_checks(app)}
+    finally:
+        await app.close()
 
 
 def streamq_doctor(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -172,14 +178,39 @@ async def test_denied_admin_commands_are_warnings_not_crashes(misconfigured: Val
     ("info", "status"),
     [
         ({"redis_version": "6.0.16"}, Status.PROBLEM),
-        ({"redis_version": "6.2.0"}, Status.OK),
+        ({"redis_version": "6.2.14"}, Status.PROBLEM),
+        ({"redis_version": "7.0.0"}, Status.OK),
         ({"redis_version": "7.4.1"}, Status.OK),
         ({"redis_version": "7.2.4", "valkey_version": "7.2.5", "server_name": "valkey"}, Status.OK),
     ],
 )
 def test_version_rule(info: dict[str, str], status: Status) -> None:
-    """XPENDING IDLE needs Redis 6.2; on Valkey its own version is what counts."""
-    assert check_version(info).status is status
+    """The scripts' ``#!lua flags=`` line needs Redis 7.0; on Valkey its own version counts."""
+    check = check_version(info)
+    assert check.status is status
+    if status is Status.PROBLEM:
+        assert "streamq needs Redis 7.0 or later" in check.detail
+        assert "Redis 7.0" in check.fix
+
+
+async def test_a_server_older_than_redis_7_is_a_failed_version_check() -> None:
+    """App.redis() refuses such a server (ServerTooOld); doctor still reports,
+    with the version as the problem, and exits 1. The stub (tests/servers.py)
+    answers the handshake and INFO only, so the checks that need CONFIG, ACL
+    or SCAN are warnings (cannot read); none is a crash or another problem."""
+    with old_redis("6.2.14") as port:
+        url = f"redis://127.0.0.1:{port}"
+        checks = await checks_for(url)
+        result = streamq_doctor(url)
+    version = checks["version"]
+    assert version.status is Status.PROBLEM, checks
+    assert version.detail.startswith("Redis 6.2.14: streamq needs Redis 7.0 or later")
+    others = {name: c.status for name, c in checks.items() if name != "version"}
+    assert others["appendonly"] is others["acl"] is others["keys"] is Status.WARN, checks
+    assert Status.PROBLEM not in others.values(), checks
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "streamq needs Redis 7.0 or later" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_a_failed_persistence_write_is_a_problem_and_cluster_mode_is_reported() -> None:

@@ -46,12 +46,19 @@ def check_log_level(level: str) -> str:
     return level
 
 
-def run_with_app(app: App, body: Callable[[App], Awaitable[T]]) -> T:
-    """Run ``body`` with the App connected; exit 3 if Redis cannot be reached or started."""
+def run_with_app(app: App, body: Callable[[App], Awaitable[T]], *, connect: bool = True) -> T:
+    """Run ``body`` with the App connected (``connect=False``: ``body`` connects
+    when it wants to), then close it; exit 3 if Redis cannot be reached or started."""
 
     async def main() -> T:
-        async with app:
+        if connect:
+            async with app:
+                return await body(app)
+        try:
             return await body(app)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await app.close()
 
     try:
         return anyio.run(main)
