@@ -46,26 +46,35 @@ class HistoryRecord:
         when = dt.datetime.fromtimestamp(self.ts_ms / 1000, dt.UTC).isoformat(
             timespec="milliseconds"
         )
-        return {
+        record: dict[str, Any] = {
             "source": self.source, "id": self.id, "time": when, "kind": self.kind,
-            "job_id": self.job_id, "task": self.task, **self.fields,
+            "job_id": self.job_id, "task": self.task,
         }  # fmt: skip
+        # A message's own ``id`` field is the job id (already ``job_id``): the
+        # record's keys win, so ``id`` stays the entry id that ``dlq`` takes.
+        for key, value in self.fields.items():
+            record.setdefault(key, value)
+        return record
 
 
 def parse_bound(value: Bound, *, end: bool = False) -> str | None:
     """A date, datetime, epoch ms or stream id → a stream id bound (inclusive).
 
     A date means its whole UTC day: as ``until`` it includes the day's end.
-    Naive datetimes are taken as UTC.
+    Naive datetimes are taken as UTC. ConfigError for anything that is none
+    of these or that no stream id can hold (before 1970, past 64 bits).
     """
     if value is None:
         return None
+    seq = _MAX_SEQ if end else 0
     if isinstance(value, int):
-        return f"{value}-{_MAX_SEQ if end else 0}"
+        return _stream_id(value, seq, value)
     if isinstance(value, str):
         text = value.strip()
-        if _ID.match(text):
-            return text if "-" in text else f"{text}-{_MAX_SEQ if end else 0}"
+        match = _ID.match(text)
+        if match:
+            ms, _, given_seq = text.partition("-")
+            return _stream_id(int(ms), int(given_seq) if given_seq else seq, value)
         try:
             value = (
                 dt.datetime.fromisoformat(text)
@@ -76,15 +85,28 @@ def parse_bound(value: Bound, *, end: bool = False) -> str | None:
             raise ConfigError(f"{text!r} is not a date, datetime, epoch ms or stream id") from None
     if isinstance(value, dt.datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return f"{int(moment.timestamp() * 1000)}-{_MAX_SEQ if end else 0}"
-    day = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    if end:
-        day += dt.timedelta(days=1)
-        return f"{int(day.timestamp() * 1000) - 1}-{_MAX_SEQ}"
-    return f"{int(day.timestamp() * 1000)}-0"
+        return _stream_id(int(moment.timestamp() * 1000), seq, value)
+    day_ms = int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp() * 1000)
+    if end:  # in ms: the day after 9999-12-31 is past what a datetime can hold
+        return _stream_id(day_ms + _DAY_MS - 1, _MAX_SEQ, value)
+    return _stream_id(day_ms, 0, value)
+
+
+def _stream_id(ms: int, seq: int, given: object) -> str:
+    if ms < 0:
+        raise ConfigError(f"{given!r} is before 1970, where stream ids start")
+    if ms > _MAX_SEQ or seq > _MAX_SEQ:
+        raise ConfigError(f"{given!r} does not fit a stream id (64-bit ms and sequence)")
+    return f"{ms}-{seq}"
+
+
+def bound_key(bound: str) -> tuple[int, int]:
+    """A bound from ``parse_bound`` as (ms, seq), to compare two bounds."""
+    return _key(bound)
 
 
 _MAX_SEQ = 18446744073709551615
+_DAY_MS = 86_400_000
 
 
 class Replay:

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from streamq import App, ConfigError, JobStatus
-from streamq.replay import Replay, parse_bound
+from streamq.replay import HistoryRecord, Replay, parse_bound
 from tests.apps.process import streamq_child
 from tests.apps.slow import ADD, FAIL, register
 from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
@@ -33,6 +33,27 @@ def test_parse_bound() -> None:
     assert parse_bound(None) is None
     with pytest.raises(ConfigError):
         parse_bound("last tuesday")
+
+
+def test_parse_bound_keeps_to_what_a_stream_id_can_hold() -> None:
+    """Bounds past 64 bits or before 1970 are ConfigErrors, not Redis errors later."""
+    assert parse_bound("9999-12-31", end=True) == "253402300799999-18446744073709551615"
+    assert parse_bound("18446744073709551615") == "18446744073709551615-0"
+    assert parse_bound("0-0") == "0-0"
+    for bad in ("18446744073709551616", "1-18446744073709551616", "1969-12-31", -1,
+                2**64, "1969-12-31T23:59:59+00:00", dt.date(1, 1, 1)):  # fmt: skip
+        with pytest.raises(ConfigError):
+            parse_bound(bad)
+
+
+def test_a_record_keeps_its_own_id_apart_from_the_job_id_field() -> None:
+    """A message's ``id`` field is the job id; it must not replace the entry id."""
+    record = HistoryRecord("dlq", "1793534400000-3", 1793534400000, "dead", "j1", "t",
+                           {"id": "j1", "task": "t", "dlq_reason": "failed"})  # fmt: skip
+    assert record.as_dict() == {
+        "source": "dlq", "id": "1793534400000-3", "time": "2026-11-01T12:00:00.000+00:00",
+        "kind": "dead", "job_id": "j1", "task": "t", "dlq_reason": "failed",
+    }  # fmt: skip
 
 
 async def run_mixed(app: App) -> tuple[str, str]:
@@ -146,11 +167,11 @@ async def test_replay_cli(redis_url: str) -> None:
         assert cli(redis_url, name, "--since", "someday").returncode == 2
 
         dry = cli(redis_url, name, "--redrive", "--task", ADD, stdin="n\n")
-        assert dry.returncode == 0 and "dry run: 1 jobs" in dry.stderr
+        assert dry.returncode == 0 and "dry run: 1 job would" in dry.stderr
         redis = await app.redis()
         assert await redis.xlen(app.keys.stream("default")) == 3  # 1 add + 2 fail attempts
         done = cli(redis_url, name, "--redrive", "--task", ADD, "--yes")
-        assert "re-enqueued 1 jobs" in done.stderr
+        assert "re-enqueued 1 job into" in done.stderr
         assert await redis.xlen(app.keys.stream("default")) == 4
         async with running_worker(app):
 

@@ -16,7 +16,7 @@ from streamq.app import App
 from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
 from streamq.cli._load import load_app
 from streamq.errors import ConfigError
-from streamq.replay import HistoryRecord, Replay, parse_bound
+from streamq.replay import HistoryRecord, Replay, bound_key, parse_bound
 
 
 class Source(enum.StrEnum):
@@ -61,11 +61,15 @@ def replay(
     redis_url: RedisUrlOpt = None,
 ) -> None:
     """Read the queue's history for audit: events, job messages or the DLQ."""
-    for value, option in ((since, "--since"), (until, "--until")):
+    bounds = {}
+    for value, option, end in ((since, "--since", False), (until, "--until", True)):
         try:
-            parse_bound(value)
+            bounds[option] = parse_bound(value, end=end)
         except ConfigError as exc:
             raise typer.BadParameter(str(exc), param_hint=option) from None
+    first, last = bounds["--since"], bounds["--until"]
+    if first is not None and last is not None and bound_key(first) > bound_key(last):
+        raise typer.BadParameter(f"{since} is after --until {until}", param_hint="--since")
     if redrive and (job or follow):
         raise typer.BadParameter(
             "--redrive selects with --since/--until/--task/--status", param_hint="--redrive"
@@ -86,7 +90,10 @@ def replay(
 
     async def select(history: Replay) -> AsyncIterator[HistoryRecord]:
         if job and not follow:
-            for record in await history.story(job):
+            story = await history.story(job)
+            if not story:
+                raise _NoHistory(job)
+            for record in story:
                 yield record
             return
         kinds = [status] if status and source is Source.events else None
@@ -133,7 +140,20 @@ def replay(
         code = run_with_app(app, body)
     except KeyboardInterrupt:  # Ctrl-C ends --follow
         code = 0
+    except _NoHistory as exc:
+        typer.echo(f"streamq: no history for job id {exc.job_id!r}", err=True)
+        code = 1
     raise typer.Exit(code)
+
+
+class _NoHistory(Exception):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
 
 
 async def _redrive(history: Replay, records: list[HistoryRecord], into: str, yes: bool) -> int:
@@ -144,16 +164,16 @@ async def _redrive(history: Replay, records: list[HistoryRecord], into: str, yes
     if not yes:
         confirmed = await anyio.to_thread.run_sync(
             lambda: typer.confirm(
-                f"Re-enqueue these {len(records)} jobs into queue {into}?", default=False, err=True
+                f"Re-enqueue {_jobs(len(records))} into queue {into}?", default=False, err=True
             )
         )
         if not confirmed:
             err.print(
-                f"dry run: {len(records)} jobs would be re-enqueued into {into}; nothing written"
+                f"dry run: {_jobs(len(records))} would be re-enqueued into {into}; nothing written"
             )
             return 0
     ids = await history.redrive(records, into)
-    err.print(f"re-enqueued {len(ids)} jobs into {into}")
+    err.print(f"re-enqueued {_jobs(len(ids))} into {into}")
     return 0
 
 
