@@ -9,6 +9,7 @@ so an entry is never in both places or in neither.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,19 @@ from streamq.errors import StreamqError
 from streamq.keys import GROUP
 
 _PAGE = 500
+_ENTRY_ID = re.compile(r"(\d+)-(\d+)", re.ASCII)
+_MAX_PART = 2**64 - 1
+
+
+def check_entry_id(entry_id: str) -> str:
+    """``entry_id`` if it has a stream entry id's ``<ms>-<seq>`` shape, else ValueError.
+
+    Both parts must fit in 64 bits, as Redis requires; nothing is looked up.
+    """
+    match = _ENTRY_ID.fullmatch(entry_id) if isinstance(entry_id, str) else None
+    if match is None or int(match[1]) > _MAX_PART or int(match[2]) > _MAX_PART:
+        raise ValueError(f"{entry_id!r} is not a DLQ entry id (<ms>-<seq>, e.g. 1700000000000-0)")
+    return entry_id
 
 
 class DeadLetterNotFound(StreamqError, LookupError):
@@ -135,6 +149,8 @@ class DeadLetters:
         return out
 
     async def get(self, entry_id: str) -> DeadLetter:
+        """The entry; DeadLetterNotFound if it is gone, ValueError if ``entry_id`` is no id."""
+        check_entry_id(entry_id)
         redis = await self.app.redis()
         page = cast(
             list[tuple[bytes, dict[bytes, bytes]]],
@@ -147,9 +163,10 @@ class DeadLetters:
     async def requeue(self, entry_id: str) -> str:
         """Move one entry back to its priority stream; returns the job id.
 
-        Raises DeadLetterNotFound if it is gone, and RequeueRefused (a
+        Raises DeadLetterNotFound if it is gone, RequeueRefused (a
         ValueError) when the script refuses it, e.g. an entry with no job id
-        (garbage that never was a job: purge it instead).
+        (garbage that never was a job: purge it instead), and ValueError if
+        ``entry_id`` is not an entry id at all.
         """
         letter = await self.get(entry_id)
         if not letter.job_id:

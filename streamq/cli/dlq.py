@@ -12,7 +12,7 @@ from rich.table import Table
 from streamq.app import App
 from streamq.cli._common import AppArg, RedisUrlOpt, parse_duration, run_with_app
 from streamq.cli._load import load_app
-from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters
+from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters, check_entry_id
 
 dlq_cli = typer.Typer(help="Inspect, requeue and purge dead jobs.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
@@ -23,6 +23,19 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def _count(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"
+
+
+def _check_ids(entry_ids: list[str]) -> None:
+    """Exit 2 on the first argument that is no entry id, before anything talks to Redis."""
+    for entry_id in entry_ids:
+        try:
+            check_entry_id(entry_id)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="ID") from None
 
 
 def _record(letter: DeadLetter) -> dict[str, object]:
@@ -55,10 +68,14 @@ def list_(
             typer.echo(json.dumps(_record(letter)))
         return
     table = Table(
-        title=f"DLQ of {app.name}: {total} entries"
+        title=f"DLQ of {app.name}: {_count(total, 'entry', 'entries')}"
         + (f" (showing {len(letters)})" if len(letters) < total else "")
     )
-    for column in ("id", "task", "attempts", "deliveries", "error", "age"):
+    # An id is for copying into `dlq show|requeue`: never wrapped or folded, at
+    # any width (a narrow terminal crops the table's right side instead).
+    id_width = max((len(letter.id) for letter in letters), default=2)
+    table.add_column("id", no_wrap=True, overflow="ignore", min_width=id_width)
+    for column in ("task", "attempts", "deliveries", "error", "age"):
         table.add_column(column, overflow="fold")
     for letter in letters:
         error = f"{letter.error_type}: {letter.error}" if letter.error_type else letter.reason
@@ -76,6 +93,7 @@ def show(
     redis_url: RedisUrlOpt = None,
 ) -> None:
     """Every field of one dead job, with its traceback."""
+    _check_ids([entry_id])
     app = load_app(app_path, redis_url)
 
     async def body(app: App) -> DeadLetter:
@@ -107,6 +125,7 @@ def requeue(
         raise typer.BadParameter("give entry ids or --all, not both or neither", param_hint="ID")
     if task and not all_:
         raise typer.BadParameter("--task goes with --all", param_hint="--task")
+    _check_ids(entry_ids or [])
     app = load_app(app_path, redis_url)
 
     async def body(app: App) -> tuple[list[str], list[str]]:
@@ -122,7 +141,7 @@ def requeue(
         return done, missing
 
     done, missing = run_with_app(app, body)
-    typer.echo(f"requeued {len(done)} job(s)")
+    typer.echo(f"requeued {_count(len(done), 'job', 'jobs')}")
     for line in missing:
         typer.echo(f"streamq: not requeued: {line}", err=True)
     if missing:
@@ -144,9 +163,9 @@ def purge(
     scope = "every DLQ entry" if seconds is None else f"DLQ entries older than {older_than}"
     if not yes and not typer.confirm(f"Delete {scope} of queue {app.name}?", default=False):
         typer.echo("nothing deleted")
-        raise typer.Exit(1)
+        return  # declining is an answer, not a failure
 
     async def body(app: App) -> int:
         return await DeadLetters(app).purge(older_than_s=seconds)
 
-    typer.echo(f"deleted {run_with_app(app, body)} entries")
+    typer.echo(f"deleted {_count(run_with_app(app, body), 'entry', 'entries')}")
