@@ -85,6 +85,22 @@ class Task(Generic[P, R, Ret]):
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        kinds = [p.kind for p in self.signature.parameters.values()]
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._max_positional: int | None = (
+            None
+            if inspect.Parameter.VAR_POSITIONAL in kinds
+            else sum(k in positional for k in kinds)
+        )
+        self._keywords: frozenset[str] | None = (
+            None
+            if inspect.Parameter.VAR_KEYWORD in kinds
+            else frozenset(
+                name
+                for name, p in self.signature.parameters.items()
+                if p.kind is not inspect.Parameter.POSITIONAL_ONLY
+            )
+        )
         self._fitting_shapes: set[tuple[int, tuple[str, ...]]] = set()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -103,11 +119,25 @@ class Task(Generic[P, R, Ret]):
         if shape in self._fitting_shapes:
             return
         try:
+            self._check_shape(len(args), kwargs)
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self.name!r}: {exc}") from None
         if len(self._fitting_shapes) < 1000:
             self._fitting_shapes.add(shape)
+
+    def _check_shape(self, positional: int, kwargs: Mapping[str, Any]) -> None:
+        """What Python would say first about a call: ``Signature.bind`` reports a
+        missing argument before an unexpected keyword or one too many."""
+        limit = self._max_positional
+        if limit is not None and positional > limit:
+            noun = "argument" if limit == 1 else "arguments"
+            verb = "was" if positional == 1 else "were"
+            raise TypeError(f"takes {limit} positional {noun} but {positional} {verb} given")
+        if self._keywords is not None:
+            for name in kwargs:
+                if name not in self._keywords:
+                    raise TypeError(f"got an unexpected keyword argument {name!r}")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Ret:
         """Call the handler directly, as if it were not decorated."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pytest
 
@@ -121,6 +122,51 @@ async def test_arguments_that_do_not_fit_the_signature_are_rejected(app: App) ->
     with pytest.raises(TypeError):
         await two.enqueue(1, 2, c=3)  # type: ignore[call-arg]
     assert await entries(app, "default") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((1,), {"c": 2}, "task 'two': got an unexpected keyword argument 'c'"),
+        ((), {"a": 1, "b": 2, "c": 3}, "got an unexpected keyword argument 'c'"),
+        ((1, 2, 3), {}, "task 'two': takes 2 positional arguments but 3 were given"),
+        ((1, 2, 3), {"c": 4}, "takes 2 positional arguments but 3 were given"),
+        ((1,), {}, "missing a required argument: 'b'"),
+        ((1,), {"a": 2}, "multiple values for argument 'a'"),
+    ],
+    ids=["unexpected-keyword", "unexpected-among-known", "too-many", "too-many-first",
+         "missing", "twice"],
+)  # fmt: skip
+async def test_a_misfit_call_is_named_as_python_would(
+    app: App, args: tuple[int, ...], kwargs: dict[str, int], message: str
+) -> None:
+    """The first thing Python itself would complain about, not a missing argument."""
+
+    @app.task(name="two")
+    async def two(a: int, b: int) -> None: ...
+
+    with pytest.raises(TypeError) as info:
+        await two.enqueue(*args, **kwargs)
+    assert message in str(info.value)
+    if not (args and kwargs):  # enqueue_many takes one or the other
+        with pytest.raises(TypeError, match=re.escape(message)):
+            await two.enqueue_many([kwargs or args])
+    assert await entries(app, "default") == []
+
+
+async def test_variadic_handlers_take_any_extra_arguments(app: App) -> None:
+    @app.task(name="var")
+    async def var(a: int, /, *args: int, **kwargs: int) -> None: ...
+
+    @app.task(name="kwonly")
+    async def kwonly(a: int, *, b: int = 0) -> None: ...
+
+    await var.enqueue(1, 2, 3, a=4, z=5)  # 'a' by keyword lands in **kwargs
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
+        await kwonly.enqueue(1, 2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        await kwonly.enqueue(1, b=2, c=3)  # type: ignore[call-arg]
+    assert len(await entries(app, "default")) == 1
 
 
 async def test_payload_over_the_limit_is_refused(redis_url: str) -> None:
