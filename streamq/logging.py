@@ -10,10 +10,10 @@ application) do. Its loggers follow whatever the application set up:
   warnings and errors reach stderr through logging's last-resort handler.
   ``logging.basicConfig(level="INFO")`` shows the rest.
 
-The choice is made when a logger is first used, and again whenever the
-configuration changes, so a logger created before the application set up
-logging (a Worker built first) still follows it. Job events are logged with
-job id, task, queue and attempt.
+The choice is made at each call (the structlog logger is rebuilt when
+structlog's configuration changes), so a logger created before the
+application set up logging (a Worker built first) still follows it. Job
+events are logged with job id, task, queue and attempt.
 
 ``configure_logging`` (the CLI's) prints JSON lines when stdout is not a
 terminal and console output when it is; its tracebacks never show frame
@@ -84,62 +84,50 @@ class StreamqLogger:
     def bind(self, **values: Any) -> StreamqLogger:
         return StreamqLogger({**self._context, **values})
 
-    def _logger(self) -> Any:
+    def debug(self, event: str, **kw: Any) -> None:
+        self._log(logging.DEBUG, "debug", event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._log(logging.INFO, "info", event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._log(logging.WARNING, "warning", event, kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._log(logging.ERROR, "error", event, kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._log(logging.ERROR, "exception", event, kw)
+
+    def _log(self, level: int, method: str, event: str, kw: dict[str, Any]) -> None:
+        if structlog.is_configured():
+            getattr(self._structlog(), method)(event, **kw)
+        elif _STDLIB.isEnabledFor(level):
+            exc_info = kw.pop("exc_info", method == "exception")
+            fields = {**structlog.contextvars.get_contextvars(), **self._context, **kw}
+            # stacklevel 3: the record names the caller of info() and friends.
+            _STDLIB.log(level, _message(event, fields), exc_info=exc_info or None, stacklevel=3)
+
+    def _structlog(self) -> Any:
+        """A structlog logger bound to the context, rebuilt when the configuration changes."""
         config = structlog.get_config()
-        configured = structlog.is_configured()
-        # Identity of what a bound logger captures: a new configure() call
-        # replaces these; capture_logs edits the processor list in place.
-        key = (
-            configured,
-            id(config["processors"]),
-            config["wrapper_class"],
-            config["logger_factory"],
-        )
+        # What a bound logger captures: a configure() call replaces these;
+        # capture_logs edits the processor list in place (same identity).
+        key = (id(config["processors"]), config["wrapper_class"], config["logger_factory"])
         if key != self._key or self._target is None:
-            base = structlog.get_logger(LOGGER_NAME) if configured else _stdlib_logger()
-            self._target = base.bind(**self._context)
+            self._target = structlog.get_logger(LOGGER_NAME).bind(**self._context)
             self._key = key
         return self._target
 
-    def debug(self, event: str, **kw: Any) -> Any:
-        return self._logger().debug(event, **kw)
 
-    def info(self, event: str, **kw: Any) -> Any:
-        return self._logger().info(event, **kw)
-
-    def warning(self, event: str, **kw: Any) -> Any:
-        return self._logger().warning(event, **kw)
-
-    def error(self, event: str, **kw: Any) -> Any:
-        return self._logger().error(event, **kw)
-
-    def exception(self, event: str, **kw: Any) -> Any:
-        return self._logger().exception(event, **kw)
+_STDLIB = logging.getLogger(LOGGER_NAME)
 
 
-def _stdlib_logger() -> Any:
-    return structlog.wrap_logger(
-        logging.getLogger(LOGGER_NAME),
-        processors=[
-            structlog.stdlib.filter_by_level,  # drops disabled levels before any work
-            structlog.contextvars.merge_contextvars,
-            _render_for_stdlib,
-        ],
-        wrapper_class=structlog.stdlib.BoundLogger,
-        context_class=dict,
-        cache_logger_on_first_use=True,
-    )
-
-
-def _render_for_stdlib(
-    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
-) -> tuple[tuple[str], dict[str, Any]]:
-    """``event key=value ...`` as the record's message; the traceback is stdlib's to format."""
-    exc_info = event_dict.pop("exc_info", None)
-    event = str(event_dict.pop("event", ""))
-    fields = " ".join(f"{key}={_value(value)}" for key, value in event_dict.items())
-    message = f"{event} {fields}" if fields else event
-    return (message,), ({"exc_info": exc_info} if exc_info else {})
+def _message(event: str, fields: dict[str, Any]) -> str:
+    """``event key=value ...``: one line a plain stdlib formatter shows in full."""
+    if not fields:
+        return event
+    return f"{event} " + " ".join(f"{key}={_value(value)}" for key, value in fields.items())
 
 
 def _value(value: Any) -> str:

@@ -233,12 +233,15 @@ async def test_stdlib_logging_sees_job_events_when_structlog_is_not_configured(
     failing = await app.enqueue(FAIL, "on purpose")
     caplog.set_level(logging.INFO, logger="streamq")
     await Worker(app, burst=True).run()
-    seen = [
-        (r.levelname, event, r.getMessage())
+    records = [
+        (r, event)
         for r in caplog.records
         for event in JOB_EVENTS
         if r.name == "streamq" and r.getMessage().startswith(f"{event} ")
     ]
+    # The record points at streamq's code that logged, for %(module)s and %(lineno)d.
+    assert {r.module for r, _ in records} == {"outcome"}
+    seen = [(r.levelname, event, r.getMessage()) for r, event in records]
     assert sorted((level, event) for level, event, _ in seen) == [
         ("ERROR", "job failed"),
         ("INFO", "job succeeded"),
@@ -248,6 +251,22 @@ async def test_stdlib_logging_sees_job_events_when_structlog_is_not_configured(
         job_id = ok.id if event == "job succeeded" else failing.id
         assert f"job_id={job_id}" in message
         assert f"queue={app.name}" in message and "attempt=" in message, message
+
+
+def test_stdlib_logging_gets_the_traceback_of_a_logged_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``log.exception`` hands the exception to stdlib logging, whose formatter shows no locals."""
+    caplog.set_level(logging.INFO, logger="streamq")
+    try:
+        _connect(SECRET)
+    except ConnectionError:
+        get_logger(queue="q").exception("connect failed", attempt=2)
+    (record,) = [r for r in caplog.records if r.name == "streamq"]
+    assert (record.levelname, record.getMessage()) == ("ERROR", "connect failed queue=q attempt=2")
+    assert record.exc_info is not None and record.exc_info[0] is ConnectionError
+    assert record.funcName == "test_stdlib_logging_gets_the_traceback_of_a_logged_exception"
+    assert SECRET not in caplog.text
 
 
 async def test_structlog_configured_after_the_worker_is_built_gets_its_events(app: App) -> None:
