@@ -205,7 +205,8 @@ async def check_server(url: str, settings: Settings) -> ServerVersion | None:
                 f"{_password_hint(url)}"
             ) from None
         raise ServerUnavailable(
-            f"authentication failed on {shown}: {exc} (check the user and password in the URL)"
+            f"authentication failed on {shown}: {str(exc).rstrip('.')} "
+            "(check the user and password in the URL)"
         ) from None
     except RedisTimeoutError:
         if phase == "connect":

@@ -8,11 +8,9 @@ from typing import Annotated, TypeVar
 
 import anyio
 import typer
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError
 
 from streamq.app import App
-from streamq.errors import EmbeddedServerError
+from streamq.keytypes import wrong_types_named
 
 T = TypeVar("T")
 
@@ -48,23 +46,22 @@ def check_log_level(level: str) -> str:
 
 def run_with_app(app: App, body: Callable[[App], Awaitable[T]], *, connect: bool = True) -> T:
     """Run ``body`` with the App connected (``connect=False``: ``body`` connects
-    when it wants to), then close it; exit 3 if Redis cannot be reached or started."""
+    when it wants to), then close it.
+
+    Failures go up to ``streamq.cli.main``, which prints the expected ones
+    (an unreachable or too old server: exit 3) as one line. A WRONGTYPE from
+    a queue key becomes a WrongKeyType that names the key (exit 3 too).
+    """
 
     async def main() -> T:
         if connect:
-            async with app:
+            async with app, wrong_types_named(app):
                 return await body(app)
         try:
-            return await body(app)
+            async with wrong_types_named(app):
+                return await body(app)
         finally:
             with anyio.CancelScope(shield=True):
                 await app.close()
 
-    try:
-        return anyio.run(main)
-    except (EmbeddedServerError, RedisConnectionError) as exc:
-        typer.echo(f"streamq: cannot reach Redis: {exc}", err=True)
-        raise typer.Exit(3) from None
-    except NoPermissionError as exc:
-        typer.echo(f"streamq: Redis refused a command: {exc} (see `streamq doctor`)", err=True)
-        raise typer.Exit(3) from None
+    return anyio.run(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated
 
 import typer
@@ -39,7 +40,7 @@ def worker(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            min=0, max=65535, help="Serve Prometheus metrics on this port (streamq[metrics])."
+            min=0, max=65535, help="Serve Prometheus metrics on this port (streamq\\[metrics])."
         ),
     ] = None,
     metrics_host: Annotated[
@@ -71,7 +72,14 @@ def worker(
 
     async def body(_: App) -> None:
         if metrics is not None and metrics_port is not None:
-            port = metrics.serve(metrics_port, metrics_host)
+            try:
+                port = metrics.serve(metrics_port, metrics_host)
+            except OSError as exc:
+                why = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc}"
+                raise typer.BadParameter(
+                    f"cannot serve metrics: {metrics_host}:{metrics_port} {why}",
+                    param_hint="--metrics-port",
+                ) from None
             get_logger(queue=app.name).info("metrics served", host=metrics_host, port=port)
         try:
             await w.run()
