@@ -204,6 +204,14 @@ class App:
                     self._redis = make_client(url, self.settings, revive)
         return self._redis
 
+    @property
+    def embedded_server(self) -> embedded.Embedded | None:
+        """The embedded server this App connected to (no URL configured), once connected.
+
+        Its ``started`` says whether this App started it or found it running.
+        """
+        return self._embedded
+
     async def scripts(self) -> Scripts:
         if self._scripts is None:
             self._scripts = Scripts(await self.redis())

@@ -106,12 +106,12 @@ def test_timeline_counts_a_wait_still_going_on() -> None:
 
 
 async def test_demo_command_on_the_embedded_server_exits_clean() -> None:
-    """``python -m streamq demo`` with no URL starts, uses and stops the embedded server.
+    """``python -m streamq demo`` with no URL starts and uses the embedded server.
 
-    It exits 0 and prints the summary with strict priority order "yes";
-    afterwards nothing answers on the data dir's socket and no valkey-server
-    process serving that dir is left. Without the owner stopping its server,
-    every demo run would leave one running.
+    It exits 0 and prints the summary with strict priority order "yes". The
+    server keeps running for the user's next commands (a worker, a producer),
+    and the demo says so and names the command that stops it, which leaves no
+    valkey-server serving the data dir.
     """
     home = embedded.data_dir()
     socket = embedded.socket_path(home)
@@ -134,12 +134,13 @@ async def test_demo_command_on_the_embedded_server_exits_clean() -> None:
         assert summary_value(out, "waiting on retry backoff").endswith(" s"), out
         assert summary_value(out, "total time").endswith(" s"), out
         assert socket.parent == home, "socket fell back to /tmp: the check below would miss it"
-        assert not embedded.ping(socket)
+        (pid,) = valkey_pids_serving(home)
+        assert f"embedded server (pid {pid}" in out and "`streamq server stop`" in out, out
+        async with streamq_child(["server", "stop"], env) as stop:
+            assert await stop.wait(timeout_s=30) == 0, stop.output()
         assert valkey_pids_serving(home) == []
     finally:
-        if embedded.ping(socket):
-            async with redis.asyncio.Redis(unix_socket_path=str(socket)) as client:
-                await client.shutdown(nosave=True)
+        embedded.Embedded(home).stop()
 
 
 def summary_value(out: str, what: str) -> str:

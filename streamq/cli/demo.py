@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamq.demo import PRIORITIES, DemoReport, run_demo
+from streamq.embedded import Embedded, data_dir
 from streamq.logging import configure_logging
 from streamq.settings import check_redis_url
 
@@ -27,7 +28,7 @@ def demo(
     if redis_url:
         check_redis_url(redis_url)  # a bad URL is exit 2 before any output
     console = Console()
-    # Job logs would scroll the progress bars away; warnings and errors still show.
+    # Job logs would scroll the progress bars away; errors still show.
     configure_logging(json=False, level="error")
     total = jobs * len(PRIORITIES)
     console.print(f"[bold]streamq demo[/]: {total} jobs over priorities {', '.join(PRIORITIES)}")
@@ -51,6 +52,11 @@ def demo(
             )
         )
     _summary(console, report)
+    if not redis_url and (status := Embedded(data_dir()).status()) is not None:
+        console.print(
+            f"The embedded server (pid {status.pid}, data in {status.directory}) keeps running "
+            "for your next commands; `streamq server stop` stops it."
+        )
     if not report.ok:
         raise typer.Exit(1)
 
