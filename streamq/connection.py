@@ -60,7 +60,7 @@ def make_client(
         max_connections=settings.max_connections,
         timeout=POOL_WAIT_S,
         socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.connect_timeout_s,
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name="streamq",

@@ -68,7 +68,8 @@ async def run_checks(app: App) -> list[Check]:
             return [_too_old(exc.found)]
         return await _unchecked(url, app)
     try:
-        return await _checks(redis, app.keys, app.settings.priorities)
+        checks = await _checks(redis, app.keys, app.settings.priorities)
+        return [*_embedded_check(app), *checks]
     except NoPermissionError as exc:
         # Raised while connecting (command errors come back as pipeline values):
         # no streamq process can connect as this user, whatever else is right.
@@ -87,6 +88,18 @@ async def run_checks(app: App) -> list[Check]:
     # The other checks still tell the operator what else to fix: read them on a
     # connection that does not name itself.
     return [connection, *await _unchecked(url, app)]
+
+
+def _embedded_check(app: App) -> list[Check]:
+    """With no URL, say which server was checked: the embedded one, maybe just started."""
+    server = app.embedded_server
+    if server is None:
+        return []
+    status = server.status()
+    pid = f"pid {status.pid}, " if status is not None else ""
+    how = "started it for this check" if server.started else "already running"
+    detail = f"no URL configured: the embedded server ({pid}data in {server.directory}), {how}"
+    return [Check("server", Status.OK, detail)]
 
 
 async def _unchecked(url: str, app: App) -> list[Check]:

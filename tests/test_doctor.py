@@ -223,3 +223,28 @@ def test_a_failed_persistence_write_is_a_problem_and_cluster_mode_is_reported() 
     assert "server log" in failing.fix
     cluster = check_cluster({"cluster_enabled": 1})
     assert cluster.status is Status.OK and "cluster mode on" in cluster.detail
+
+
+def test_doctor_without_a_url_says_it_checked_the_embedded_server_it_started(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no URL anywhere, doctor names the embedded server and whether it started it.
+
+    Before, the report read as if a configured server had been checked, while
+    doctor had just started a fresh embedded one (whose defaults pass).
+    """
+    from streamq import embedded
+    from streamq.cli import main
+
+    path = "tests.apps.slow:app"
+    assert main(["doctor", path]) == 0
+    out = capsys.readouterr().out
+    status = embedded.Embedded(embedded.data_dir()).status()
+    assert status is not None
+    (line,) = [line for line in out.splitlines() if line.split()[1:2] == ["server"]]
+    assert "embedded" in line and "started it for this check" in line, out
+    assert str(status.pid) in line and str(embedded.data_dir()) in line, out
+    assert main(["doctor", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (server,) = [c for c in report["checks"] if c["name"] == "server"]
+    assert "already running" in server["detail"], server

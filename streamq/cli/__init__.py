@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import typer.core
@@ -39,6 +39,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    # click's plain help: typer's rich help shows a type even for flags
+    # ("--burst --no-burst <bool>"), and wraps ids and options in boxes.
+    rich_markup_mode=None,
 )
 cli.command("worker")(worker.worker)
 cli.command("janitor")(janitor.janitor)
@@ -71,30 +74,6 @@ def _options(
 ) -> None:
     pass
 
-
-def _flags_take_no_value() -> None:
-    """Show ``--burst / --no-burst`` in ``--help``, not ``--burst --no-burst <bool>``.
-
-    typer's rich help prints each option's type (``display_type_rich``) even
-    for flags, which take no value; its plain help leaves flags out. Wrapping
-    the method once here covers every command, the help option included.
-    """
-    option = typer.core.TyperOption
-    shown = getattr(option, "display_type_rich", None)
-    if shown is None or getattr(shown, "_streamq_flags", False):
-        return
-
-    def display_type_rich(self: Any, ctx: Any) -> str | None:
-        if self.is_flag or self.count:
-            return None
-        result: str | None = shown(self, ctx)
-        return result
-
-    display_type_rich._streamq_flags = True  # type: ignore[attr-defined]
-    setattr(option, "display_type_rich", display_type_rich)  # noqa: B010
-
-
-_flags_take_no_value()
 
 # typer ships its own copy of click (0.29) or uses click; either way these are
 # the classes its BadParameter derives from.

@@ -40,7 +40,7 @@ def worker(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            min=0, max=65535, help="Serve Prometheus metrics on this port (streamq\\[metrics])."
+            min=0, max=65535, help="Serve Prometheus metrics on this port (streamq[metrics])."
         ),
     ] = None,
     metrics_host: Annotated[
