@@ -8,7 +8,15 @@ import re
 
 import pytest
 
-from streamq import App, JobNotFound, JobStatus, PayloadTooLarge, SerializationError, Settings
+from streamq import (
+    App,
+    JobFailed,
+    JobNotFound,
+    JobStatus,
+    PayloadTooLarge,
+    SerializationError,
+    Settings,
+)
 from streamq.keys import GROUP
 from tests.conftest import queue_name, running_worker
 
@@ -167,6 +175,63 @@ async def test_variadic_handlers_take_any_extra_arguments(app: App) -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
         await kwonly.enqueue(1, b=2, c=3)  # type: ignore[call-arg]
     assert len(await entries(app, "default")) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "culprit", "key_type"),
+    [
+        ({1: "a"}, "'mapping'", "int"),
+        ({"ok": [{"fine": 1}, {2.5: "x"}]}, "'mapping'", "float"),
+        ({True: 1}, "'mapping'", "bool"),
+        ({None: 1}, "'mapping'", "NoneType"),
+        ({"{" * 5: [[{"}": {3: 1}}]]}, "'mapping'", "int"),
+    ],
+    ids=["int", "nested-float", "bool", "none", "braces-in-strings"],
+)
+async def test_a_mapping_with_non_str_keys_is_refused(
+    app: App, value: dict[object, object], culprit: str, key_type: str
+) -> None:
+    """JSON would turn the keys into strings, so the handler would not get what was sent."""
+
+    @app.task(name="keys")
+    async def keys(label: str, mapping: dict[object, object]) -> None: ...
+
+    with pytest.raises(SerializationError) as info:
+        await keys.enqueue("label", value)
+    assert f"argument {culprit} of task 'keys'" in str(info.value)
+    assert f"dict keys must be str, got {key_type}" in str(info.value)
+    with pytest.raises(SerializationError, match="dict keys must be str"):
+        await keys.enqueue("label", mapping={"outer": value})
+    assert await entries(app, "default") == []
+
+
+async def test_a_result_with_non_str_keys_fails_the_job_rather_than_changing(app: App) -> None:
+    """The same rule for results: the caller would read {"1": "a"}, not what was returned."""
+
+    @app.task(name="counts")
+    async def counts() -> dict[int, str]:
+        return {1: "a"}
+
+    job = await counts.enqueue()
+    async with running_worker(app):
+        with pytest.raises(JobFailed) as info:
+            await job.result(timeout=10)
+    assert info.value.error_type == "SerializationError"
+    assert "dict keys must be str, got int: 1" in str(info.value)
+
+
+async def test_str_keyed_mappings_and_braces_in_strings_still_encode(app: App) -> None:
+    @app.task(name="keys")
+    async def keys(mapping: dict[str, object]) -> None: ...
+
+    class Labels(dict[str, str]):
+        pass
+
+    value = {"{": "}", "a": [{"b": {"c": Labels(d="{{{")}}], "": {}}
+    job = await keys.enqueue(value)
+    ((_, fields),) = await entries(app, "default")
+    assert json.loads(fields[b"payload"]) == {"args": [value], "kwargs": {}}
+    assert job.id == fields[b"id"].decode()
 
 
 async def test_payload_over_the_limit_is_refused(redis_url: str) -> None:
