@@ -18,8 +18,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from streamq import App, JobStatus
 from streamq.cli import EXIT_USAGE, cli
@@ -41,7 +40,7 @@ def cli_app(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
 
 def app_path(module: types.ModuleType, url: str, name: str) -> str:
-    module.app = register(App(name, redis_url=url))
+    module.app = register(App(name, redis_url=url))  # type: ignore[attr-defined]
     return f"{module.__name__}:app"
 
 
