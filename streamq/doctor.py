@@ -305,7 +305,8 @@ async def check_key_types(redis: Redis, keys: Keyspace) -> Check:
     kinds = ", ".join(f"{kind}: {kind_type}" for kind, kind_type in KEY_TYPES.items())
     return Check(
         "keys", Status.PROBLEM,
-        f"{len(wrong)} key(s) of queue {keys.queue} hold another type than streamq keeps "
+        f"{len(wrong)} {'key' if len(wrong) == 1 else 'keys'} of queue {keys.queue} "
+        f"{'holds' if len(wrong) == 1 else 'hold'} another type than streamq keeps "
         f"there ({kinds}), so every call on them fails with WRONGTYPE: {listed}{more}",
         "something other than streamq wrote them: look at each, then move it aside "
         "(RENAME <key> <key>.bad) or delete it (DEL <key>); streamq recreates its streams, "

@@ -133,7 +133,7 @@ async def test_misconfigured_server_problems_come_with_fixes(misconfigured: Valk
     assert result.returncode == 1, result.stdout + result.stderr
     assert "problem  maxmemory-policy" in result.stdout
     assert "fix: CONFIG SET maxmemory-policy noeviction" in result.stdout
-    assert "3 problem(s), 0 warning(s)" in result.stdout
+    assert "3 problems, 0 warnings" in result.stdout
 
 
 async def test_acl_check_names_the_commands_a_limited_user_lacks(

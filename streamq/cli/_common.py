@@ -65,3 +65,8 @@ def run_with_app(app: App, body: Callable[[App], Awaitable[T]], *, connect: bool
                 await app.close()
 
     return anyio.run(main)
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 entry``, ``2 entries``: the CLI never says ``1 entries``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamq.app import App
-from streamq.cli._common import AppArg, RedisUrlOpt, parse_duration, run_with_app
+from streamq.cli._common import AppArg, RedisUrlOpt, counted, parse_duration, run_with_app
 from streamq.cli._load import load_app
 from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters, check_entry_id
 
@@ -23,10 +23,6 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
-
-
-def _count(count: int, singular: str, plural: str) -> str:
-    return f"{count} {singular if count == 1 else plural}"
 
 
 def _check_ids(entry_ids: list[str]) -> None:
@@ -68,7 +64,7 @@ def list_(
             typer.echo(json.dumps(_record(letter)))
         return
     table = Table(
-        title=f"DLQ of {app.name}: {_count(total, 'entry', 'entries')}"
+        title=f"DLQ of {app.name}: {counted(total, 'entry', 'entries')}"
         + (f" (showing {len(letters)})" if len(letters) < total else "")
     )
     # An id is for copying into `dlq show|requeue`: never wrapped or folded, at
@@ -141,7 +137,7 @@ def requeue(
         return done, missing
 
     done, missing = run_with_app(app, body)
-    typer.echo(f"requeued {_count(len(done), 'job', 'jobs')}")
+    typer.echo(f"requeued {counted(len(done), 'job', 'jobs')}")
     for line in missing:
         typer.echo(f"streamq: not requeued: {line}", err=True)
     if missing:
@@ -168,4 +164,4 @@ def purge(
     async def body(app: App) -> int:
         return await DeadLetters(app).purge(older_than_s=seconds)
 
-    typer.echo(f"deleted {_count(run_with_app(app, body), 'entry', 'entries')}")
+    typer.echo(f"deleted {counted(run_with_app(app, body), 'entry', 'entries')}")

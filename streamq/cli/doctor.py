@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from streamq.app import App
-from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
+from streamq.cli._common import AppArg, RedisUrlOpt, counted, run_with_app
 from streamq.cli._load import load_app
 from streamq.doctor import Check, Status, run_checks
 
@@ -46,7 +46,7 @@ def doctor(
             typer.echo(f"{status} {c.name:<{width}}  {c.detail}")
             if c.fix:
                 typer.echo(f"{'':<8} {'':<{width}}  fix: {c.fix}")
-        summary = f"{problems} problem(s), {warnings} warning(s)"
+        summary = f"{counted(problems, 'problem')}, {counted(warnings, 'warning')}"
         typer.echo(f"\n{summary}" if problems or warnings else "\nall checks ok")
     if problems:
         raise typer.Exit(1)

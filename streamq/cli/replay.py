@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamq.app import App
-from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
+from streamq.cli._common import AppArg, RedisUrlOpt, counted, run_with_app
 from streamq.cli._load import load_app
 from streamq.errors import ConfigError
 from streamq.replay import HistoryRecord, Replay, bound_key, parse_bound
@@ -152,28 +152,25 @@ class _NoHistory(Exception):
         self.job_id = job_id
 
 
-def _jobs(count: int) -> str:
-    return f"{count} job" if count == 1 else f"{count} jobs"
-
-
 async def _redrive(history: Replay, records: list[HistoryRecord], into: str, yes: bool) -> int:
     err = Console(stderr=True)
     if not records:
         err.print("nothing selected to re-drive")
         return 0
+    selected = counted(len(records), "job")
     if not yes:
         confirmed = await anyio.to_thread.run_sync(
             lambda: typer.confirm(
-                f"Re-enqueue {_jobs(len(records))} into queue {into}?", default=False, err=True
+                f"Re-enqueue {selected} into queue {into}?",
+                default=False,
+                err=True,
             )
         )
         if not confirmed:
-            err.print(
-                f"dry run: {_jobs(len(records))} would be re-enqueued into {into}; nothing written"
-            )
+            err.print(f"dry run: {selected} would be re-enqueued into {into}; nothing written")
             return 0
     ids = await history.redrive(records, into)
-    err.print(f"re-enqueued {_jobs(len(ids))} into {into}")
+    err.print(f"re-enqueued {counted(len(ids), 'job')} into {into}")
     return 0
 
 
