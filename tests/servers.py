@@ -1,25 +1,45 @@
-"""Loopback servers that are not Redis, for the connect-time checks.
+"""Loopback servers for the connect-time checks.
 
 ``silent_server`` accepts connections and never answers (a wrong port, a
 hung proxy). ``old_redis`` is a stub that speaks just enough RESP for a
 redis-py handshake and ``INFO``, and reports an old ``redis_version``: it
 tests streamq's version gate, not Redis behaviour, so nothing real is mocked.
-Both run in a thread and listen on 127.0.0.1 only.
+Both run in a thread and listen on 127.0.0.1 only. ``password_server`` is a
+real valkey-server that wants a password.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from streamq.embedded import ValkeyServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections and never sends a byte; yields the port."""
+def password_server(directory: Path, password: str) -> Iterator[ValkeyServer]:
+    """A real valkey-server on a loopback port with ``--requirepass``."""
+    server = ValkeyServer(directory, port=free_port(), extra_args=["--requirepass", password])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _listening(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """Accept on a loopback port in a thread, passing each connection to ``handle``."""
     listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
@@ -31,7 +51,8 @@ def silent_server() -> Iterator[int]:
                 continue
             except OSError:
                 return
-            held.append(conn)  # kept open, never read or written
+            conn.settimeout(None)
+            handle(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -41,6 +62,16 @@ def silent_server() -> Iterator[int]:
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never sends a byte; yields the port."""
+    held: list[socket.socket] = []  # kept open, never read or written
+    try:
+        with _listening(held.append) as port:
+            yield port
+    finally:
         for conn in held:
             conn.close()
 
@@ -78,8 +109,6 @@ def old_redis(version: str = "6.2.14") -> Iterator[int]:
     and PING; INFO with a Server section; anything else with an error, as a
     server that does not know the command would.
     """
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
     info = f"# Server\r\nredis_version:{version}\r\nredis_mode:standalone\r\n"
     hello = {"server": "redis", "version": version, "proto": "3", "mode": "standalone"}
     hello_reply = b"%%%d\r\n" % len(hello) + b"".join(
@@ -108,23 +137,8 @@ def old_redis(version: str = "6.2.14") -> Iterator[int]:
             except (OSError, ValueError):
                 return
 
-    def accept() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    def handle(conn: socket.socket) -> None:
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    with _listening(handle) as port:
+        yield port

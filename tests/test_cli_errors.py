@@ -27,26 +27,16 @@ import structlog
 from streamq.cli import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, main
 from streamq.embedded import ValkeyServer
 from tests.conftest import queue_name
-from tests.servers import old_redis, silent_server
+from tests.servers import free_port, old_redis, password_server, silent_server
 
 PASSWORD = "pw-cli-errors"
 CONNECT_TIMEOUT_S = "0.3"  # how long the silent server is waited for
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
-    server = ValkeyServer(
-        tmp_path_factory.mktemp("locked"), port=free_port(), extra_args=["--requirepass", PASSWORD]
-    )
-    server.start()
-    yield server
-    server.stop()
+    with password_server(tmp_path_factory.mktemp("locked"), PASSWORD) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ answers, and a stub that reports an old ``redis_version`` (see tests/servers.py)
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,30 +19,18 @@ from streamq import App, ConfigError, ServerTooOld, ServerUnavailable, Settings
 from streamq.connection import ServerVersion, check_server, server_version
 from streamq.embedded import ValkeyServer
 from tests.conftest import queue_name
-from tests.servers import old_redis, silent_server
+from tests.servers import free_port, old_redis, password_server, silent_server
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "pw-connect-tests"
 QUICK = Settings(connect_timeout_s=0.3)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     """A valkey-server on a loopback port that wants a password."""
-    server = ValkeyServer(
-        tmp_path_factory.mktemp("locked"),
-        port=free_port(),
-        extra_args=["--requirepass", PASSWORD],
-    )
-    server.start()
-    yield server
-    server.stop()
+    with password_server(tmp_path_factory.mktemp("locked"), PASSWORD) as server:
+        yield server
 
 
 def locked_url(server: ValkeyServer, password: str | None = PASSWORD, db: int = 0) -> str:

@@ -9,7 +9,6 @@ embedded defaults). Its ACL users each lack something streamq needs.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,17 +28,11 @@ from streamq.doctor import (
 )
 from streamq.embedded import ValkeyServer
 from tests.conftest import queue_name, subprocess_env
-from tests.servers import old_redis
+from tests.servers import free_port, old_redis
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pw-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
