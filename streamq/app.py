@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -14,6 +13,7 @@ from redis.asyncio import Redis
 from streamq import embedded
 from streamq.connection import check_server, make_client
 from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, SerializationError
+from streamq.ids import new_job_id
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
@@ -279,7 +279,7 @@ class App:
         prepared: list[tuple[str, str, bytes]] = []
         for args, kwargs in calls:
             payload = self._encode(task, args, kwargs)
-            jid = job_id or os.urandom(16).hex()  # 128 random bits, as cheap as it gets
+            jid = job_id or new_job_id()
             ids.append(jid)
             prepared.append((jid, self.keys.job(jid), payload))
         if not prepared:
