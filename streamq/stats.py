@@ -5,19 +5,29 @@ only when the server cannot tell a group's lag). Ages are measured against
 the server's clock (TIME), because stream ids carry the server's milliseconds,
 not the caller's. A queue that was never used has no streams or group yet:
 that reads as zeros, not as an error.
+
+The history streams (each priority stream, the events stream, the DLQ) are
+also read for how far back they reach (their oldest entry), and what memory
+they take (MEMORY USAGE, an estimate from a few sampled nodes; unknown where
+an ACL denies MEMORY). A count cap that trims a stream before ``retention_s``
+would is a warning: the history promised is not there. ``read_history`` is
+the same read on its own, for ``doctor``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from streamq.app import App
-from streamq.keys import GROUP
+from streamq.keys import GROUP, Keyspace
+from streamq.settings import Settings
 
 THROUGHPUT_WINDOW_S = 60.0
 EVENTS_READ_MAX = 10_000
@@ -25,6 +35,9 @@ EVENTS_READ_MAX = 10_000
 FINAL_KINDS = ("succeeded", "failed", "dead")
 """Event kinds that end a job; their rate is the queue's throughput."""
 COUNTED_KINDS = (*FINAL_KINDS, "retried")
+MEMORY_SAMPLES = 10
+"""Stream nodes MEMORY USAGE samples and extrapolates from: a fixed cost, however
+long the stream (SAMPLES 0 would walk all of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,108 @@ class Throughput:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryStats:
+    """One history stream: what it keeps, how far back that reaches, what it weighs."""
+
+    kind: str
+    """``priority``, ``events`` or ``dlq``."""
+    name: str
+    """The priority's name, or ``events`` or ``dlq``."""
+    stream: str
+    length: int
+    oldest_ms: int | None
+    """When its oldest entry was added (server clock, ms since the epoch); None: empty."""
+    reach_s: float | None
+    """How far back the history reaches: the age of its oldest entry."""
+    memory_bytes: int | None
+    """MEMORY USAGE's estimate (sampled); None when the server would not tell."""
+    cap: int | None
+    """The count cap that trims this stream (None: only age trims it, or nothing)."""
+    cap_setting: str | None
+    """The setting ``cap`` comes from: ``retention_maxlen`` or ``events_maxlen``."""
+    retention_s: float | None
+    """How far back the history is meant to reach (None: kept until trimmed by hand,
+    as the DLQ always is)."""
+
+    @property
+    def cut_short(self) -> bool:
+        """The cap, not ``retention_s``, decides how far back this stream reaches.
+
+        Trimming to a cap (``MAXLEN ~``, or the janitor's cut and ``MINID ~``)
+        keeps at least the cap, so a stream the cap trimmed holds about the cap:
+        a stream that holds that many while its oldest entry is younger than
+        ``retention_s`` lost history that retention promised.
+        """
+        if self.cap is None or self.retention_s is None or self.reach_s is None:
+            return False
+        return self.length >= self.cap - self.cap // 100 and self.reach_s < self.retention_s
+
+    @property
+    def warning(self) -> str | None:
+        """Why this stream reaches back less far than promised, and what it would take."""
+        if not self.cut_short:
+            return None
+        assert self.reach_s is not None and self.retention_s is not None
+        scale = self.retention_s / max(self.reach_s, 0.001)
+        need = f"~{_count(round(self.length * scale))} entries"
+        if self.memory_bytes is not None:
+            need += f", ~{format_bytes(round(self.memory_bytes * scale))}"
+        promised = format_duration(self.retention_s)
+        return (
+            f"{self.name}: cut by {self.cap_setting} {self.cap}: reaches back "
+            f"{format_duration(self.reach_s)}, not retention_s's {promised} "
+            f"({promised} at this rate: {need}); raise {self.cap_setting} or set it to None"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The history streams of a queue: priority streams (highest first), events, DLQ."""
+
+    streams: tuple[HistoryStats, ...]
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """All of them together; None when any one is unknown."""
+        sizes = [h.memory_bytes for h in self.streams]
+        return None if None in sizes else sum(s or 0 for s in sizes)
+
+    @property
+    def retained_jobs(self) -> int:
+        """Job messages kept in the priority streams (a retried job may count twice)."""
+        return sum(h.length for h in self.streams if h.kind == "priority")
+
+    @property
+    def bytes_per_retained_job(self) -> float | None:
+        """An estimate: all history memory (events and DLQ too) over the jobs retained."""
+        total = self.memory_bytes
+        if total is None or not self.retained_jobs:
+            return None
+        return total / self.retained_jobs
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(h.warning for h in self.streams if h.warning is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "streams": [
+                {
+                    "kind": h.kind, "name": h.name, "stream": h.stream, "length": h.length,
+                    "oldest_ms": h.oldest_ms, "reach_s": h.reach_s,
+                    "memory_bytes": h.memory_bytes, "cap": h.cap, "cap_setting": h.cap_setting,
+                    "retention_s": h.retention_s, "cut_short": h.cut_short,
+                }
+                for h in self.streams
+            ],
+            "memory_bytes": self.memory_bytes,
+            "retained_jobs": self.retained_jobs,
+            "bytes_per_retained_job": self.bytes_per_retained_job,
+            "warnings": list(self.warnings),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     queue: str
     server_time_ms: int
@@ -84,6 +199,7 @@ class QueueStats:
     """Scheduled jobs and retries waiting for their due time."""
     dlq: int
     throughput: Throughput
+    history: History
 
     @property
     def pending(self) -> int:
@@ -124,6 +240,7 @@ class QueueStats:
                 "window_s": t.window_s, "succeeded": t.succeeded, "failed": t.failed,
                 "retried": t.retried, "dead": t.dead, "per_s": t.per_s,
             },
+            "history": self.history.to_dict(),
         }  # fmt: skip
 
 
@@ -148,10 +265,10 @@ async def collect(app: App) -> QueueStats:
         pipe.zcard(keys.delayed)
         pipe.xlen(keys.dlq)
         pipe.xrevrange(keys.events, "+", f"{window_start_ms}-0", count=EVENTS_READ_MAX)
+        _queue_history_reads(pipe, keys, priorities)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
 
-    seconds, micros = _ok(replies[0])
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms = _server_ms(replies[0])
     per_priority = []
     unknown_lag: list[tuple[int, Mapping[str, Any]]] = []
     for index, priority in enumerate(priorities):
@@ -180,6 +297,7 @@ async def collect(app: App) -> QueueStats:
         )
     rest = 1 + 4 * len(priorities)
     delayed, dlq, events = (_ok(r) for r in replies[rest : rest + 3])
+    history = _history(replies[rest + 3 :], keys, app.settings, now_ms)
     if unknown_lag:
         per_priority = await _estimate_lags(app, per_priority, unknown_lag)
     return QueueStats(
@@ -189,7 +307,128 @@ async def collect(app: App) -> QueueStats:
         delayed=int(delayed),
         dlq=int(dlq),
         throughput=_throughput(events, now_ms, window_start_ms),
+        history=history,
     )
+
+
+async def read_history(redis: Redis, keys: Keyspace, settings: Settings) -> History:
+    """The history streams alone, in one pipelined round trip.
+
+    Raises the RedisError of a read the user may not make (MEMORY excepted:
+    a denied or unknown MEMORY leaves the memory unknown).
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        _queue_history_reads(pipe, keys, settings.priorities)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return _history(replies[1:], keys, settings, _server_ms(replies[0]))
+
+
+def _history_streams(keys: Keyspace, priorities: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(kind, name, key) of each history stream, in the order shown."""
+    return [
+        *(("priority", priority, keys.stream(priority)) for priority in priorities),
+        ("events", "events", keys.events),
+        ("dlq", "dlq", keys.dlq),
+    ]
+
+
+_HISTORY_READS = 3
+"""Replies per history stream: XLEN, its oldest entry, MEMORY USAGE."""
+
+
+def _queue_history_reads(pipe: Pipeline, keys: Keyspace, priorities: Sequence[str]) -> None:
+    for _kind, _name, stream in _history_streams(keys, priorities):
+        pipe.xlen(stream)
+        # The oldest entry's id is its time; its fields come along (no ids-only
+        # read exists), but one entry only.
+        pipe.xrange(stream, "-", "+", count=1)
+        pipe.memory_usage(stream, samples=MEMORY_SAMPLES)
+
+
+def _history(replies: list[Any], keys: Keyspace, settings: Settings, now_ms: int) -> History:
+    streams = []
+    for index, (kind, name, stream) in enumerate(_history_streams(keys, settings.priorities)):
+        length, first, memory = replies[_HISTORY_READS * index : _HISTORY_READS * (index + 1)]
+        first = _ok(first)
+        oldest_ms = _id_ms(first[0][0]) if first else None
+        cap, cap_setting = _cap(kind, settings)
+        streams.append(
+            HistoryStats(
+                kind=kind,
+                name=name,
+                stream=stream,
+                length=int(_ok(length)),
+                oldest_ms=oldest_ms,
+                reach_s=None if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000),
+                memory_bytes=_memory(memory),
+                cap=cap,
+                cap_setting=cap_setting,
+                retention_s=None if kind == "dlq" else settings.retention_s,
+            )
+        )
+    return History(tuple(streams))
+
+
+def _cap(kind: str, settings: Settings) -> tuple[int | None, str | None]:
+    """The count cap that trims this history stream, and the setting it comes from.
+
+    The janitor trims the priority streams to ``retention_maxlen`` and the events
+    stream to ``events_maxlen`` (0 or None: no cap); the DLQ is never trimmed.
+    """
+    if kind == "dlq":
+        return None, None
+    setting = "events_maxlen" if kind == "events" else "retention_maxlen"
+    cap = settings.events_maxlen if kind == "events" else settings.retention_maxlen
+    return (cap, setting) if cap else (None, None)
+
+
+def _memory(reply: Any) -> int | None:
+    """MEMORY USAGE's answer; nil is a stream that does not exist (0 bytes).
+
+    An ACL may deny MEMORY, and a managed service may rename or disable it:
+    then the memory is unknown, not the whole snapshot an error.
+    """
+    if isinstance(reply, ResponseError):
+        return None
+    reply = _ok(reply)
+    return 0 if reply is None else int(reply)
+
+
+def _server_ms(reply: Any) -> int:
+    seconds, micros = _ok(reply)
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2s``, ``38s``, ``12.5m``, ``3.0h``, ``7.0d``: one unit, compact."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+
+
+def format_bytes(size: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``12.0 MiB``: binary units, as the server counts."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    size /= 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _count(n: int) -> str:
+    """``950``, ``9,500``, ``12k``, ``4.1M``, ``250M``: a count rounded for a sentence."""
+    if n >= 100_000_000:
+        return f"{n / 1_000_000:.0f}M"
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k"
+    return f"{n:,}"
 
 
 def _ok(reply: Any) -> Any:

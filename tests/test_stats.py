@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -11,13 +12,23 @@ from typing import cast
 
 import anyio
 import pytest
+from rich.console import Console
 
-from streamq import App, JobStatus, Retry
+from streamq import App, JobStatus, Retry, Settings
+from streamq.cli.stats import render
+from streamq.janitor import Janitor
 from streamq.keys import GROUP
-from streamq.stats import collect
+from streamq.stats import QueueStats, collect
 from tests.apps.process import streamq_child
 from tests.apps.slow import ADD, register
-from tests.conftest import bound_lost_jobs, queue_name, running_worker, subprocess_env
+from tests.conftest import (
+    bound_lost_jobs,
+    drop_queue,
+    queue_name,
+    running_worker,
+    subprocess_env,
+)
+from tests.history import fill_history, user_without_memory
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,11 +176,15 @@ async def test_stats_cli_json_table_watch_and_ctrl_c(redis_url: str) -> None:
         assert record["queue"] == name
         default = next(p for p in record["priorities"] if p["priority"] == "default")
         assert (default["length"], default["lag"], default["pending"]) == (3, 3, 0)
+        history = {s["name"]: s for s in record["history"]["streams"]}
+        assert history["default"]["length"] == 3 and history["events"]["length"] == 3
+        assert record["history"]["warnings"] == []
 
         table = streamq_stats(redis_url, name, "--watch", "--interval", "0.01", "--count", "2")
         assert table.returncode == 0, table.stderr
         assert table.stdout.count(f"queue {name} at") == 2  # piped: one table per refresh
         assert "oldest pending" in table.stdout and "DLQ 0" in table.stdout
+        assert table.stdout.count("reaches back") == 2  # the history table, each time
 
         env = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=name)
         args = ["stats", "tests.apps.slow:app", "--watch", "--json", "--interval", "0.05"]
@@ -186,3 +201,142 @@ async def test_stats_cli_json_table_watch_and_ctrl_c(redis_url: str) -> None:
         redis = await app.redis()
         async for key in redis.scan_iter(match=app.keys.pattern()):
             await redis.delete(key)
+
+
+def as_text(stats: QueueStats) -> str:
+    """What ``streamq stats`` prints for this snapshot, as plain text."""
+    console = Console(file=io.StringIO(), width=160, record=True)
+    console.print(render(stats))
+    return console.export_text()
+
+
+async def test_history_shows_each_streams_entries_reach_and_memory(app: App) -> None:
+    """Each history stream (every priority stream, the events stream, the DLQ) shows
+    its length, when its oldest entry was added and how long ago (how far back the
+    history reaches), and an estimate of its memory. An empty stream reaches nowhere
+    and takes nothing. The default settings cut nothing short: no warning."""
+
+    @app.task(name="add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    for i in range(3):
+        await add.enqueue(i, i)
+    redis = await app.redis()
+    await redis.xadd(app.keys.dlq, {"job": "gone", "reason": "for the test"})
+
+    stats = await collect(app)
+    history = stats.history
+    by_name = {h.name: h for h in history.streams}
+    assert list(by_name) == ["high", "default", "low", "events", "dlq"]
+    assert [h.kind for h in history.streams] == ["priority"] * 3 + ["events", "dlq"]
+    assert [h.stream for h in history.streams] == [
+        *app.streams, app.keys.events, app.keys.dlq
+    ]  # fmt: skip
+    for name, length in (("default", 3), ("events", 3), ("dlq", 1)):
+        entry = by_name[name]
+        ((first_id, _fields),) = await redis.xrange(entry.stream, count=1)
+        first_ms = int(first_id.decode().split("-")[0])
+        assert (entry.length, entry.oldest_ms) == (length, first_ms), entry
+        assert entry.reach_s == (stats.server_time_ms - first_ms) / 1000
+        assert entry.memory_bytes is not None and entry.memory_bytes > 0
+    for name in ("high", "low"):
+        assert by_name[name].length == 0 and by_name[name].memory_bytes == 0
+        assert by_name[name].oldest_ms is None and by_name[name].reach_s is None
+    assert by_name["events"].cap == 100_000 or by_name["events"].cap is None
+    assert by_name["dlq"].cap is None and by_name["dlq"].retention_s is None
+    assert history.warnings == ()
+    assert history.memory_bytes == sum(h.memory_bytes or 0 for h in history.streams)
+    assert history.retained_jobs == 3
+    assert history.bytes_per_retained_job == history.memory_bytes / 3
+
+    record = stats.to_dict()["history"]
+    assert [s["name"] for s in record["streams"]] == list(by_name)
+    assert record["streams"][1]["length"] == 3 and record["streams"][1]["reach_s"] >= 0
+    assert record["warnings"] == [] and record["bytes_per_retained_job"] > 0
+    text = as_text(stats)
+    assert "reaches back" in text and "per retained job (estimate)" in text
+    assert "unknown" not in text
+
+
+async def test_a_count_cap_that_cuts_history_short_of_retention_is_a_warning(
+    redis_url: str,
+) -> None:
+    """Given retention_maxlen 30 and events_maxlen 20, and 300 entries in the default
+    stream and the events stream (acked, then trimmed by the janitor; the events
+    capped as they were written), each of them keeps about its cap and reaches back
+    seconds, not the 7 days retention_s promises: a warning per stream names the
+    setting that cut it. Read under the default settings, the same streams warn
+    of nothing: no cap cut them."""
+    name = queue_name()
+    capped = App(
+        name, settings=Settings(redis_url=redis_url, retention_maxlen=30, events_maxlen=20)
+    )
+    async with capped:
+        try:
+            await fill_history(capped, 300, events_cap=20)
+            assert await Janitor(capped, "test").trim() > 0
+            stats = await collect(capped)
+            by_name = {h.name: h for h in stats.history.streams}
+            default, events = by_name["default"], by_name["events"]
+            assert (default.cap, default.cap_setting) == (30, "retention_maxlen")
+            assert (events.cap, events.cap_setting) == (20, "events_maxlen")
+            assert 30 <= default.length < 300 and 20 <= events.length < 300
+            assert default.cut_short and events.cut_short
+            assert not by_name["high"].cut_short and not by_name["dlq"].cut_short
+            warnings = stats.history.warnings
+            assert len(warnings) == 2, warnings
+            assert warnings[0].startswith("default: cut by retention_maxlen 30")
+            assert warnings[1].startswith("events: cut by events_maxlen 20")
+            assert all("not retention_s's 7.0d" in w for w in warnings)
+            assert stats.to_dict()["history"]["warnings"] == list(warnings)
+            text = as_text(stats)
+            assert "default: cut by retention_maxlen 30" in text, text
+
+            async with App(name, redis_url=redis_url) as uncapped:
+                assert (await collect(uncapped)).history.warnings == ()
+        finally:
+            await drop_queue(capped)
+
+
+async def test_a_stream_at_its_cap_that_still_reaches_past_retention_is_not_cut_short(
+    redis_url: str,
+) -> None:
+    """A stream that holds as many entries as its cap, but whose oldest entry is older
+    than retention_s, keeps all that was promised: no warning."""
+    name = queue_name()
+    app = App(name, settings=Settings(redis_url=redis_url, retention_maxlen=5))
+    async with app:
+        try:
+            redis = await app.redis()
+            seconds, _micros = await redis.time()
+            eight_days_ago_ms = (seconds - 8 * 86_400) * 1000
+            for n in range(10):
+                await redis.xadd(app.keys.stream("low"), {"n": n}, id=f"{eight_days_ago_ms}-{n}")
+            stats = await collect(app)
+            low = next(h for h in stats.history.streams if h.name == "low")
+            assert low.length == 10 and low.reach_s is not None and low.reach_s > 7 * 86_400
+            assert not low.cut_short and stats.history.warnings == ()
+        finally:
+            await drop_queue(app)
+
+
+async def test_memory_the_server_will_not_tell_is_unknown_not_a_crash(
+    app: App, redis_url: str
+) -> None:
+    """A user denied MEMORY (some managed services deny it) still gets every length
+    and reach; the memory reads as unknown, and so does the memory per job."""
+
+    @app.task(name="add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    await add.enqueue(1, 2)
+    async with user_without_memory(app, redis_url) as url, App(app.name, redis_url=url) as limited:
+        stats = await collect(limited)
+    default = next(h for h in stats.history.streams if h.name == "default")
+    assert default.length == 1 and default.reach_s is not None
+    assert all(h.memory_bytes is None for h in stats.history.streams)
+    assert stats.history.memory_bytes is None and stats.history.bytes_per_retained_job is None
+    assert stats.to_dict()["history"]["streams"][1]["memory_bytes"] is None
+    assert "unknown" in as_text(stats)

@@ -1,4 +1,4 @@
-"""``streamq stats``: a queue's depth, lag, pending work, consumers and throughput."""
+"""``streamq stats``: a queue's depth, lag, pending work, consumers, throughput and history."""
 
 from __future__ import annotations
 
@@ -17,7 +17,15 @@ from rich.text import Text
 from streamq.app import App
 from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
 from streamq.cli._load import load_app
-from streamq.stats import PriorityStats, QueueStats, collect
+from streamq.stats import (
+    History,
+    HistoryStats,
+    PriorityStats,
+    QueueStats,
+    collect,
+    format_bytes,
+    format_duration,
+)
 
 
 def stats(
@@ -32,7 +40,8 @@ def stats(
     ] = None,
     redis_url: RedisUrlOpt = None,
 ) -> None:
-    """Per priority: length, lag, pending, oldest pending; delayed, DLQ, consumers, jobs/s."""
+    """Per priority: length, lag, pending, oldest pending; delayed, DLQ, consumers, jobs/s;
+    per history stream: entries, how far back they reach, memory; and what cuts it short."""
     app = load_app(app_path, redis_url)
     console = Console()
     # Redrawing in place needs a terminal; piped output gets one snapshot after another.
@@ -70,7 +79,7 @@ class _NoLive:
 
 
 def render(snapshot: QueueStats) -> RenderableType:
-    """The table ``streamq stats`` prints: priorities, then totals, then consumers."""
+    """The table ``streamq stats`` prints: priorities, totals, consumers, then history."""
     when = datetime.fromtimestamp(snapshot.server_time_ms / 1000).strftime("%H:%M:%S")
     table = Table(title=f"queue {snapshot.queue} at {when}", title_justify="left")
     for column in ("priority", "length", "lag", "pending", "oldest pending", "consumers"):
@@ -79,7 +88,7 @@ def render(snapshot: QueueStats) -> RenderableType:
         oldest = prio.oldest_pending_age_s
         table.add_row(
             prio.priority, str(prio.length), _lag(prio), str(prio.pending),
-            "-" if oldest is None else _duration(oldest), str(len(prio.consumers)),
+            "-" if oldest is None else format_duration(oldest), str(len(prio.consumers)),
         )  # fmt: skip
     t = snapshot.throughput
     lines: list[RenderableType] = [
@@ -104,21 +113,45 @@ def render(snapshot: QueueStats) -> RenderableType:
         for column in ("consumer", "pending", "idle"):
             people.add_column(column, justify="left" if column == "consumer" else "right")
         for c in consumers:
-            people.add_row(c.name, str(c.pending), _duration(c.idle_ms / 1000))
+            people.add_row(c.name, str(c.pending), format_duration(c.idle_ms / 1000))
         lines.append(people)
     else:
         lines.append(Text("no consumers (no worker has read this queue yet)"))
+    lines += _history(snapshot.history)
     return Group(*lines)
+
+
+def _history(history: History) -> list[RenderableType]:
+    table = Table(title="history", title_justify="left")
+    for column in ("stream", "entries", "reaches back", "memory"):
+        table.add_column(column, justify="left" if column == "stream" else "right")
+    for h in history.streams:
+        memory = "unknown" if h.memory_bytes is None else format_bytes(h.memory_bytes)
+        table.add_row(h.name, str(h.length), _reach(h), memory)
+    total, per_job = history.memory_bytes, history.bytes_per_retained_job
+    if total is None:
+        summary = "history memory unknown: the server would not run MEMORY USAGE"
+    elif per_job is None:
+        summary = f"history {format_bytes(total)} in all"
+    else:
+        summary = (
+            f"history {format_bytes(total)} in all, "
+            f"~{format_bytes(per_job)} per retained job (estimate)"
+        )
+    lines: list[RenderableType] = [table, Text(summary)]
+    lines += [Text(f"warning: {w}", style="yellow") for w in history.warnings]
+    return lines
+
+
+def _reach(h: HistoryStats) -> str:
+    if h.oldest_ms is None or h.reach_s is None:
+        return "-"
+    oldest = datetime.fromtimestamp(h.oldest_ms / 1000)
+    since = oldest.strftime("%Y-%m-%d %H:%M" if h.reach_s >= 86400 else "%H:%M:%S")
+    return f"{format_duration(h.reach_s)} (since {since})"
 
 
 def _lag(prio: PriorityStats) -> str:
     if prio.lag is None:
         return "?"
     return f"~{prio.lag}" if prio.lag_estimated else str(prio.lag)
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
