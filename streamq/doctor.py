@@ -1,17 +1,18 @@
 """Server checks: is this Redis set up so that streamq keeps its guarantees?
 
 ``run_checks(app)`` reads the server's version, persistence and eviction
-settings, cluster mode, the current user's ACL permissions and the types of
-the queue's keys, and turns each into a ``Check``: ok, warn (could not tell,
-or worth knowing) or problem (jobs can be lost or workers will fail), with
-the fix for anything not ok. Managed services often deny CONFIG or ACL
-commands: such a check becomes a warning that says what could not be read,
-never a crash.
+settings, cluster mode, the current user's ACL permissions, the types of
+the queue's keys and how far back its history reaches, and turns each into a
+``Check``: ok, warn (could not tell, or worth knowing) or problem (jobs can be
+lost or workers will fail), with the fix for anything not ok. Managed services
+often deny CONFIG or ACL commands: such a check becomes a warning that says
+what could not be read, never a crash.
 
 The server reads are two pipelined round trips, and the evaluations pure
 functions of what was read (``check_version`` and friends), so each rule is
 testable on its own. The key types are a SCAN of the queue's keys with
-pipelined TYPEs (``check_key_types``).
+pipelined TYPEs (``check_key_types``); the history one more pipelined read
+(``stats.read_history``), judged by ``check_history``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from streamq.connection import MIN_REDIS, MIN_VALKEY, server_version
 from streamq.errors import ServerTooOld, WrongKeyType
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import KEY_TYPES, find_wrong_types
+from streamq.settings import Settings
+from streamq.stats import History, format_bytes, format_duration, read_history
 
 
 class Status(StrEnum):
@@ -68,7 +71,7 @@ async def run_checks(app: App) -> list[Check]:
             return [_too_old(exc.found)]
         return await _unchecked(url, app)
     try:
-        checks = await _checks(redis, app.keys, app.settings.priorities)
+        checks = await _checks(redis, app.keys, app.settings)
         return [*_embedded_check(app), *checks]
     except NoPermissionError as exc:
         # Raised while connecting (command errors come back as pipeline values):
@@ -110,12 +113,12 @@ async def _unchecked(url: str, app: App) -> list[Check]:
         socket_connect_timeout=app.settings.connect_timeout_s,
     )
     try:
-        return await _checks(unnamed, app.keys, app.settings.priorities)
+        return await _checks(unnamed, app.keys, app.settings)
     finally:
         await unnamed.aclose()
 
 
-async def _checks(redis: Redis, keys: Keyspace, priorities: Sequence[str]) -> list[Check]:
+async def _checks(redis: Redis, keys: Keyspace, settings: Settings) -> list[Check]:
     params = ("appendonly", "appendfsync", "maxmemory-policy", "maxmemory")
     async with redis.pipeline(transaction=False) as pipe:
         for section in ("server", "persistence", "cluster"):
@@ -134,8 +137,9 @@ async def _checks(redis: Redis, keys: Keyspace, priorities: Sequence[str]) -> li
         check_maxmemory_policy(config["maxmemory-policy"], config["maxmemory"]),
         check_persistence(persistence),
         check_cluster(cluster),
-        await _check_acl(redis, keys, priorities, whoami),
+        await _check_acl(redis, keys, settings.priorities, whoami),
         await check_key_types(redis, keys),
+        await _check_history(redis, keys, settings),
     ]
 
 
@@ -312,6 +316,67 @@ async def check_key_types(redis: Redis, keys: Keyspace) -> Check:
         "(RENAME <key> <key>.bad) or delete it (DEL <key>); streamq recreates its streams, "
         "groups and delayed set when it needs them",
     )  # fmt: skip
+
+
+async def _check_history(redis: Redis, keys: Keyspace, settings: Settings) -> Check:
+    try:
+        history = await read_history(redis, keys, settings)
+    except RedisError as exc:
+        return _cannot_read(
+            "history", f"the history streams of queue {keys.queue}", exc,
+            "grant +time +xlen +xrange so doctor can check",
+        )  # fmt: skip
+    return check_history(history, settings.retention_s)
+
+
+def check_history(history: History, retention_s: float | None) -> Check:
+    """How far back each history stream reaches, and whether that is what was promised.
+
+    Warns when a count cap (``retention_maxlen``, ``events_maxlen``) trims a
+    stream before ``retention_s`` would, and when nothing trims a stream at all
+    (``retention_s`` None and no cap: it grows until the server's memory is full).
+    """
+    parts = []
+    for h in history.streams:
+        if h.length == 0 or h.reach_s is None:
+            parts.append(f"{h.name} empty")
+            continue
+        entries = f"{h.length} {'entry' if h.length == 1 else 'entries'}"
+        memory = "" if h.memory_bytes is None else f", {format_bytes(h.memory_bytes)}"
+        parts.append(f"{h.name} {entries} back {format_duration(h.reach_s)}{memory}")
+    per_job = history.bytes_per_retained_job
+    if history.memory_bytes is None:
+        parts.append(
+            "memory unknown: the server would not run MEMORY USAGE (grant +memory|usage to see it)"
+        )
+    elif per_job is not None:
+        parts.append(f"~{format_bytes(per_job)} of history per retained job (estimate)")
+    streams = "; ".join(parts)
+
+    shortfalls = [h.shortfall for h in history.streams if h.shortfall is not None]
+    if shortfalls:
+        settings = list(dict.fromkeys(h.cap_setting for h in history.streams if h.cut_short))
+        both = len(settings) > 1
+        return Check(
+            "history", Status.WARN,
+            f"{'; '.join(shortfalls)} (a count cap, not retention_s, decides how much "
+            "history is kept)",
+            f"raise {' and '.join(map(str, settings))} (or set {'them' if both else 'it'} "
+            "to None, to trim by retention_s alone), or archive the history before the "
+            "cap trims it",
+        )  # fmt: skip
+    unbounded = [h.name for h in history.streams if h.kind != "dlq" and h.cap is None]
+    if retention_s is None and unbounded:
+        return Check(
+            "history", Status.WARN,
+            f"retention_s is None and no count cap trims {', '.join(unbounded)}: they grow "
+            f"without bound until the server runs out of memory ({streams})",
+            "set retention_s (seconds of history to keep; the default is 7 days), or a "
+            "count cap: retention_maxlen for the priority streams, events_maxlen for the "
+            "events stream",
+        )  # fmt: skip
+    promised = "None" if retention_s is None else format_duration(retention_s)
+    return Check("history", Status.OK, f"retention_s {promised}; {streams}")
 
 
 def required_commands(keys: Keyspace, priority: str) -> list[tuple[str, ...]]:

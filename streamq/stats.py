@@ -125,8 +125,9 @@ class HistoryStats:
         return self.length >= self.cap - self.cap // 100 and self.reach_s < self.retention_s
 
     @property
-    def warning(self) -> str | None:
-        """Why this stream reaches back less far than promised, and what it would take."""
+    def shortfall(self) -> str | None:
+        """When the cap cut this stream short: how far back it reaches against what
+        ``retention_s`` promised, and what keeping that would take at this rate."""
         if not self.cut_short:
             return None
         assert self.reach_s is not None and self.retention_s is not None
@@ -138,8 +139,16 @@ class HistoryStats:
         return (
             f"{self.name}: cut by {self.cap_setting} {self.cap}: reaches back "
             f"{format_duration(self.reach_s)}, not retention_s's {promised} "
-            f"({promised} at this rate: {need}); raise {self.cap_setting} or set it to None"
+            f"({promised} at this rate: {need})"
         )
+
+    @property
+    def warning(self) -> str | None:
+        """The shortfall with its fix."""
+        shortfall = self.shortfall
+        if shortfall is None:
+            return None
+        return f"{shortfall}; raise {self.cap_setting} or set it to None"
 
 
 @dataclass(frozen=True, slots=True)

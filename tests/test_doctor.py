@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamq import App
+from streamq import App, Settings
 from streamq.doctor import (
     Check,
     Status,
@@ -27,7 +27,9 @@ from streamq.doctor import (
     run_checks,
 )
 from streamq.embedded import ValkeyServer
-from tests.conftest import queue_name, subprocess_env
+from streamq.janitor import Janitor
+from tests.conftest import drop_queue, queue_name, subprocess_env
+from tests.history import fill_history, user_without_memory
 from tests.servers import free_port, old_redis
 
 pytestmark = pytest.mark.anyio
@@ -95,9 +97,10 @@ async def test_the_embedded_configuration_passes_every_check(redis_url: str) -> 
     checks = await checks_for(redis_url)
     assert list(checks) == [
         "version", "appendonly", "appendfsync", "maxmemory-policy", "persistence", "cluster",
-        "acl", "keys",
+        "acl", "keys", "history",
     ]  # fmt: skip
     assert {c.status for c in checks.values()} == {Status.OK}, checks
+    assert checks["history"].detail.startswith("retention_s 7.0d; high empty; default empty")
     assert checks["version"].detail.startswith("Valkey ")
     assert checks["acl"].detail.startswith("user default may run all")
 
@@ -241,3 +244,65 @@ def test_doctor_without_a_url_says_it_checked_the_embedded_server_it_started(
     report = json.loads(capsys.readouterr().out)
     (server,) = [c for c in report["checks"] if c["name"] == "server"]
     assert "already running" in server["detail"], server
+
+
+async def history_check(app: App) -> Check:
+    return {check.name: check for check in await run_checks(app)}["history"]
+
+
+async def test_history_check_warns_when_a_count_cap_cuts_history_short_of_retention(
+    redis_url: str,
+) -> None:
+    """Given retention_maxlen 30 and events_maxlen 20, and 300 acked entries in the
+    default stream and the events stream, trimmed to about their caps: both reach
+    back seconds, not retention_s's 7 days, and the check warns, naming each setting
+    to raise (or set to None) and the archive as the other way out. Checked with the
+    default settings, the same streams are ok: each one's entries, reach and memory."""
+    name = queue_name()
+    capped = App(
+        name, settings=Settings(redis_url=redis_url, retention_maxlen=30, events_maxlen=20)
+    )
+    async with capped:
+        try:
+            await fill_history(capped, 300, events_cap=20)
+            await Janitor(capped, "test").trim()
+            check = await history_check(capped)
+            assert check.status is Status.WARN, check
+            assert "default: cut by retention_maxlen 30: reaches back" in check.detail
+            assert "events: cut by events_maxlen 20: reaches back" in check.detail
+            assert "not retention_s's 7.0d" in check.detail
+            assert check.fix.startswith("raise retention_maxlen and events_maxlen"), check.fix
+            assert "None" in check.fix and "archive" in check.fix
+
+            async with App(name, redis_url=redis_url) as uncapped:
+                check = await history_check(uncapped)
+            assert check.status is Status.OK, check
+            assert check.fix == ""
+            default = next(p for p in check.detail.split("; ") if p.startswith("default "))
+            assert default.startswith("default 100 entries back "), check.detail
+            assert default.endswith("B"), check.detail  # its memory: "4.5 KiB"
+            assert "per retained job (estimate)" in check.detail
+        finally:
+            await drop_queue(capped)
+
+
+async def test_history_check_warns_that_without_retention_history_grows_without_bound(
+    redis_url: str,
+) -> None:
+    """retention_s None and no count cap: nothing ever trims the priority streams."""
+    app = App(queue_name(), settings=Settings(redis_url=redis_url, retention_s=None))
+    async with app:
+        check = await history_check(app)
+    assert check.status is Status.WARN, check
+    assert "retention_s is None" in check.detail and "grow without bound" in check.detail
+    assert "high, default, low" in check.detail
+    assert "retention_s" in check.fix and "retention_maxlen" in check.fix
+
+
+async def test_history_check_with_memory_denied_says_unknown(app: App, redis_url: str) -> None:
+    """A user denied MEMORY gets the reach of each stream and "memory unknown"."""
+    await app.redis()
+    async with user_without_memory(app, redis_url) as url, App(app.name, redis_url=url) as limited:
+        check = await history_check(limited)
+    assert check.status is Status.OK, check
+    assert "memory unknown" in check.detail and "+memory" in check.detail

@@ -1,4 +1,5 @@
-"""``streamq doctor``: check the Redis server's version, persistence, eviction and ACLs."""
+"""``streamq doctor``: check the server's version, persistence, eviction and ACLs, and how
+far back the queue's history reaches."""
 
 from __future__ import annotations
 
