@@ -296,7 +296,6 @@ class App:
                 content_type=self.serializer.content_type,
                 now_ms=now_ms,
                 priority=priority,
-                events_maxlen=self.settings.events_maxlen,
                 due_ms=due_ms,
                 delay_ms=delay_ms,
                 extra=extra,

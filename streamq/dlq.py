@@ -182,7 +182,6 @@ class DeadLetters:
             dlq_id=entry_id,
             group=GROUP,
             now_ms=int(time.time() * 1000),
-            events_maxlen=app.settings.events_maxlen,
             priority=priority,
         )
         if new_id is None:

@@ -8,8 +8,11 @@ leader lease makes one janitor per queue do the work at a time:
 - remove consumers idle for ``consumer_idle_s`` with nothing pending (a fresh
   consumer name per process would otherwise leave dead ones behind);
 - trim history older than ``retention_s`` (or beyond ``retention_maxlen``)
-  from the priority streams and the events stream, every ``trim_interval_s``,
-  never past a pending or unread entry (``scripts/trim.lua``);
+  from the priority streams, never past a pending or unread entry, and events
+  older than ``retention_s`` (or beyond ``events_maxlen``, when set) from the
+  events stream, never its last ``EVENTS_KEEP_S`` seconds; every
+  ``trim_interval_s`` (``scripts/trim.lua``). No script caps the events
+  stream as it writes: its history is kept by time, like the streams';
 - bound lost jobs, on the same cadence: a job hash that is not final has no
   TTL (its message brings it to an outcome, which sets one); if the message
   is gone (deleted or trimmed by hand, a delayed entry removed), the hash
@@ -43,6 +46,15 @@ LOST_SCAN_COUNT = 1000
 LOST_BATCH = 100
 """Job hashes per ``lost`` script call."""
 PROMOTE_ROUNDS = 100
+EVENTS_KEEP_S = 10.0
+"""The newest events a trim never removes, whatever ``retention_s`` or
+``events_maxlen`` say. The events stream has no consumer group to bound a trim;
+its readers are ``job.result()`` waiters, whose shared reader starts at the last
+event id a waiter saw when it read its job hash and then trails the stream's end
+by at most one blocking read (``waiters.BLOCK_SLICE_S``) and a round trip. An
+event trimmed before it was read still reaches its waiter through the reader's
+re-check of the job hash (``waiters.RECHECK_S``), only later: this margin keeps
+that from happening at ``retention_s=0`` or a small ``events_maxlen``."""
 
 
 class Janitor:
@@ -110,7 +122,7 @@ class Janitor:
                 delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
                 streams=app.streams, priorities=settings.priorities,
                 limit=PROMOTE_BATCH, group=GROUP,
-                events_maxlen=settings.events_maxlen, result_ttl_ms=ttl_ms,
+                result_ttl_ms=ttl_ms,
             )  # fmt: skip
             if not ids:
                 break
@@ -120,7 +132,7 @@ class Janitor:
                 delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
                 streams=app.streams, priorities=settings.priorities,
                 limit=PROMOTE_BATCH, group=GROUP,
-                events_maxlen=settings.events_maxlen, result_ttl_ms=ttl_ms, jobs=jobs,
+                result_ttl_ms=ttl_ms, jobs=jobs,
             )  # fmt: skip
             total += moved
             dead += died
@@ -137,21 +149,29 @@ class Janitor:
         """Apply the retention limits to every priority stream and the events stream."""
         app = self.app
         settings = app.settings
-        if settings.retention_s is None and settings.retention_maxlen is None:
+        streams_limited = settings.retention_s is not None or settings.retention_maxlen is not None
+        events_limited = settings.retention_s is not None or settings.events_maxlen is not None
+        if not (streams_limited or events_limited):
             return 0
         scripts = await app.scripts()
+        # Ages are judged by the server's clock (stream ids carry its time).
+        seconds, micros = await (await app.redis()).time()
+        now_ms = seconds * 1000 + micros // 1000
         min_id = "0"
         if settings.retention_s is not None:
-            # Ages are judged by the server's clock (stream ids carry its time).
-            seconds, micros = await (await app.redis()).time()
-            now_ms = seconds * 1000 + micros // 1000
             min_id = f"{max(0, now_ms - int(settings.retention_s * 1000))}-0"
         total = 0
-        streams = [*app.streams, app.keys.events]
-        for stream in streams:
+        if streams_limited:
+            for stream in app.streams:
+                removed, _cut = await scripts.trim(
+                    stream, min_id=min_id, maxlen=settings.retention_maxlen or 0
+                )
+                total += removed
+        if events_limited:
             removed, _cut = await scripts.trim(
-                stream, min_id=min_id, maxlen=settings.retention_maxlen or 0
-            )
+                app.keys.events, min_id=min_id, maxlen=settings.events_maxlen or 0,
+                floor=f"{max(0, now_ms - int(EVENTS_KEEP_S * 1000))}-0",
+            )  # fmt: skip
             total += removed
         if total:
             self.trimmed += total
@@ -177,7 +197,7 @@ class Janitor:
         for i in range(0, len(jobs), LOST_BATCH):
             found = await scripts.lost(
                 events=app.keys.events, delayed=app.keys.delayed, streams=app.streams,
-                group=GROUP, events_maxlen=app.settings.events_maxlen,
+                group=GROUP,
                 result_ttl_ms=int(app.settings.result_ttl_s * 1000),
                 safe_age_ms=int(app.settings.lost_job_age_s * 1000),
                 jobs=jobs[i : i + LOST_BATCH],

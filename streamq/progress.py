@@ -114,7 +114,6 @@ async def progress(percent: float, message: str = "") -> bool:
         task=ctx.task,
         attempt=ctx.attempt,
         worker=ctx.worker,
-        events_maxlen=app.settings.events_maxlen,
         stream=ctx.stream or None,
         group=GROUP,
         msg_id=ctx.msg_id,

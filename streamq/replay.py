@@ -228,7 +228,6 @@ class Replay:
                     jobs=[(job_id, target.job(job_id), record.fields.get("payload", "").encode())],
                     now_ms=now_ms,
                     priority=priority,
-                    events_maxlen=self.app.settings.events_maxlen,
                     delayed=target.delayed,
                     extra=extra,
                 )  # fmt: skip

@@ -94,8 +94,11 @@ class Settings:
     """Highest first."""
     result_ttl_s: float = 86_400.0
     """How long a finished job's hash (status, result, error) is kept."""
-    events_maxlen: int = 100_000
-    """Approximate cap on the lifecycle events stream."""
+    events_maxlen: int | None = None
+    """An explicit, approximate cap on the lifecycle events stream, applied by the
+    janitor's trim (as ``retention_maxlen`` is for the priority streams). None:
+    no count cap; the events stream is trimmed by ``retention_s`` only. Neither
+    limit trims the last ``janitor.EVENTS_KEEP_S`` seconds of events."""
     max_payload_bytes: int = 1024 * 1024
     """Encoded arguments larger than this are refused at enqueue."""
     max_result_bytes: int = 1024 * 1024
@@ -123,10 +126,12 @@ class Settings:
     consumer_idle_s: float = 3600.0
     """Consumers idle this long with nothing pending are removed from the group."""
     retention_s: float | None = 7 * 86_400.0
-    """Acked history older than this is trimmed from the streams (None: keep)."""
+    """Acked history older than this is trimmed from the priority streams, and
+    events older than this from the events stream (None: keep)."""
     retention_maxlen: int | None = None
-    """Also trim each stream to about this many entries (None: no length limit).
-    Neither limit ever trims a pending or unread entry."""
+    """Also trim each priority stream to about this many entries (None: no length
+    limit; ``events_maxlen`` is the events stream's). Neither limit ever trims a
+    pending or unread entry."""
     trim_interval_s: float = 10.0
     lost_job_age_s: float = 3600.0
     """A job hash that is not final but whose message is gone (deleted or trimmed by
@@ -150,7 +155,7 @@ class Settings:
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("events_maxlen", "max_payload_bytes", "max_result_bytes", "max_connections"):
+        for name in ("max_payload_bytes", "max_result_bytes", "max_connections"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
@@ -158,6 +163,14 @@ class Settings:
             raise ConfigError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
         if self.retention_s is not None and not 0 <= self.retention_s < float("inf"):
             raise ConfigError(f"retention_s must be >= 0 or None, got {self.retention_s!r}")
+        if self.events_maxlen is not None and (
+            not isinstance(self.events_maxlen, int)
+            or isinstance(self.events_maxlen, bool)
+            or self.events_maxlen <= 0
+        ):
+            raise ConfigError(
+                f"events_maxlen must be a positive integer or None, got {self.events_maxlen!r}"
+            )
         if self.retention_maxlen is not None and (
             not isinstance(self.retention_maxlen, int) or self.retention_maxlen < 0
         ):

@@ -100,7 +100,7 @@ async def assert_no_key_leak(application: App) -> None:
     for i in range(0, len(live_candidates), 100):
         lost = await scripts.lost(
             events=application.keys.events, delayed=application.keys.delayed,
-            streams=application.streams, group=GROUP, events_maxlen=1,
+            streams=application.streams, group=GROUP,
             result_ttl_ms=1, safe_age_ms=0, jobs=live_candidates[i : i + 100], mark=False,
         )  # fmt: skip
         assert not lost, f"non-final job hashes whose message is gone (no TTL, ever): {lost}"
@@ -124,7 +124,6 @@ async def bound_lost_jobs(application: App) -> list[str]:
         marked += await scripts.lost(
             events=application.keys.events, delayed=application.keys.delayed,
             streams=application.streams, group=GROUP,
-            events_maxlen=application.settings.events_maxlen,
             result_ttl_ms=int(application.settings.result_ttl_s * 1000), safe_age_ms=0,
             jobs=jobs[i : i + 100],
         )  # fmt: skip

@@ -124,7 +124,6 @@ async def test_a_retrys_due_time_is_the_servers_time_plus_the_delay(
     assert await scripts.complete(
         app.keys.events, [outcome], delayed=app.keys.delayed, dlq=app.keys.dlq, group=GROUP,
         consumer="w", now_ms=int(time.time() * 1000), result_ttl_ms=60_000,
-        events_maxlen=1000,
     ) == [1]  # fmt: skip
     after = await server_ms(app)
     monkeypatch.undo()

@@ -39,16 +39,14 @@ def started(app: App, message: Message, job_id: str) -> Started:
 
 async def mark_started(app: App, consumer: str, *marks: Started) -> int:
     scripts = await app.scripts()
-    return await scripts.start(
-        app.keys.events, marks, group=GROUP, worker=consumer, now_ms=0, events_maxlen=1000
-    )
+    return await scripts.start(app.keys.events, marks, group=GROUP, worker=consumer, now_ms=0)
 
 
 async def complete(app: App, consumer: str, *outcomes: Outcome) -> list[int]:
     scripts = await app.scripts()
     return await scripts.complete(
         app.keys.events, outcomes, delayed=app.keys.delayed, dlq=app.keys.dlq, group=GROUP,
-        consumer=consumer, now_ms=0, result_ttl_ms=60_000, events_maxlen=1000,
+        consumer=consumer, now_ms=0, result_ttl_ms=60_000,
     )  # fmt: skip
 
 
@@ -173,7 +171,7 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
 
     class CountingScripts(Scripts):
         async def run_many(self, many):  # type: ignore[no-untyped-def, override]
-            calls.extend((len(args) - 5) // 12 for name, (_, args) in many if name == "complete")
+            calls.extend((len(args) - 4) // 12 for name, (_, args) in many if name == "complete")
             return await super().run_many(many)
 
     settled: list[list[tuple[str, bytes]]] = []

@@ -105,7 +105,7 @@ async def test_the_scan_continues_from_a_cursor_across_calls(fast_app: App) -> N
         got = await scripts.reclaim(
             stream=stream, dlq=fast_app.keys.dlq, events=fast_app.keys.events, group=GROUP,
             consumer="c2", count=1, min_idle_ms=0, now_ms=int(time.time() * 1000),
-            events_maxlen=1000, default_visibility_ms=600_000,
+            default_visibility_ms=600_000,
             visibility_ms={"long": 600_000, "short": 1000}, scan=50,
         )  # fmt: skip
     assert [m for m, _, _, _ in got] == [last[0]]

@@ -83,7 +83,6 @@ async def complete(app: App, outcomes: list[Outcome]) -> list[int]:
     return await scripts.complete(
         app.keys.events, outcomes, delayed=app.keys.delayed, dlq=app.keys.dlq, group=GROUP,
         consumer=CONSUMER, now_ms=int(time.time() * 1000), result_ttl_ms=60_000,
-        events_maxlen=app.settings.events_maxlen,
     )  # fmt: skip
 
 
@@ -218,7 +217,7 @@ async def test_dead_keeps_the_envelope_of_an_oversize_entry(app: App) -> None:
         stream=app.keys.stream("default"), dlq=app.keys.dlq, events=app.keys.events,
         job_key=app.keys.job("huge"), group=GROUP, consumer=CONSUMER, msg_id=msg_id,
         deliveries=1, reason="poison", now_ms=int(time.time() * 1000),
-        events_maxlen=app.settings.events_maxlen, result_ttl_ms=60_000, job_id="huge",
+        result_ttl_ms=60_000, job_id="huge",
         task="t",
     )  # fmt: skip
     assert dlq_id is not None
@@ -255,7 +254,7 @@ async def test_reclaim_hands_over_an_oversize_entry(app: App) -> None:
     got = await scripts.reclaim(
         stream=app.keys.stream("default"), dlq=app.keys.dlq, events=app.keys.events,
         group=GROUP, consumer="c2", count=10, min_idle_ms=1000,
-        now_ms=int(time.time() * 1000), events_maxlen=1000, default_visibility_ms=1000,
+        now_ms=int(time.time() * 1000), default_visibility_ms=1000,
         visibility_ms={},
     )  # fmt: skip
     assert [(m, len(f), d) for m, f, d, _ in got] == [(msg_id, OVERSIZE_FIELDS, 2)]
@@ -322,7 +321,7 @@ async def test_the_largest_accepted_entry_goes_through_every_script(app: App) ->
     await redis.xclaim(stream, GROUP, CONSUMER, 0, [msg_id], idle=60_000, justid=True)
     claimed = await scripts.reclaim(
         stream=stream, dlq=app.keys.dlq, events=app.keys.events, group=GROUP, consumer="c2",
-        count=10, min_idle_ms=1000, now_ms=int(time.time() * 1000), events_maxlen=1000,
+        count=10, min_idle_ms=1000, now_ms=int(time.time() * 1000),
         default_visibility_ms=1000, visibility_ms={},
     )  # fmt: skip
     assert [(m, len(f[b"payload"])) for m, f, _, _ in claimed] == [
@@ -331,7 +330,7 @@ async def test_the_largest_accepted_entry_goes_through_every_script(app: App) ->
     dlq_id = await scripts.dead(
         stream=stream, dlq=app.keys.dlq, events=app.keys.events, job_key=app.keys.job(job.id),
         group=GROUP, consumer="c2", msg_id=msg_id, deliveries=2, reason="poison",
-        now_ms=int(time.time() * 1000), events_maxlen=1000, result_ttl_ms=60_000,
+        now_ms=int(time.time() * 1000), result_ttl_ms=60_000,
         job_id=job.id, task="big",
     )  # fmt: skip
     assert dlq_id is not None

@@ -125,7 +125,7 @@ async def test_a_bounced_job_is_located_and_a_requeue_starts_its_count_afresh(
         scripts = await producer.scripts()
         lost = await scripts.lost(
             events=producer.keys.events, delayed=producer.keys.delayed,
-            streams=producer.streams, group="workers", events_maxlen=1000,
+            streams=producer.streams, group="workers",
             result_ttl_ms=1000, safe_age_ms=0,
             jobs=[(job.id.encode(), producer.keys.job(job.id).encode())], mark=False,
         )  # fmt: skip

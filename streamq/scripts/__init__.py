@@ -142,7 +142,7 @@ class Scripts:
     @staticmethod
     def enqueue_call(
         *, stream: str, events: str, delayed: str, group: str, task: str, content_type: str,
-        now_ms: int, priority: str, events_maxlen: int, jobs: Sequence[tuple[str, str, bytes]],
+        now_ms: int, priority: str, jobs: Sequence[tuple[str, str, bytes]],
         due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
         all_streams: Sequence[str] = (), delay_ms: int = 0,
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
@@ -155,7 +155,7 @@ class Scripts:
         if max_pending:
             keys += all_streams
         args: list[Arg] = [
-            group, task, content_type, now_ms, priority, events_maxlen, due_ms, max_pending,
+            group, task, content_type, now_ms, priority, due_ms, max_pending,
             len(jobs), len(extra), delay_ms, *extra,
         ]  # fmt: skip
         for job_id, _, payload in jobs:
@@ -182,12 +182,11 @@ class Scripts:
 
     @staticmethod
     def start_call(
-        events: str, jobs: Sequence[Started], *, group: str, worker: str, now_ms: int,
-        events_maxlen: int,
-    ) -> tuple[list[str], list[Arg]]:  # fmt: skip
+        events: str, jobs: Sequence[Started], *, group: str, worker: str, now_ms: int
+    ) -> tuple[list[str], list[Arg]]:
         """Mark fetched jobs running (only those still pending to ``worker``)."""
         keys = [events]
-        args: list[Arg] = [now_ms, worker, events_maxlen, group]
+        args: list[Arg] = [now_ms, worker, group]
         for job in jobs:
             keys += [job.stream, job.job_key]
             args += [
@@ -196,22 +195,19 @@ class Scripts:
         return keys, args
 
     async def start(
-        self, events: str, jobs: Sequence[Started], *, group: str, worker: str, now_ms: int,
-        events_maxlen: int,
-    ) -> int:  # fmt: skip
+        self, events: str, jobs: Sequence[Started], *, group: str, worker: str, now_ms: int
+    ) -> int:
         """Returns how many jobs were marked (still ours, and not missing or final)."""
-        call = self.start_call(
-            events, jobs, group=group, worker=worker, now_ms=now_ms, events_maxlen=events_maxlen
-        )
+        call = self.start_call(events, jobs, group=group, worker=worker, now_ms=now_ms)
         return int(await self._call("start", *call))
 
     @staticmethod
     def complete_call(
         events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
-        consumer: str, now_ms: int, result_ttl_ms: int, events_maxlen: int,
+        consumer: str, now_ms: int, result_ttl_ms: int,
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
         keys = [events, delayed, dlq]
-        args: list[Arg] = [group, consumer, now_ms, result_ttl_ms, events_maxlen]
+        args: list[Arg] = [group, consumer, now_ms, result_ttl_ms]
         for o in outcomes:
             keys += [o.stream, o.job_key]
             args += [
@@ -223,46 +219,45 @@ class Scripts:
 
     async def complete(
         self, events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
-        consumer: str, now_ms: int, result_ttl_ms: int, events_maxlen: int,
+        consumer: str, now_ms: int, result_ttl_ms: int,
     ) -> list[int]:  # fmt: skip
         """Per outcome: 1 recorded, 2 recorded by an earlier run, 0 lost ownership."""
         call = self.complete_call(
             events, outcomes, delayed=delayed, dlq=dlq, group=group, consumer=consumer,
-            now_ms=now_ms, result_ttl_ms=result_ttl_ms, events_maxlen=events_maxlen,
+            now_ms=now_ms, result_ttl_ms=result_ttl_ms,
         )  # fmt: skip
         return [int(r) for r in await self._call("complete", *call)]
 
     async def dead(
         self, *, stream: str, dlq: str, events: str, job_key: str, group: str, consumer: str,
-        msg_id: bytes, deliveries: int, reason: str, now_ms: int, events_maxlen: int,
-        result_ttl_ms: int, job_id: str | None, task: str | None,
-        error_type: str = "PoisonMessage",
+        msg_id: bytes, deliveries: int, reason: str, now_ms: int, result_ttl_ms: int,
+        job_id: str | None, task: str | None, error_type: str = "PoisonMessage",
     ) -> bytes | None:  # fmt: skip
         """Returns the DLQ entry id, or None when the message is no longer ours."""
         reply = await self._call(
             "dead",
             [stream, dlq, events, job_key],
-            [group, consumer, msg_id, deliveries, reason, now_ms, events_maxlen,
-             result_ttl_ms, job_id or "", task or "", error_type],
+            [group, consumer, msg_id, deliveries, reason, now_ms, result_ttl_ms,
+             job_id or "", task or "", error_type],
         )  # fmt: skip
         return None if reply == 0 else cast(bytes, reply)
 
     @staticmethod
     def _promote_args(
         mode: str, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
-        priorities: Sequence[str], limit: int, group: str, events_maxlen: int,
+        priorities: Sequence[str], limit: int, group: str,
         result_ttl_ms: int, jobs: Sequence[tuple[bytes, bytes]] = (),
     ) -> tuple[list[str | bytes], list[Arg]]:  # fmt: skip
         keys: list[str | bytes] = [delayed, events, dlq, *streams, *(key for _, key in jobs)]
         args: list[Arg] = [
-            mode, limit, group, events_maxlen, result_ttl_ms, len(priorities),
+            mode, limit, group, result_ttl_ms, len(priorities),
             *priorities, *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         return keys, args
 
     async def promote_peek(
         self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
-        priorities: Sequence[str], limit: int, group: str, events_maxlen: int,
+        priorities: Sequence[str], limit: int, group: str,
         result_ttl_ms: int,
     ) -> list[bytes]:  # fmt: skip
         """The job ids of up to ``limit`` members due by the server's clock (b'' for a
@@ -272,14 +267,14 @@ class Scripts:
             *self._promote_args(
                 "peek", delayed=delayed, events=events, dlq=dlq, streams=streams,
                 priorities=priorities, limit=limit, group=group,
-                events_maxlen=events_maxlen, result_ttl_ms=result_ttl_ms,
+                result_ttl_ms=result_ttl_ms,
             ),
         )  # fmt: skip
         return list(reply)
 
     async def promote(
         self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
-        priorities: Sequence[str], limit: int, group: str, events_maxlen: int,
+        priorities: Sequence[str], limit: int, group: str,
         result_ttl_ms: int, jobs: Sequence[tuple[bytes, bytes]],
     ) -> tuple[int, int, bool]:  # fmt: skip
         """Promote due members; ``jobs`` pairs each peeked job id with its hash key.
@@ -291,7 +286,7 @@ class Scripts:
             *self._promote_args(
                 "move", delayed=delayed, events=events, dlq=dlq, streams=streams,
                 priorities=priorities, limit=limit, group=group,
-                events_maxlen=events_maxlen, result_ttl_ms=result_ttl_ms, jobs=jobs,
+                result_ttl_ms=result_ttl_ms, jobs=jobs,
             ),
         )  # fmt: skip
         return int(promoted), int(dead), bool(stopped)
@@ -307,7 +302,7 @@ class Scripts:
 
     async def reclaim(
         self, *, stream: str, dlq: str, events: str, group: str, consumer: str, count: int,
-        min_idle_ms: int, now_ms: int, events_maxlen: int, default_visibility_ms: int,
+        min_idle_ms: int, now_ms: int, default_visibility_ms: int,
         visibility_ms: Mapping[str, int], scan: int | None = None,
     ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:  # fmt: skip
         """Claimed messages as (id, fields, delivery count, previous owner).
@@ -319,7 +314,7 @@ class Scripts:
         """
         budget = scan if scan is not None else max(100, 10 * count)
         args: list[Arg] = [
-            group, consumer, count, min_idle_ms, now_ms, events_maxlen, default_visibility_ms,
+            group, consumer, count, min_idle_ms, now_ms, default_visibility_ms,
             self._reclaim_cursors.get((stream, group), "-"), budget,
         ]  # fmt: skip
         for task, ms in visibility_ms.items():
@@ -349,14 +344,14 @@ class Scripts:
 
     async def requeue(
         self, *, dlq: str, stream: str, job_key: str, events: str, dlq_id: bytes | str,
-        group: str, now_ms: int, events_maxlen: int, priority: str,
+        group: str, now_ms: int, priority: str,
     ) -> bytes | None | tuple[str, str]:  # fmt: skip
         """The new stream id; None when the DLQ entry was already gone; or, when the
         script refused it (nothing written), (reason code, message)."""
         reply = await self._call(
             "requeue",
             [dlq, stream, job_key, events],
-            [dlq_id, group, now_ms, events_maxlen, priority],
+            [dlq_id, group, now_ms, priority],
         )
         if isinstance(reply, list):
             code, message = (r.decode() if isinstance(r, bytes) else str(r) for r in reply)
@@ -364,15 +359,17 @@ class Scripts:
         return None if reply == 0 else cast(bytes, reply)
 
     async def trim(
-        self, stream: str, *, min_id: str, maxlen: int, max_examine: int = 10_000
-    ) -> tuple[int, str]:
-        """Trim history, never past pending or unread entries; returns (removed, cut)."""
-        removed, cut = await self._call("trim", [stream], [min_id, maxlen, max_examine])
+        self, stream: str, *, min_id: str, maxlen: int, max_examine: int = 10_000,
+        floor: str = "",
+    ) -> tuple[int, str]:  # fmt: skip
+        """Trim history, never past pending or unread entries, nor past ``floor`` (an
+        entry id, '' for none); returns (removed, cut)."""
+        removed, cut = await self._call("trim", [stream], [min_id, maxlen, max_examine, floor])
         return int(removed), cut.decode() if isinstance(cut, bytes) else str(cut)
 
     async def progress(
         self, *, job_key: str, events: str, percent: float, message: str, now_ms: int,
-        job_id: str, task: str, attempt: int, worker: str, events_maxlen: int,
+        job_id: str, task: str, attempt: int, worker: str,
         stream: str | None = None, group: str = "", msg_id: bytes | str = b"",
         deliveries: int = 0,
     ) -> bool:  # fmt: skip
@@ -381,14 +378,14 @@ class Scripts:
         keys = [job_key, events] if stream is None else [job_key, events, stream]
         reply = await self._call(
             "progress", keys,
-            [repr(percent), message, now_ms, job_id, task, attempt, worker, events_maxlen,
-             group, msg_id, deliveries],
+            [repr(percent), message, now_ms, job_id, task, attempt, worker, group, msg_id,
+             deliveries],
         )  # fmt: skip
         return bool(reply)
 
     async def lost(
         self, *, events: str, delayed: str, streams: Sequence[str], group: str,
-        events_maxlen: int, result_ttl_ms: int, safe_age_ms: int,
+        result_ttl_ms: int, safe_age_ms: int,
         jobs: Sequence[tuple[bytes, bytes]], mark: bool = True,
     ) -> list[bytes]:  # fmt: skip
         """Of ``jobs`` (job id, job hash key), those not final whose message is gone and
@@ -398,7 +395,7 @@ class Scripts:
             return []
         keys: list[str | bytes] = [events, delayed, *streams, *(key for _, key in jobs)]
         args: list[Arg] = [
-            group, events_maxlen, result_ttl_ms, safe_age_ms, len(streams),
+            group, result_ttl_ms, safe_age_ms, len(streams),
             "mark" if mark else "check", *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         return list(await self._call("lost", keys, args))
@@ -406,14 +403,14 @@ class Scripts:
     async def bounce(
         self, *, stream: str, delayed: str, events: str, job_key: str, group: str,
         consumer: str, msg_id: bytes, deliveries: int, priority: str, max_bounces: int,
-        base_delay_ms: int, max_delay_ms: int, events_maxlen: int,
+        base_delay_ms: int, max_delay_ms: int,
     ) -> tuple[int, int, int]:  # fmt: skip
         """Hand a message back for another worker: (1, bounces, delay ms) bounced,
         (-1, bounces, 0) past ``max_bounces`` (nothing written), (0, 0, 0) not ours."""
         reply = await self._call(
             "bounce", [stream, delayed, events, job_key],
             [group, consumer, msg_id, deliveries, priority, max_bounces, base_delay_ms,
-             max_delay_ms, events_maxlen],
+             max_delay_ms],
         )  # fmt: skip
         values = [int(v) for v in reply] + [0, 0]
         return values[0], values[1], values[2]

@@ -15,7 +15,6 @@
 -- KEYS[1] stream   KEYS[2] delayed zset   KEYS[3] events stream   KEYS[4] job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] msg id   ARGV[4] delivery count
 -- ARGV[5] priority   ARGV[6] max bounces   ARGV[7] base delay ms   ARGV[8] max delay ms
--- ARGV[9] events maxlen
 -- reply: {1, bounces, delay ms} bounced; {-1, bounces} past the limit (nothing
 -- written); {0} not ours any more, or the entry is gone (nothing written)
 local MAX_VALUES = 2000  -- cjson-encoded, not unpacked; still, bound what we copy
@@ -58,7 +57,7 @@ redis.call('ZADD', KEYS[2], now + delay, cjson.encode(fields))
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('HSET', KEYS[4], 'msg_id', 'delayed', 'due_ms', tostring(now + delay))
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'bounced', 'job', job,
+redis.call('XADD', KEYS[3], '*', 'kind', 'bounced', 'job', job,
   'task', task, 'msg', ARGV[3], 'worker', ARGV[2], 'bounces', bounces, 'delay_ms', delay,
   'error', 'unknown task: no handler registered on this worker', 'ts', now)
 return {1, bounces, delay}

@@ -17,8 +17,7 @@
 -- KEYS[1] events stream   KEYS[2] delayed zset   KEYS[3] dlq stream
 -- then per job: stream, job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now ms   ARGV[4] result ttl ms
--- ARGV[5] events maxlen
--- ARGV[6..] per job, 12 values: msg id, delivery count, job id, task, attempt,
+-- ARGV[5..] per job, 12 values: msg id, delivery count, job id, task, attempt,
 --   status, result or error type, error message, traceback, duration ms,
 --   retry delay ms, priority
 -- reply: per job 1 = recorded, 2 = already recorded by an earlier run, 0 = lost
@@ -43,7 +42,7 @@ local function event(kind, a, extra)
     'attempt', ARGV[a + 4], 'deliveries', ARGV[a + 1], 'worker', ARGV[2],
     'duration_ms', ARGV[a + 9], 'ts', now}
   for _, v in ipairs(extra) do fields[#fields + 1] = v end
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
 end
 
 -- The server's clock in ms: due times never come from a client's clock.
@@ -82,7 +81,7 @@ end
 
 for i = 1, n do
   local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-  local a = 6 + (i - 1) * STRIDE
+  local a = 5 + (i - 1) * STRIDE
   local msg_id, deliveries = ARGV[a], tonumber(ARGV[a + 1])
   -- Which delivery recorded the outcome: a reclaim keeps the message id, so the
   -- id alone cannot tell this worker's retried call from a stale worker's.

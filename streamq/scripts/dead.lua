@@ -6,9 +6,9 @@
 --
 -- KEYS[1] stream   KEYS[2] dlq stream   KEYS[3] events stream   KEYS[4] job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] msg id   ARGV[4] delivery count
--- ARGV[5] reason  ARGV[6] now ms   ARGV[7] events maxlen   ARGV[8] result ttl ms
--- ARGV[9] job id ('' when the entry has none)   ARGV[10] task ('' when unknown)
--- ARGV[11] error type for the job hash (PoisonMessage, TooManyDeliveries, ...)
+-- ARGV[5] reason  ARGV[6] now ms   ARGV[7] result ttl ms
+-- ARGV[8] job id ('' when the entry has none)   ARGV[9] task ('' when unknown)
+-- ARGV[10] error type for the job hash (PoisonMessage, TooManyDeliveries, ...)
 -- reply: DLQ entry id, or 0 when the message is no longer ours
 -- Key types before any write: the DLQ and events streams (a job key that is not
 -- a hash is left alone).
@@ -54,13 +54,13 @@ fields[#fields + 1] = 'dlq_deliveries'; fields[#fields + 1] = ARGV[4]
 fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = ARGV[6]
 local dlq_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[9] ~= '' and redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
-  redis.call('HSET', KEYS[4], 'status', 'dead', 'error_type', ARGV[11],
+if ARGV[8] ~= '' and redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
+  redis.call('HSET', KEYS[4], 'status', 'dead', 'error_type', ARGV[10],
     'error', ARGV[5], 'finished_ms', ARGV[6], 'dlq_id', dlq_id, 'outcome_msg', ARGV[3])
-  redis.call('PEXPIRE', KEYS[4], ARGV[8])
+  redis.call('PEXPIRE', KEYS[4], ARGV[7])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*',
-  'kind', 'dead', 'job', ARGV[9], 'task', ARGV[10], 'deliveries', ARGV[4],
-  'worker', ARGV[2], 'error', ARGV[5], 'error_type', ARGV[11], 'msg', ARGV[3],
+redis.call('XADD', KEYS[3], '*',
+  'kind', 'dead', 'job', ARGV[8], 'task', ARGV[9], 'deliveries', ARGV[4],
+  'worker', ARGV[2], 'error', ARGV[5], 'error_type', ARGV[10], 'msg', ARGV[3],
   'ts', ARGV[6])
 return dlq_id

@@ -7,20 +7,20 @@
 --
 -- KEYS[1] priority stream   KEYS[2] events stream   KEYS[3] delayed zset
 -- KEYS[4..n+3] the jobs' hashes
--- KEYS[n+4..] every priority stream of the queue (only when ARGV[8] > 0)
+-- KEYS[n+4..] every priority stream of the queue (only when ARGV[7] > 0)
 -- ARGV[1] group   ARGV[2] task   ARGV[3] content type   ARGV[4] now ms
--- ARGV[5] priority   ARGV[6] events maxlen   ARGV[7] due ms, epoch (0: not given)
--- ARGV[8] max pending jobs in the queue (0: no limit)
--- ARGV[9] number of jobs n   ARGV[10] number of extra entry values e
--- ARGV[11] delay ms (0: none): due at the server's TIME + delay
--- ARGV[12..11+e] extra entry fields as field, value pairs (per-call options)
--- ARGV[12+e..] per job: job id, payload
+-- ARGV[5] priority   ARGV[6] due ms, epoch (0: not given)
+-- ARGV[7] max pending jobs in the queue (0: no limit)
+-- ARGV[8] number of jobs n   ARGV[9] number of extra entry values e
+-- ARGV[10] delay ms (0: none): due at the server's TIME + delay
+-- ARGV[11..10+e] extra entry fields as field, value pairs (per-call options)
+-- ARGV[11+e..] per job: job id, payload
 -- Due times follow the server's clock (TIME), not the producer's: a relative
 -- delay is added here, and an absolute due time is 'later' when it is after
 -- the server's now. ARGV[4] (the producer's now) is only a timestamp.
 -- reply: per job {1, stream id or 'delayed'} added, {0, existing id} the job
 --   existed, {-1, depth} refused: the queue already held max pending jobs
-local n, e = tonumber(ARGV[9]), tonumber(ARGV[10])
+local n, e = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- Checked before any write: the entry's fields go through unpack(), which fails
 -- past about 8,000 values (per-call options add a handful).
 if e > 100 or e % 2 ~= 0 then
@@ -47,12 +47,12 @@ for j = 1, n do
   end
   existing_ids[j] = existing
 end
-local due, delay = tonumber(ARGV[7]), tonumber(ARGV[11])
+local due, delay = tonumber(ARGV[6]), tonumber(ARGV[10])
 local clock = redis.call('TIME')
 local server_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if delay > 0 then due = server_now + delay end
 local due_text = string.format('%d', due)
-local limit = tonumber(ARGV[8])
+local limit = tonumber(ARGV[7])
 local depth = 0
 if limit > 0 then
   -- Depth = unread + delivered-but-unacked in every priority stream, plus delayed.
@@ -81,7 +81,7 @@ end
 local replies = {}
 for j = 1, n do
   local job = KEYS[3 + j]
-  local a = 12 + e + (j - 1) * 2
+  local a = 11 + e + (j - 1) * 2
   local id = ARGV[a]
   local existing = existing_ids[j]
   if existing then
@@ -91,7 +91,7 @@ for j = 1, n do
   else
     local fields = {'v', '1', 'id', id, 'task', ARGV[2], 'ct', ARGV[3],
       'payload', ARGV[a + 1], 'attempt', '1', 'enq_ms', ARGV[4]}
-    for i = 12, 11 + e do
+    for i = 11, 10 + e do
       fields[#fields + 1] = ARGV[i]
     end
     if later then
@@ -101,7 +101,7 @@ for j = 1, n do
       redis.call('HSET', job,
         'status', 'scheduled', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
         'enqueued_ms', ARGV[4], 'due_ms', due_text, 'msg_id', 'delayed')
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+      redis.call('XADD', KEYS[2], '*',
         'kind', 'scheduled', 'job', id, 'task', ARGV[2], 'priority', ARGV[5],
         'due_ms', due_text, 'ts', ARGV[4])
       replies[j] = {1, 'delayed'}
@@ -110,7 +110,7 @@ for j = 1, n do
       redis.call('HSET', job,
         'status', 'queued', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
         'enqueued_ms', ARGV[4], 'msg_id', msg_id)
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+      redis.call('XADD', KEYS[2], '*',
         'kind', 'enqueued', 'job', id, 'task', ARGV[2], 'priority', ARGV[5], 'ts', ARGV[4])
       replies[j] = {1, msg_id}
     end

@@ -20,14 +20,14 @@
 --
 -- KEYS[1] events stream   KEYS[2] delayed zset   KEYS[3..2+p] priority streams
 -- KEYS[3+p..] job hashes
--- ARGV[1] group   ARGV[2] events maxlen   ARGV[3] result ttl ms   ARGV[4] safe age ms
--- ARGV[5] p (number of priority streams)   ARGV[6] 'mark', or 'check' (write nothing)
--- ARGV[7..] the job id of each job hash, in the order of KEYS[3+p..]
+-- ARGV[1] group   ARGV[2] result ttl ms   ARGV[3] safe age ms
+-- ARGV[4] p (number of priority streams)   ARGV[5] 'mark', or 'check' (write nothing)
+-- ARGV[6..] the job id of each job hash, in the order of KEYS[3+p..]
 -- reply: the job ids found lost (and, with 'mark', marked)
-local p = tonumber(ARGV[5])
+local p = tonumber(ARGV[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local safe_age = tonumber(ARGV[4])
+local safe_age = tonumber(ARGV[3])
 local NOT_FINAL = {scheduled = true, queued = true, running = true, retrying = true}
 
 local function less(a, b)
@@ -114,7 +114,7 @@ end
 
 local lost = {}
 for k = 3 + p, #KEYS do
-  local hash, job = KEYS[k], ARGV[k + 4 - p]
+  local hash, job = KEYS[k], ARGV[k + 3 - p]
   local ok, h = pcall(redis.call, 'HMGET', hash, 'status', 'msg_id', 'due_ms', 'enqueued_ms',
     'started_ms', 'progress_ms', 'task')
   if ok and h[1] and NOT_FINAL[h[1]] then
@@ -135,13 +135,13 @@ for k = 3 + p, #KEYS do
     end
     if not alive and now - last >= safe_age then
       lost[#lost + 1] = job
-      if ARGV[6] == 'mark' then
+      if ARGV[5] == 'mark' then
         local reason = 'the job\'s message is gone (deleted, trimmed, or acknowledged '
           .. 'outside streamq) while it was ' .. h[1] .. ': it will not run'
         redis.call('HSET', hash, 'status', 'dead', 'error_type', 'MessageLost',
           'error', reason, 'finished_ms', string.format('%d', now))
-        redis.call('PEXPIRE', hash, ARGV[3])
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'dead', 'job', job,
+        redis.call('PEXPIRE', hash, ARGV[2])
+        redis.call('XADD', KEYS[1], '*', 'kind', 'dead', 'job', job,
           'task', h[7] or '', 'error', reason, 'error_type', 'MessageLost',
           'msg', h[2] or '', 'ts', string.format('%d', now))
       end

@@ -21,10 +21,10 @@
 --
 -- KEYS[1] delayed zset   KEYS[2] events stream   KEYS[3] dlq stream
 -- KEYS[4..3+p] priority streams   KEYS[4+p..] job hashes (move)
--- ARGV[1] 'peek' or 'move'   ARGV[2] limit   ARGV[3] group   ARGV[4] events maxlen
--- ARGV[5] result ttl ms   ARGV[6] p (number of priorities)
--- ARGV[7..6+p] priority names, in the order of the streams
--- ARGV[7+p..] (move) the job id of each job hash, in the order of KEYS[4+p..]
+-- ARGV[1] 'peek' or 'move'   ARGV[2] limit   ARGV[3] group   ARGV[4] result ttl ms
+-- ARGV[5] p (number of priorities)
+-- ARGV[6..5+p] priority names, in the order of the streams
+-- ARGV[6+p..] (move) the job id of each job hash, in the order of KEYS[4+p..]
 -- "Now" is the server's clock (TIME), never a janitor's: a janitor whose clock
 -- runs fast must not promote early.
 -- reply: peek {job id, ...}; move {promoted, dead-lettered, 1 if it stopped early else 0}
@@ -34,7 +34,7 @@ local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, a
 local clock = redis.call('TIME')
 local now = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
 local limit = tonumber(ARGV[2])
-local p = tonumber(ARGV[6])
+local p = tonumber(ARGV[5])
 
 -- The job id of a member written by streamq ([priority, 'v', '1', 'id', <id>, ...]),
 -- read from its start without decoding the whole (possibly large) member;
@@ -81,11 +81,11 @@ end
 
 local stream_of, hash_of = {}, {}
 for i = 1, p do
-  stream_of[ARGV[6 + i]] = KEYS[3 + i]
+  stream_of[ARGV[5 + i]] = KEYS[3 + i]
 end
 local lowest = KEYS[3 + p]
 for i = 4 + p, #KEYS do
-  hash_of[ARGV[i + 3]] = KEYS[i]
+  hash_of[ARGV[i + 2]] = KEYS[i]
 end
 
 local promoted, dead, stopped = 0, 0, 0
@@ -173,7 +173,7 @@ for _, member in ipairs(due) do
     elseif status then
       redis.call('HSET', hash, 'msg_id', msg_id)
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+    redis.call('XADD', KEYS[2], '*',
       'kind', 'promoted', 'job', job, 'task', task, 'msg', msg_id, 'ts', now)
     promoted = promoted + 1
   else
@@ -188,9 +188,9 @@ for _, member in ipairs(due) do
         or (status and redis.call('HGET', hash, 'msg_id') == 'delayed') then
       redis.call('HSET', hash, 'status', 'dead', 'error_type', 'PoisonMessage',
         'error', problem, 'finished_ms', now, 'dlq_id', dlq_id)
-      redis.call('PEXPIRE', hash, ARGV[5])
+      redis.call('PEXPIRE', hash, ARGV[4])
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+    redis.call('XADD', KEYS[2], '*',
       'kind', 'dead', 'job', job, 'task', task, 'error', problem,
       'error_type', 'PoisonMessage', 'dlq_id', dlq_id, 'ts', now)
     dead = dead + 1

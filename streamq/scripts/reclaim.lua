@@ -11,25 +11,25 @@
 -- The scan is bounded per call and continues where the last call stopped: a
 -- head of candidates that belong to tasks with longer timeouts (not claimable
 -- yet) cannot hide a stale message behind it for more than a few calls. Each
--- call examines at most ARGV[9] candidates, from just after the cursor to the
+-- call examines at most ARGV[8] candidates, from just after the cursor to the
 -- end of the PEL, then (budget left) from its start again, and returns the
 -- cursor for the next call. A message is reached within ceil(candidates /
 -- budget) + 1 calls.
 --
 -- KEYS[1] stream   KEYS[2] dlq stream   KEYS[3] events stream
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] count   ARGV[4] min idle ms (smallest timeout)
--- ARGV[5] now ms   ARGV[6] events maxlen   ARGV[7] default visibility ms
--- ARGV[8] cursor: the last id examined by the previous call, or '-' for the start
--- ARGV[9] at most this many candidates examined
--- ARGV[10..] pairs: task name, visibility ms
+-- ARGV[5] now ms   ARGV[6] default visibility ms
+-- ARGV[7] cursor: the last id examined by the previous call, or '-' for the start
+-- ARGV[8] at most this many candidates examined
+-- ARGV[9..] pairs: task name, visibility ms
 -- reply: {next cursor, {{id, {field, value, ...}, delivery count, previous owner}, ...}}
 local vis = {}
-for i = 10, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   vis[ARGV[i]] = tonumber(ARGV[i + 1])
 end
-local default_vis = tonumber(ARGV[7])
+local default_vis = tonumber(ARGV[6])
 local want = tonumber(ARGV[3])
-local budget = tonumber(ARGV[9])
+local budget = tonumber(ARGV[8])
 local out = {}
 
 local function examine(p)
@@ -39,7 +39,7 @@ local function examine(p)
     redis.call('XADD', KEYS[2], '*', 'dlq_reason', 'message deleted or trimmed while pending',
       'dlq_origin', KEYS[1], 'dlq_origin_id', id, 'dlq_deliveries', p[4], 'dlq_ms', ARGV[5])
     redis.call('XACK', KEYS[1], ARGV[1], id)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'dead', 'job', '',
+    redis.call('XADD', KEYS[3], '*', 'kind', 'dead', 'job', '',
       'msg', id, 'error', 'message deleted or trimmed while pending', 'ts', ARGV[5])
     return
   end
@@ -55,7 +55,7 @@ local function examine(p)
     if claimed[1] then
       local now = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
       out[#out + 1] = {id, fields, now[4], owner}
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'kind', 'reclaimed',
+      redis.call('XADD', KEYS[3], '*', 'kind', 'reclaimed',
         'job', job, 'task', task, 'msg', id, 'from', owner, 'worker', ARGV[2],
         'deliveries', now[4], 'idle_ms', idle, 'ts', ARGV[5])
     end
@@ -72,7 +72,7 @@ for i, key in ipairs(KEYS) do
   end
 end
 
-local cursor = ARGV[8]
+local cursor = ARGV[7]
 local from_start = cursor == '-' or cursor == '' or cursor == '0-0'
 local start = '-'
 if not from_start then start = '(' .. cursor end

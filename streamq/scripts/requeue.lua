@@ -8,8 +8,8 @@
 -- must not set back to queued and run again: refused.
 --
 -- KEYS[1] dlq stream   KEYS[2] target stream   KEYS[3] job hash   KEYS[4] events stream
--- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms   ARGV[4] events maxlen
--- ARGV[5] priority (of the target stream)
+-- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms
+-- ARGV[4] priority (of the target stream)
 -- reply: the new stream id; 0 when the DLQ entry is gone (already requeued); or
 --   {reason code, message} when it is refused, before any write: 'no-job-id',
 --   'too-large' (more fields than unpack() can pass to XADD), 'job-id-reused'
@@ -55,9 +55,9 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], 'result', 'error_type', 'error', 'traceback', 'outcome_msg',
   'finished_ms', 'dlq_id', 'due_ms', 'started_ms', 'worker', 'duration_ms',
   'progress', 'progress_msg', 'progress_ms')
-redis.call('HSET', KEYS[3], 'status', 'queued', 'task', task, 'priority', ARGV[5],
+redis.call('HSET', KEYS[3], 'status', 'queued', 'task', task, 'priority', ARGV[4],
   'attempts', '0', 'msg_id', msg_id, 'enqueued_ms', ARGV[3])
 redis.call('PERSIST', KEYS[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'requeued', 'job', job,
+redis.call('XADD', KEYS[4], '*', 'kind', 'requeued', 'job', job,
   'task', task, 'msg', msg_id, 'from_dlq', ARGV[1], 'ts', ARGV[3])
 return msg_id

@@ -10,8 +10,8 @@
 -- becomes the message run (lost.lua locates a job's message by it).
 --
 -- KEYS[1] events stream   then per job: stream, job hash
--- ARGV[1] now ms   ARGV[2] worker   ARGV[3] events maxlen   ARGV[4] group
--- ARGV[5..] per job: message id, job id, task, attempt, priority, delivery count
+-- ARGV[1] now ms   ARGV[2] worker   ARGV[3] group
+-- ARGV[4..] per job: message id, job id, task, attempt, priority, delivery count
 -- reply: number of jobs marked
 -- No error after the first write: the events key's type is checked first, and a
 -- stream without the group or a job key that is not a hash reads as not markable.
@@ -24,8 +24,8 @@ local marked = 0
 local n = (#KEYS - 1) / 2
 for i = 1, n do
   local stream, job = KEYS[2 * i], KEYS[2 * i + 1]
-  local a = 5 + (i - 1) * 6
-  local read, pending = pcall(redis.call, 'XPENDING', stream, ARGV[4], ARGV[a], ARGV[a], 1)
+  local a = 4 + (i - 1) * 6
+  local read, pending = pcall(redis.call, 'XPENDING', stream, ARGV[3], ARGV[a], ARGV[a], 1)
   local entry = read and pending[1]
   if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[a + 5]) then
     local ok, status = pcall(redis.call, 'HGET', job, 'status')
@@ -34,7 +34,7 @@ for i = 1, n do
         or status == 'scheduled' then
       redis.call('HSET', job, 'status', 'running', 'started_ms', ARGV[1],
         'worker', ARGV[2], 'attempts', ARGV[a + 3], 'msg_id', ARGV[a])
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+      redis.call('XADD', KEYS[1], '*',
         'kind', 'started', 'job', ARGV[a + 1], 'task', ARGV[a + 2], 'attempt', ARGV[a + 3],
         'priority', ARGV[a + 4], 'deliveries', ARGV[a + 5], 'worker', ARGV[2], 'ts', ARGV[1])
       marked = marked + 1

@@ -6,10 +6,14 @@
 -- it from the PEL: silent loss, DESIGN.md invariant 2) and neither is an entry
 -- no consumer has read yet. XTRIM MINID ~ only removes whole nodes below the
 -- cut, so it may keep a little more, never less.
+-- A stream without groups (the events stream) has no such bound; its caller
+-- gives a floor instead: entries at or after it are never cut, whatever the
+-- cutoffs (the events a result waiter reading now may still need).
 --
 -- KEYS[1] stream
 -- ARGV[1] age cutoff id ('0' for none)   ARGV[2] max length (0 for none)
 -- ARGV[3] max entries to examine for the length cutoff
+-- ARGV[4] floor: never cut past this id ('' or absent for none)
 -- reply: {entries removed, the cut used ('' when nothing could be trimmed)}
 local function less(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
@@ -32,6 +36,8 @@ if maxlen > 0 then
   end
 end
 if cut == nil then return {0, ''} end
+local floor = ARGV[4]
+if floor and floor ~= '' and less(floor, cut) then cut = floor end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local info = {}
   for f = 1, #g - 1, 2 do info[g[f]] = g[f + 1] end

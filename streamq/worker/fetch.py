@@ -220,7 +220,6 @@ class Fetcher:
             count=count,
             min_idle_ms=self._min_vis_ms,
             now_ms=int(time.time() * 1000),
-            events_maxlen=self._settings.events_maxlen,
             default_visibility_ms=self._default_vis_ms,
             visibility_ms=self._vis_ms,
         )

@@ -133,7 +133,7 @@ class OutcomeWriter:
 
     async def _flush(self, starts: list[Started], batch: list[Outcome]) -> None:
         calls: list[tuple[str, tuple[list[str], list[Arg]]]] = []
-        events, maxlen = self._keys.events, self._settings.events_maxlen
+        events = self._keys.events
         if starts:
             calls.append(
                 (
@@ -144,7 +144,6 @@ class OutcomeWriter:
                         group=GROUP,
                         worker=self._consumer,
                         now_ms=self._starts_ms,
-                        events_maxlen=maxlen,
                     ),  # fmt: skip
                 )
             )
@@ -156,7 +155,6 @@ class OutcomeWriter:
                         events, batch, delayed=self._keys.delayed, dlq=self._keys.dlq,
                         group=GROUP, consumer=self._consumer, now_ms=int(time.time() * 1000),
                         result_ttl_ms=int(self._settings.result_ttl_s * 1000),
-                        events_maxlen=maxlen,
                     ),
                 )
             )  # fmt: skip
@@ -239,7 +237,6 @@ async def move_to_dlq(
             deliveries=message.deliveries,
             reason=reason,
             now_ms=int(time.time() * 1000),
-            events_maxlen=settings.events_maxlen,
             result_ttl_ms=int(settings.result_ttl_s * 1000),
             job_id=job_id,
             task=task,

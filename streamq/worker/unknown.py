@@ -60,7 +60,6 @@ async def hand_back(
             msg_id=message.msg_id, deliveries=message.deliveries, priority=message.priority,
             max_bounces=MAX_BOUNCES, base_delay_ms=int(settings.janitor_interval_s * 1000),
             max_delay_ms=int(min(60.0, settings.visibility_timeout_s) * 1000),
-            events_maxlen=settings.events_maxlen,
         )  # fmt: skip
     except RedisError as exc:
         log.error("unknown task; not handed back, it stays pending", error=str(exc))

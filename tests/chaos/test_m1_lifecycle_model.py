@@ -219,7 +219,7 @@ class Lifecycle(RuleBasedStateMachine):
         keys = self.app.keys
         return await scripts.complete(
             keys.events, [outcome], delayed=keys.delayed, dlq=keys.dlq, group=GROUP,
-            consumer=consumer, now_ms=now_ms, result_ttl_ms=600_000, events_maxlen=10_000,
+            consumer=consumer, now_ms=now_ms, result_ttl_ms=600_000,
         )  # fmt: skip
 
     def _complete(self, pick: int, status: str, delay_ms: int = 0) -> None:

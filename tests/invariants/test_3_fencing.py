@@ -190,7 +190,7 @@ async def test_late_outcome_after_another_worker_recorded_the_job_is_lost(app: A
     async def complete(consumer: str, o: Outcome) -> list[int]:
         return await scripts.complete(
             app.keys.events, [o], delayed=app.keys.delayed, dlq=app.keys.dlq, group=GROUP,
-            consumer=consumer, now_ms=0, result_ttl_ms=60_000, events_maxlen=1000,
+            consumer=consumer, now_ms=0, result_ttl_ms=60_000,
         )  # fmt: skip
 
     assert await complete("b", outcome(2, b'"b"')) == [RECORDED]

@@ -61,7 +61,7 @@ async def enqueue_call(app: App, job_id: str, due_ms: int = 0) -> tuple[list[str
         stream=app.keys.stream("default"), events=app.keys.events, group=GROUP, task="t",
         content_type="json", jobs=[(job_id, app.keys.job(job_id), b'{"args":[],"kwargs":{}}')],
         now_ms=int(time.time() * 1000), priority="default",
-        events_maxlen=1000, delayed=app.keys.delayed, due_ms=due_ms,
+        delayed=app.keys.delayed, due_ms=due_ms,
     )  # fmt: skip
 
 
@@ -126,7 +126,6 @@ async def test_complete_twice_records_one_outcome(app: App, status: str, delay_m
         return await scripts.complete(
             app.keys.events, [outcome], delayed=app.keys.delayed, dlq=app.keys.dlq,
             group=GROUP, consumer="w", now_ms=int(time.time() * 1000), result_ttl_ms=60_000,
-            events_maxlen=1000,
         )  # fmt: skip
 
     assert await complete() == [RECORDED]
@@ -150,7 +149,7 @@ async def test_dead_twice_adds_one_dlq_entry(app: App) -> None:
             stream=message.stream, dlq=app.keys.dlq, events=app.keys.events,
             job_key=app.keys.job("j1"), group=GROUP, consumer="w", msg_id=message.msg_id,
             deliveries=message.deliveries, reason="poison", now_ms=int(time.time() * 1000),
-            events_maxlen=1000, result_ttl_ms=60_000, job_id="j1", task="t",
+            result_ttl_ms=60_000, job_id="j1", task="t",
         )  # fmt: skip
 
     assert await dead() is not None
@@ -178,7 +177,7 @@ async def test_promote_twice_moves_each_due_entry_once(app: App) -> None:
             delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
             streams=[app.keys.stream(p) for p in app.settings.priorities],
             priorities=app.settings.priorities, limit=100, group=GROUP,
-            events_maxlen=1000, result_ttl_ms=60_000,
+            result_ttl_ms=60_000,
             jobs=[(j.encode(), app.keys.job(j).encode()) for j in ("j1", "j2")],
         )  # fmt: skip
         assert dead == 0
@@ -205,7 +204,7 @@ async def test_requeue_twice_requeues_once(app: App) -> None:
         stream=message.stream, dlq=app.keys.dlq, events=app.keys.events,
         job_key=app.keys.job("j1"), group=GROUP, consumer="w", msg_id=message.msg_id,
         deliveries=message.deliveries, reason="poison", now_ms=int(time.time() * 1000),
-        events_maxlen=1000, result_ttl_ms=60_000, job_id="j1", task="t",
+        result_ttl_ms=60_000, job_id="j1", task="t",
     )  # fmt: skip
     assert dlq_id is not None
 
@@ -213,7 +212,7 @@ async def test_requeue_twice_requeues_once(app: App) -> None:
         return await scripts.requeue(
             dlq=app.keys.dlq, stream=message.stream, job_key=app.keys.job("j1"),
             events=app.keys.events, dlq_id=dlq_id, group=GROUP,
-            now_ms=int(time.time() * 1000), events_maxlen=1000, priority="default",
+            now_ms=int(time.time() * 1000), priority="default",
         )  # fmt: skip
 
     assert await requeue() is not None
