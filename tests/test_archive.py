@@ -117,7 +117,7 @@ async def test_round_trip_is_byte_exact(app: App, tmp_path: Path) -> None:
 
 
 async def test_export_is_idempotent_and_continues_from_the_watermark(
-    app: App, tmp_path: Path
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     redis = await app.redis()
     key = app.keys.events
@@ -138,6 +138,21 @@ async def test_export_is_idempotent_and_continues_from_the_watermark(
     assert await read_all(archive, key) == first + more
     status = archive.status(key)
     assert (status.entries, status.unindexed, status.oldest) == (170, 0, first[0][0])
+
+    # Nothing new: no listing (object stores bill LISTs; the janitor calls often).
+    listings: list[str] = []
+    original = archive.store.list
+    monkeypatch.setattr(archive.store, "list", lambda d: listings.append(d) or original(d))
+    assert (await archive.export(redis, key)).entries == 0
+    assert listings == []
+    # Another writer moved the watermark on: this one finds out, and repeats nothing.
+    latest = entries_over(hours=1, per_hour=10, start_ms=BASE_MS + 4 * HOUR_MS)
+    await add(redis, key, latest)
+    assert (await Archive(tmp_path).export(redis, key)).entries == 10
+    result = await archive.export(redis, key)
+    assert (result.entries, result.watermark) == (0, latest[-1][0])
+    assert listings, "a stale watermark was trusted"
+    assert await read_all(archive, key) == first + more + latest
 
 
 async def test_one_call_is_bounded_and_whole_windows_wait_for_their_end(

@@ -97,6 +97,8 @@ class Archive:
         self.location = self.store.location
         self.window_ms = max(1, int(window_s * 1000))
         """Each export writes one segment per stream per window of this many ms (UTC-aligned)."""
+        self.known_watermarks: dict[str, str | None] = {}
+        """The watermark per stream as this object last listed or wrote it (exports only)."""
 
     def __repr__(self) -> str:
         return f"Archive({self.location!r})"

@@ -87,24 +87,31 @@ async def export(
     """
     if max_entries < 1:
         raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-    status = await anyio.to_thread.run_sync(archive.indexed, stream_key)
-    result = ExportResult(stream_key, watermark=status.watermark)
     bounds = parse_range("-", until)
-    if bounds is None:
-        return result
-    high = bounds[1]
-    if whole_windows:
+    high = bounds[1] if bounds is not None else None
+    if high is not None and whole_windows:
         if high == LAST:  # closed windows: those that ended before the server's now
             seconds, micros = await redis.time()
             high = (seconds * 1000 + micros // 1000, 0)
         edge = successor(high)
-        window_start = edge[0] - edge[0] % archive.window_ms
-        limit = predecessor((window_start, 0))
-        if limit is None:
-            return result
-        high = min(high, limit)
+        limit = predecessor((edge[0] - edge[0] % archive.window_ms, 0))
+        high = None if limit is None else min(high, limit)
+    # The watermark this Archive saw last is never above the true one (segments
+    # are only added), so when nothing lies between it and the bound, there is
+    # nothing to write, and no listing is needed: a frequent caller with
+    # nothing new (the janitor, most passes) costs one XRANGE, not a LIST.
+    if stream_key in archive.known_watermarks:
+        known = archive.known_watermarks[stream_key]
+        low = successor(id_key(known)) if known else (0, 0)
+        if high is None or low > high:
+            return ExportResult(stream_key, watermark=known)
+        if not await redis.xrange(stream_key, id_text(low), id_text(high), count=1):
+            return ExportResult(stream_key, watermark=known)
+    status = await anyio.to_thread.run_sync(archive.indexed, stream_key)
+    archive.known_watermarks[stream_key] = status.watermark
+    result = ExportResult(stream_key, watermark=status.watermark)
     low = successor(id_key(status.watermark)) if status.watermark else (0, 0)
-    if low > high:
+    if high is None or low > high:
         return result
     job = _Export(archive, stream_key, status.segments, result)
     count = PAGE
@@ -209,6 +216,7 @@ class _Export:
         self.result.watermark = max(
             (s.last for s in self.segments), key=id_key, default=self.result.watermark
         )
+        self.archive.known_watermarks[self.stream_key] = self.result.watermark
         self.archive.write_index(self.stream_key, self.segments)
 
 
