@@ -385,3 +385,39 @@ async def test_a_trim_between_pages_of_history_skips_and_repeats_nothing(
     assert seen == entries
     await redis.delete(key)  # the stream gone: all from the archive
     assert [e async for e in history(redis, archive, key, entries[5][0])] == entries[5:]
+
+
+async def test_contains_finds_one_jobs_entries_in_archive_and_live_alike(
+    app: App, tmp_path: Path
+) -> None:
+    redis = await app.redis()
+    key = app.keys.events
+    jobs = ["4f1c2a", 'odd "id" \\ é', "other"]
+    entries: list[Entry] = [
+        (f"{BASE_MS + i * 1000}-0", {b"kind": b"started", b"job": jobs[i % 3].encode()})
+        for i in range(60)
+    ]
+    entries.append((f"{BASE_MS + 60_000}-0", {b"payload": b"\xff4f1c2a"}))  # binary: not text
+    entries.append((f"{BASE_MS + 61_000}-0", {b"note": b"about 4f1c2a and more"}))
+    await add(redis, key, entries)
+    archive = Archive(tmp_path)
+    await archive.export(redis, key, entries[40][0])  # the first 41 archived
+    await redis.xtrim(key, minid=entries[30][0])  # and 30 of them trimmed
+
+    for job in jobs:
+        expected = [e for e in entries[:60] if e[1][b"job"] == job.encode()]
+        archived = [e for e in expected if id_key_of(e) <= id_key_of(entries[40])]
+        assert await read_all_containing(archive, key, job) == archived
+        found = [e async for e in history(redis, archive, key, contains=job)]
+        if job == jobs[0]:
+            expected.append(entries[-1])
+        assert found == expected, job
+
+
+def id_key_of(entry: Entry) -> tuple[int, int]:
+    ms, seq = entry[0].split("-")
+    return int(ms), int(seq)
+
+
+async def read_all_containing(archive: Archive, key: str, text: str) -> list[Entry]:
+    return await anyio.to_thread.run_sync(lambda: list(archive.read(key, contains=text)))

@@ -154,35 +154,48 @@ class Archive:
     # -- reading ----------------------------------------------------------------------------
 
     def read(
-        self, stream_key: str, start: str = "-", end: str = "+"
+        self, stream_key: str, start: str = "-", end: str = "+", *, contains: str | None = None
     ) -> Generator[tuple[str, dict[bytes, bytes]], None, None]:
         """Archived entries with ids in [start, end] (XRANGE bounds), in id order, each once.
 
         Opens only the segments overlapping the range, one at a time. Segments
         that overlap each other (two exports at once) yield each id once.
+        ``contains``: only entries with a field name or value that is UTF-8 text
+        containing this; lines without it are skipped before they are decoded
+        (a job's story from a long archive, by its id).
         """
         bounds = parse_range(start, end)
         if bounds is None:
             return
         low, high = bounds
         directory = self.directory(stream_key)
+        needle = _json_text(contains) if contains is not None else None
+        wanted = contains.encode() if contains is not None else None
         after: IdKey | None = None
         for segment in self.segments(stream_key, start, end):
             if after is not None and segment.last_key <= after:
                 continue
-            for entry_id, fields in self._entries(f"{directory}/{segment.name}"):
+            for entry_id, fields in self._entries(f"{directory}/{segment.name}", needle):
                 key = id_key(entry_id)
                 if key < low or (after is not None and key <= after):
                     continue
                 if key > high:
                     break
+                if wanted is not None and not has_text(fields, wanted):
+                    continue
                 after = key
                 yield entry_id, fields
+            # A segment holds every entry of its range: nothing in it is left to yield.
+            reached = min(segment.last_key, high)
+            after = reached if after is None else max(after, reached)
 
-    def _entries(self, path: str) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    def _entries(
+        self, path: str, needle: bytes | None = None
+    ) -> Iterator[tuple[str, dict[bytes, bytes]]]:
         try:
             with self.store.open_read(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield from decode_lines(iter(gz))
+                lines = iter(gz) if needle is None else (x for x in gz if needle in x)
+                yield from decode_lines(lines)
         except (OSError, EOFError, zlib.error) as exc:
             if isinstance(exc, FileNotFoundError):
                 raise FormatError(f"archive segment {path} disappeared while reading") from exc
@@ -266,3 +279,23 @@ def _safe(part: str) -> str:
     """One path component: no '/', and no leading '.' (hidden temporaries, '..')."""
     text = quote(part, safe="") or "%00"
     return "%2E" + text[1:] if text.startswith(".") else text
+
+
+def has_text(fields: dict[bytes, bytes], text: bytes) -> bool:
+    """Whether a field name or value is UTF-8 text that contains ``text``."""
+    return any(
+        text in raw and _is_text(raw) for name, value in fields.items() for raw in (name, value)
+    )
+
+
+def _is_text(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _json_text(text: str) -> bytes:
+    """``text`` as it appears inside any JSON string (in a line) that contains it."""
+    return orjson.dumps(text)[1:-1]

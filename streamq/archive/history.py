@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
+from streamq.archive.core import has_text
 from streamq.archive.format import IdKey, id_key, id_text, parse_range, predecessor, successor
 
 if TYPE_CHECKING:
@@ -36,12 +37,16 @@ async def history(
     end: str = "+",
     *,
     page: int = PAGE,
+    contains: str | None = None,
 ) -> AsyncIterator[Entry]:
     """Entries of the stream with ids in [start, end] (XRANGE bounds), archive first, in id order.
 
     Ids are ``"ms-seq"`` text; fields are bytes, as XRANGE returns them.
-    Without an archive this is a paged XRANGE.
+    Without an archive this is a paged XRANGE. ``contains``: only entries
+    with a field name or value that is UTF-8 text containing this (see
+    ``Archive.read``; a job id makes a story cheap to find in a long archive).
     """
+    wanted = contains.encode() if contains is not None else None
     bounds = parse_range(start, end)
     if bounds is None:
         return
@@ -57,10 +62,11 @@ async def history(
             # range when the stream is empty or gone.
             top = high if live_from is None else predecessor(live_from) if live_from > low else None
             if top is not None:
-                async for entry in _archived(archive, stream_key, low, min(top, high)):
+                async for entry in _archived(archive, stream_key, low, min(top, high), contains):
                     yield entry
         for raw_id, fields in entries:
-            yield raw_id.decode(), fields
+            if wanted is None or has_text(fields, wanted):
+                yield raw_id.decode(), fields
         if len(entries) < page:
             return
         last = id_key(entries[-1][0])
@@ -70,10 +76,10 @@ async def history(
 
 
 async def _archived(
-    archive: Archive, stream_key: str, low: IdKey, high: IdKey
+    archive: Archive, stream_key: str, low: IdKey, high: IdKey, contains: str | None
 ) -> AsyncIterator[Entry]:
     """``archive.read`` run in a worker thread, in batches."""
-    reader = archive.read(stream_key, id_text(low), id_text(high))
+    reader = archive.read(stream_key, id_text(low), id_text(high), contains=contains)
     try:
         while True:
             batch = await anyio.to_thread.run_sync(_take, reader, PAGE)
