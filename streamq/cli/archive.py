@@ -54,8 +54,8 @@ def archive(
 
     Without --until or --all, every time window (UTC hour) that has ended is
     archived. Entries stay in Redis: retention trims them later. Run it again
-    at any time: it continues where the archive ends, and never writes an entry
-    twice or skips one, even after a crash.
+    at any time: it continues where the archive ends and never skips an entry,
+    even after a crash; reading the archive yields each entry once.
     """
     if until is not None and everything:
         raise typer.BadParameter("give --until or --all, not both", param_hint="--until")

@@ -8,9 +8,10 @@ STOP says where the export stops (sleeps, printing a line, until killed):
   names it (the crash between the two writes);
 - ``segment``: in the middle of the first segment, after some of its entries
   went to the temporary file;
-- ``none``: nowhere; it prints ``exporting`` first and is killed wherever it is.
+- ``none``: nowhere; it prints ``call <n>`` after each export call (of
+  2,000 entries) and is killed wherever the next call is.
 
-It prints ``exported <n>`` if it is not killed first.
+It prints ``exported <n>`` if it is not killed first, and waits to be killed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streamq.archive import Archive, core, writer
 
 
 def _stop(what: str) -> None:
-    print(f"stopped {what}", flush=True)  # noqa: T201 - the test waits for this line
+    print(f"stopped: {what}", flush=True)  # noqa: T201 - the test waits for this line
     while True:
         time.sleep(1)
 
@@ -62,10 +63,11 @@ async def main(url: str, stream: str, location: str, window_s: float, stop: str)
     while True:
         result = await archive.export(redis, stream, max_entries=2_000)
         total += result.entries
+        print(f"call {total}", flush=True)  # noqa: T201
         if result.done:
             break
-    print(f"exported {total}", flush=True)  # noqa: T201
     await redis.aclose()
+    _stop(f"exported {total}")  # a kill that comes late still finds it running
 
 
 if __name__ == "__main__":
