@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import cast
@@ -65,6 +67,12 @@ async def live(redis: Redis, key: str) -> list[Entry]:
 
 def temporaries(location: Path) -> list[Path]:
     return [path for path in location.rglob("*") if path.name.startswith(".partial-")]
+
+
+def age(paths: list[Path], hours: float) -> None:
+    then = time.time() - hours * 3600
+    for path in paths:
+        os.utime(path, (then, then))
 
 
 def just_after(entry_id: str) -> str:
@@ -286,12 +294,14 @@ async def test_a_kill_in_the_middle_of_an_export_loses_and_repeats_nothing(
     if stop == "none":  # killed after its first call, somewhere in a later one
         assert before.watermark is not None
 
+    age(temporaries(Path(location)), hours=2)  # the next export removes stale ones
     while not (await archive.export(redis, key, max_entries=7_000)).done:
         pass
 
     assert await read_all(archive, key) == entries
     status = archive.status(key)
     assert status.entries == 30_000 and status.unindexed == 0
+    assert not temporaries(Path(location))
     # Contiguous: each segment starts right after the previous one ends.
     ids = [entry_id for entry_id, _ in entries]
     for previous, following in zip(status.segments, status.segments[1:], strict=False):

@@ -84,18 +84,16 @@ class LocalStore:
         return self.root / path
 
     def list(self, directory: str) -> list[tuple[str, int]]:
-        found = []
         try:
             with os.scandir(self._path(directory)) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False):
-                        if entry.name.startswith(TEMP_PREFIX):
-                            _remove_if_stale(entry.path)
-                        else:
-                            found.append((entry.name, entry.stat().st_size))
+                return [
+                    (entry.name, entry.stat().st_size)
+                    for entry in entries
+                    if entry.is_file(follow_symlinks=False)
+                    and not entry.name.startswith(TEMP_PREFIX)
+                ]
         except FileNotFoundError:
             return []
-        return found
 
     def open_read(self, path: str) -> IO[bytes]:
         return open(self._path(path), "rb")
@@ -118,6 +116,8 @@ class LocalStore:
     def new_file(self, directory: str) -> PendingFile:
         target = self._path(directory)
         target.mkdir(parents=True, exist_ok=True)
+        for stale in target.glob(f"{TEMP_PREFIX}*"):  # left by a crash mid-segment
+            _remove_if_stale(stale)
         temp = target / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         return _LocalPending(temp, open(temp, "xb"))
 
@@ -155,7 +155,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _remove_if_stale(path: str) -> None:
+def _remove_if_stale(path: Path) -> None:
     with contextlib.suppress(OSError):
         if time.time() - os.stat(path).st_mtime > STALE_TEMP_S:
             os.unlink(path)
