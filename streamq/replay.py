@@ -10,27 +10,34 @@ into one job's full story.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import functools
 import heapq
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from redis.exceptions import ResponseError
+
 from streamq.app import App
 from streamq.errors import ConfigError
+from streamq.ids import job_id_time_ms, new_job_id
 from streamq.keys import GROUP, Keyspace
 from streamq.scripts import Scripts
 
-_PAGE = 1000
+_PAGE = 2000
 _ID = re.compile(r"^\d+(-\d+)?$")
 _FINAL = ("succeeded", "failed", "dead")
+CLOCK_SKEW_MS = 60_000
+"""How far a producer's clock (which a job id's time comes from) may run ahead of
+the server's (which stream ids come from) for a story read from the id's time."""
 Bound = dt.datetime | dt.date | str | int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per entry at 150k+/s, and frozen init costs
 class HistoryRecord:
     source: str
     """'event', 'message' (a job's stream entry), 'dlq' or 'job' (its current hash)."""
@@ -41,20 +48,48 @@ class HistoryRecord:
     job_id: str | None
     task: str | None
     fields: dict[str, str]
+    binary: bool = False
+    """Some field is not UTF-8 (a binary payload): its text holds the bytes losslessly
+    (``surrogateescape``); ``raw(name)`` gives them back exactly."""
 
-    def as_dict(self) -> dict[str, Any]:
-        when = dt.datetime.fromtimestamp(self.ts_ms / 1000, dt.UTC).isoformat(
-            timespec="milliseconds"
-        )
+    def raw(self, name: str) -> bytes:
+        """A field's exact bytes, as stored."""
+        return self.fields[name].encode("utf-8", "surrogateescape")
+
+    def as_dict(self, *, binary: str = "base64") -> dict[str, Any]:
+        """The record as one JSON-ready mapping.
+
+        A value that is not UTF-8 is written ``"base64:<its bytes>"``
+        (``binary="base64"``) or kept as escaped text (``binary="text"``).
+        """
         record: dict[str, Any] = {
-            "source": self.source, "id": self.id, "time": when, "kind": self.kind,
+            "source": self.source, "id": self.id, "time": _iso(self.ts_ms), "kind": self.kind,
             "job_id": self.job_id, "task": self.task,
         }  # fmt: skip
         # A message's own ``id`` field is the job id (already ``job_id``): the
         # record's keys win, so ``id`` stays the entry id that ``dlq`` takes.
+        if not self.binary or binary == "text":
+            for key, value in self.fields.items():
+                record.setdefault(key, value)
+            return record
         for key, value in self.fields.items():
-            record.setdefault(key, value)
+            record.setdefault(key, _shown(value))
         return record
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(ts_ms: int) -> str:
+    # Cached: consecutive records mostly share their millisecond.
+    return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _shown(value: str) -> str:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+        return "base64:" + base64.b64encode(raw).decode()
+    return value
 
 
 def parse_bound(value: Bound, *, end: bool = False) -> str | None:
@@ -121,9 +156,14 @@ class Replay:
     ) -> AsyncIterator[HistoryRecord]:  # fmt: skip
         """Lifecycle events, oldest first."""
         wanted = set(kinds) if kinds else None
-        async for record in self._read(self.app.keys.events, "event", since, until):
-            if _match(record, task, job) and (wanted is None or record.kind in wanted):
-                yield record
+        async for page in self._pages(self.app.keys.events, "event", since, until):
+            for record in page:
+                if (
+                    (task is None or record.task == task)
+                    and (job is None or record.job_id == job)
+                    and (wanted is None or record.kind in wanted)
+                ):
+                    yield record
 
     async def messages(
         self, *, since: Bound = None, until: Bound = None, task: str | None = None,
@@ -133,44 +173,90 @@ class Replay:
 
         ``status`` keeps jobs whose latest status is that one: from the job
         hash while it exists, else from the last final event in the history.
+        The hashes are read one pipelined round trip per page of records.
         """
         sources = [
-            self._read(self.app.keys.stream(p), "message", since, until)
+            self._pages(self.app.keys.stream(p), "message", since, until)
             for p in self.app.settings.priorities
         ]
         final = await self._final_kinds() if status else {}
+        chunk: list[HistoryRecord] = []
         async for record in _merge(sources):
-            if not _match(record, task, job):
-                continue
-            if status and await self._status_of(record.job_id, final) != status:
-                continue
-            yield record
+            if (task is None or record.task == task) and (job is None or record.job_id == job):
+                if not status:
+                    yield record
+                    continue
+                chunk.append(record)
+                if len(chunk) >= _PAGE:
+                    for kept in await self._with_status(chunk, status, final):
+                        yield kept
+                    chunk = []
+        if status and chunk:
+            for kept in await self._with_status(chunk, status, final):
+                yield kept
 
     async def dead(
         self, *, since: Bound = None, until: Bound = None, task: str | None = None,
         job: str | None = None,
     ) -> AsyncIterator[HistoryRecord]:  # fmt: skip
-        async for record in self._read(self.app.keys.dlq, "dlq", since, until):
-            if _match(record, task, job):
-                yield record
+        async for page in self._pages(self.app.keys.dlq, "dlq", since, until):
+            for record in page:
+                if (task is None or record.task == task) and (job is None or record.job_id == job):
+                    yield record
 
     async def story(self, job_id: str) -> list[HistoryRecord]:
-        """Everything the history holds about one job, in time order."""
-        records = [r async for r in self.events(job=job_id)]
-        records += [r async for r in self.messages(job=job_id)]
-        records += [r async for r in self.dead(job=job_id)]
+        """Everything the history holds about one job, in time order.
+
+        Read in time proportional to the job, not to the history: while the
+        job hash lives it names every event of the job (``ev:<id>`` fields),
+        and the events name the messages and DLQ entries they wrote (``msg``,
+        ``dlq``), each fetched by id. Once the hash has expired, the events are
+        read from the enqueue time the job id carries (``streamq.ids``) forward
+        to the job's final event; only a job id without a time (a custom
+        ``job_id``) whose hash is gone costs a scan of the events stream.
+        """
+        redis = await self.app.redis()
+        raw = cast(dict[bytes, bytes], await redis.hgetall(self.app.keys.job(job_id)))
+        info = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        indexed = sorted((k[3:] for k in info if k.startswith("ev:")), key=_key)
+        if indexed:
+            events = await self._entries(self.app.keys.events, "event", indexed)
+        else:
+            events = await self._events_of(job_id, info)
+        records = [*events, *await self._written_by(job_id, events, info)]
         records.sort(key=lambda r: (r.ts_ms, _order(r)))
-        info = await self.app.job(job_id).info()
         if info:
-            if len(info.get("result", "")) > 4000:
-                info["result"] = info["result"][:4000] + "…"
+            shown = {k: v for k, v in info.items() if not k.startswith("ev:")}
+            if len(shown.get("result", "")) > 4000:
+                shown["result"] = shown["result"][:4000] + "…"
             ts = int(
-                info.get("finished_ms") or info.get("started_ms") or info.get("enqueued_ms") or 0
+                shown.get("finished_ms") or shown.get("started_ms") or shown.get("enqueued_ms") or 0
             )
             records.append(
-                HistoryRecord("job", "", ts, info.get("status", ""), job_id, info.get("task"), info)
+                HistoryRecord(
+                    "job", "", ts, shown.get("status", ""), job_id, shown.get("task"), shown
+                )
             )
         return records
+
+    async def trimmed_before(self, key: str) -> str | None:
+        """The oldest id stream ``key`` still holds when older entries were removed, else None.
+
+        Retention trims a stream from its oldest end, so a range that starts
+        before this id is missing its beginning (unless an archive holds it).
+        ``entries-added`` counts every entry the stream ever had; fewer left
+        than that means some were removed (trimmed, or deleted one by one).
+        """
+        redis = await self.app.redis()
+        try:
+            info: dict[str, Any] = await redis.xinfo_stream(key)
+        except ResponseError:  # no such key: nothing was ever removed from it
+            return None
+        if int(info.get("entries-added") or 0) <= int(info.get("length") or 0):
+            return None
+        first = info.get("first-entry")
+        oldest = first[0] if first else info.get("last-generated-id")
+        return oldest.decode() if isinstance(oldest, bytes) else str(oldest)
 
     async def follow(
         self, *, after: str = "$", task: str | None = None, kinds: Iterable[str] | None = None,
@@ -199,7 +285,8 @@ class Replay:
         """Enqueue the jobs of these message records again, as new jobs; returns their ids.
 
         ``into`` names the target queue (default: this one). Payloads are copied
-        as stored, so they are not re-encoded and need not be importable here.
+        byte for byte as stored, so they are not re-encoded and need not be
+        importable here.
         """
         target = Keyspace(self.app.settings.prefix, into or self.app.name)
         scripts = await self.app.scripts()
@@ -212,12 +299,13 @@ class Replay:
                     f"only job messages can be re-driven, not {record.source} {record.id}"
                 )
             priority = record.fields.get("priority") or self.app.default_priority
-            job_id = uuid.uuid4().hex
+            job_id = new_job_id()
             ids.append(job_id)
             extra: list[str | bytes | int | float] = []
             for name in ("max_retries", "timeout"):
                 if name in record.fields:
                     extra += [name, record.fields[name]]
+            payload = record.raw("payload") if "payload" in record.fields else b""
             calls.append(
                 Scripts.enqueue_call(
                     stream=target.stream(priority),
@@ -225,7 +313,7 @@ class Replay:
                     group=GROUP,
                     task=record.task,
                     content_type=record.fields.get("ct", "json"),
-                    jobs=[(job_id, target.job(job_id), record.fields.get("payload", "").encode())],
+                    jobs=[(job_id, target.job(job_id), payload)],
                     now_ms=now_ms,
                     priority=priority,
                     delayed=target.delayed,
@@ -238,9 +326,10 @@ class Replay:
 
     # -- internals ------------------------------------------------------------------
 
-    async def _read(
+    async def _pages(
         self, key: str, source: str, since: Bound, until: Bound
-    ) -> AsyncIterator[HistoryRecord]:
+    ) -> AsyncIterator[list[HistoryRecord]]:
+        """The stream's entries in the range, a page (one XRANGE) at a time."""
         redis = await self.app.redis()
         start = parse_bound(since) or "-"
         stop = parse_bound(until, end=True) or "+"
@@ -250,14 +339,62 @@ class Replay:
                 list[tuple[bytes, dict[bytes, bytes]]],
                 await redis.xrange(key, start, stop, count=_PAGE),
             )
-            for entry_id, raw in page:
-                record = _record(source, entry_id, raw)
-                if priority is not None:
+            records = [_record(source, entry_id, raw) for entry_id, raw in page]
+            if priority is not None:
+                for record in records:
                     record.fields["priority"] = priority
-                yield record
+            yield records
             if len(page) < _PAGE:
                 return
             start = "(" + page[-1][0].decode()
+
+    async def _entries(self, key: str, source: str, ids: Sequence[str]) -> list[HistoryRecord]:
+        """The entries of ``key`` with these ids (those retention has not trimmed)."""
+        if not ids:
+            return []
+        redis = await self.app.redis()
+        async with redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(key, entry_id, entry_id, count=1)
+            pages = cast(list[list[tuple[bytes, dict[bytes, bytes]]]], await pipe.execute())
+        priority = self.app.priority_of_stream(key)
+        found = [_record(source, entry_id, raw) for page in pages for entry_id, raw in page]
+        if priority is not None:
+            for record in found:
+                record.fields["priority"] = priority
+        return found
+
+    async def _events_of(self, job_id: str, info: dict[str, str]) -> list[HistoryRecord]:
+        """A job's events without its hash's index: from its enqueue time to its end."""
+        enqueued_ms = job_id_time_ms(job_id) or int(info.get("enqueued_ms") or 0)
+        if not enqueued_ms:
+            return [r async for r in self.events(job=job_id)]
+        found: list[HistoryRecord] = []
+        since = max(0, enqueued_ms - CLOCK_SKEW_MS)
+        async for page in self._pages(self.app.keys.events, "event", since, None):
+            for record in page:
+                if record.job_id == job_id:
+                    found.append(record)
+                    if record.kind in _FINAL:
+                        return found
+        return found
+
+    async def _written_by(
+        self, job_id: str, events: list[HistoryRecord], info: dict[str, str]
+    ) -> list[HistoryRecord]:
+        """The job messages and DLQ entries that these events (and the hash) name."""
+        messages = {e.fields["msg"] for e in events if e.fields.get("msg")}
+        dead = {e.fields["dlq"] for e in events if e.fields.get("dlq")}
+        if _ID.match(info.get("msg_id", "")):
+            messages.add(info["msg_id"])
+        if _ID.match(info.get("dlq_id", "")):
+            dead.add(info["dlq_id"])
+        ordered = sorted(messages, key=_key)
+        found: list[HistoryRecord] = []
+        for priority in self.app.settings.priorities:  # an id alone does not name its stream
+            found += await self._entries(self.app.keys.stream(priority), "message", ordered)
+        found += await self._entries(self.app.keys.dlq, "dlq", sorted(dead, key=_key))
+        return [r for r in found if r.job_id == job_id]
 
     async def _final_kinds(self) -> dict[str, str]:
         final: dict[str, str] = {}
@@ -266,30 +403,44 @@ class Replay:
                 final[record.job_id] = record.kind
         return final
 
-    async def _status_of(self, job_id: str | None, final: dict[str, str]) -> str | None:
-        if not job_id:
-            return None
+    async def _with_status(
+        self, records: list[HistoryRecord], status: str, final: dict[str, str]
+    ) -> list[HistoryRecord]:
+        """The records whose job's latest status is ``status``: one pipelined round trip."""
         redis = await self.app.redis()
-        status = await redis.hget(self.app.keys.job(job_id), "status")
-        if status is not None:
-            return cast(bytes, status).decode()
-        return final.get(job_id)
+        async with redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.hget(self.app.keys.job(record.job_id or ""), "status")
+            current = cast(list[bytes | None], await pipe.execute())
+        kept = []
+        for record, now in zip(records, current, strict=True):
+            latest = now.decode() if now is not None else final.get(record.job_id or "")
+            if record.job_id and latest == status:
+                kept.append(record)
+        return kept
 
 
 def _record(source: str, entry_id: bytes, raw: dict[bytes, bytes]) -> HistoryRecord:
-    fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    binary = False
+    try:
+        fields = dict(zip(map(bytes.decode, raw), map(bytes.decode, raw.values()), strict=True))
+    except UnicodeDecodeError:  # a binary payload: keep its bytes, losslessly
+        fields = {
+            k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+            for k, v in raw.items()
+        }
+        binary = True
     text_id = entry_id.decode()
     # The entry id's time is the server's clock, the same for every stream, so
     # records from different streams sort consistently (``ts`` is a client's).
-    ts_ms = int(text_id.split("-")[0])
+    ts_ms = int(text_id.partition("-")[0])
     if source == "event":
         kind, job = fields.pop("kind", ""), fields.pop("job", None)
-    elif source == "dlq":
-        kind, job = "dead", fields.get("id")
+        task = fields.pop("task", None)
     else:
-        kind, job = "message", fields.get("id")
-    task = fields.pop("task", None) if source == "event" else fields.get("task")
-    return HistoryRecord(source, text_id, ts_ms, kind, job or None, task, fields)
+        kind = "dead" if source == "dlq" else "message"
+        job, task = fields.get("id"), fields.get("task")
+    return HistoryRecord(source, text_id, ts_ms, kind, job or None, task, fields, binary)
 
 
 def _match(record: HistoryRecord, task: str | None, job: str | None) -> bool:
@@ -301,19 +452,28 @@ def _order(record: HistoryRecord) -> int:
     return {"message": 0, "event": 1, "dlq": 2, "job": 3}.get(record.source, 4)
 
 
-async def _merge(sources: list[AsyncIterator[HistoryRecord]]) -> AsyncIterator[HistoryRecord]:
-    """Merge id-ordered iterators by stream id (ms, seq)."""
-    heap: list[tuple[tuple[int, int], int, HistoryRecord]] = []
-    for index, source in enumerate(sources):
-        first = await anext(source, None)
-        if first is not None:
-            heapq.heappush(heap, (_key(first.id), index, first))
+async def _merge(
+    sources: list[AsyncIterator[list[HistoryRecord]]],
+) -> AsyncIterator[HistoryRecord]:
+    """Merge id-ordered pages from several streams by stream id (ms, seq)."""
+    pages: list[list[HistoryRecord]] = []
+    heap: list[tuple[tuple[int, int], int, int]] = []  # (id key, source, index in page)
+    none: list[HistoryRecord] = []
+    for number, source in enumerate(sources):
+        page = await anext(source, none)
+        pages.append(page)
+        if page:
+            heapq.heappush(heap, (_key(page[0].id), number, 0))
     while heap:
-        _, index, record = heapq.heappop(heap)
-        yield record
-        following = await anext(sources[index], None)
-        if following is not None:
-            heapq.heappush(heap, (_key(following.id), index, following))
+        _, number, index = heapq.heappop(heap)
+        page = pages[number]
+        yield page[index]
+        index += 1
+        if index == len(page):
+            page = pages[number] = await anext(sources[number], none)
+            index = 0
+        if index < len(page):
+            heapq.heappush(heap, (_key(page[index].id), number, index))
 
 
 def _key(entry_id: str) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -199,3 +200,178 @@ async def test_replay_cli(redis_url: str) -> None:
         async with running_worker(app):
             await job.result(timeout=10)
         await drop_queue(app)
+
+
+class BinarySerializer:
+    """A serializer whose payloads are not UTF-8 (as msgpack's or a pickle's are)."""
+
+    content_type = "test-binary"
+
+    def dumps(self, value: object) -> bytes:
+        return b"\xff\xfe\x00BIN" + json.dumps(value).encode() + b"\x80\x81"
+
+    def loads(self, data: bytes) -> object:
+        return json.loads(data[5:-2])
+
+
+async def test_redrive_copies_a_binary_payload_byte_for_byte(redis_url: str) -> None:
+    """A payload that is not UTF-8 is re-enqueued exactly as stored.
+
+    Before, records decoded fields with errors="replace" and redrive encoded
+    the text again, so every undecodable byte became U+FFFD (EF BF BD).
+    """
+    app = App(queue_name(), redis_url=redis_url, serializer=BinarySerializer())
+
+    @app.task(name="bin")
+    async def handler(x: int) -> None:
+        return None
+
+    async with app:
+        await handler.enqueue(7)
+        redis = await app.redis()
+        ((_, original),) = await redis.xrange(app.keys.stream("default"))
+        history = Replay(app)
+        selected = [r async for r in history.messages(task="bin")]
+        (new_id,) = await history.redrive(selected)
+        entries = await redis.xrange(app.keys.stream("default"))
+        redriven = [f for _, f in entries if f[b"id"] == new_id.encode()]
+        assert redriven[0][b"payload"] == original[b"payload"]
+        assert redriven[0][b"ct"] == b"test-binary"
+        # The record still prints as JSON: undecodable bytes are shown, not lost.
+        (record,) = [r async for r in history.messages(task="bin", job=new_id)]
+        shown = json.loads(json.dumps(record.as_dict(binary="base64")))
+        assert shown["payload"].startswith("base64:")
+        await drop_queue(app)
+
+
+async def test_messages_by_status_asks_for_the_hashes_in_one_round_trip_per_page(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``messages(status=...)`` pipelines its job-hash lookups instead of one HGET each."""
+    app = register(App(queue_name(), redis_url=redis_url))
+    async with app:
+        ok, bad = await run_mixed(app)
+        extra = [await app.enqueue(ADD, n, n) for n in range(30)]
+        async with running_worker(app):
+            for job in extra:
+                await job.result(timeout=10)
+        redis = await app.redis()
+        round_trips = {"hget": 0, "pipeline": 0}
+        hget, pipeline = redis.hget, redis.pipeline
+
+        def counted_hget(*args: Any, **kwargs: Any) -> Any:
+            round_trips["hget"] += 1
+            return hget(*args, **kwargs)
+
+        def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+            round_trips["pipeline"] += 1
+            return pipeline(*args, **kwargs)
+
+        monkeypatch.setattr(redis, "hget", counted_hget)
+        monkeypatch.setattr(redis, "pipeline", counted_pipeline)
+        history = Replay(app)
+        failed = [r.job_id async for r in history.messages(status="failed")]
+        succeeded = [r.job_id async for r in history.messages(status="succeeded")]
+        assert set(failed) == {bad}  # its first attempt's message and its retry's
+        assert len(succeeded) == 31 and ok in succeeded
+        assert round_trips == {"hget": 0, "pipeline": 2}, round_trips
+        await drop_queue(app)
+
+
+async def test_replay_says_when_the_range_starts_before_the_oldest_retained_entry(
+    redis_url: str,
+) -> None:
+    """After a trim, the history knows where it starts and the CLI says so.
+
+    Before, a range that began before the oldest retained event printed what
+    was left as if it were everything.
+    """
+    app = register(App(queue_name(), redis_url=redis_url))
+    async with app:
+        await run_mixed(app)
+        history = Replay(app)
+        assert await history.trimmed_before(app.keys.events) is None
+        redis = await app.redis()
+        (first_id, _), *_ = await redis.xrange(app.keys.events, count=2)
+        await redis.xtrim(
+            app.keys.events, minid=first_id.decode().split("-")[0] + "-99999", approximate=False
+        )
+        (kept, _), *_ = await redis.xrange(app.keys.events, count=1)
+        assert await history.trimmed_before(app.keys.events) == kept.decode()
+        code, _out, err = await replay_cli(app, "--since", "2020-01-01")
+        assert code == 0
+        assert "history of events before" in err and "was trimmed" in err, err
+        later = int(first_id.decode().split("-")[0]) + 60_000
+        code, _out, err = await replay_cli(app, "--since", str(later))
+        assert "trimmed" not in err, err
+        await drop_queue(app)
+
+
+async def replay_cli(app: App, *args: str) -> tuple[int, str, str]:
+    """``streamq replay`` for ``app`` in a child process: exit code, stdout, stderr."""
+    env = subprocess_env(str(app.settings.redis_url), STREAMQ_TEST_QUEUE=app.name)
+    async with streamq_child(["replay", "tests.apps.slow:app", *args], env) as child:
+        code = await child.wait(timeout_s=30)
+    return code, "\n".join(child.stdout), "\n".join(child.stderr)
+
+
+async def test_a_jobs_story_reads_that_job_not_the_history(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """story() decodes a handful of entries while the job hash lives, and once it is gone
+    reads from the enqueue time its id carries to its final event, not the whole stream.
+
+    Before, it read every event, every job message and the whole DLQ: about
+    nine thousand entries here, millions on a busy queue.
+    """
+    import streamq.replay as replay_module
+
+    decoded = {"n": 0}
+    record = replay_module._record
+
+    def counting(*args: Any) -> Any:
+        decoded["n"] += 1
+        return record(*args)
+
+    monkeypatch.setattr(replay_module, "_record", counting)
+    monkeypatch.setattr(replay_module, "CLOCK_SKEW_MS", 0)  # one machine: one clock
+    app = register(App(queue_name(), redis_url=redis_url))
+    async with app:
+        add = app.tasks[ADD]
+        await add.enqueue_many([(n, n) for n in range(1500)])
+        async with running_worker(app, concurrency=50):
+            await wait_until(lambda: app_idle(app), timeout=60, description="the first drain")
+            target = await app.enqueue(FAIL, "the one we audit")
+            assert await app.job(target.id).wait(timeout=20) == JobStatus.FAILED
+            await add.enqueue_many([(n, n) for n in range(1500)])
+            await wait_until(lambda: app_idle(app), timeout=60, description="the second drain")
+        redis = await app.redis()
+        total = await redis.xlen(app.keys.events)
+        assert total > 8000
+
+        decoded["n"] = 0
+        story = await Replay(app).story(target.id)
+        kinds = [(r.source, r.kind) for r in story]
+        assert ("event", "enqueued") in kinds and ("event", "retried") in kinds
+        assert ("event", "failed") in kinds and ("dlq", "dead") in kinds
+        assert [r.fields.get("attempt") for r in story if r.source == "message"] == ["1", "2"]
+        assert kinds[-1] == ("job", "failed")
+        assert decoded["n"] <= 20, decoded
+
+        await redis.delete(app.keys.job(target.id))  # as when result_ttl has passed
+        decoded["n"] = 0
+        expired = await Replay(app).story(target.id)
+        assert [(r.source, r.kind, r.id) for r in expired] == [
+            (r.source, r.kind, r.id) for r in story if r.source != "job"
+        ]
+        assert decoded["n"] <= 2500, f"{decoded['n']} of {total} entries decoded"
+        await drop_queue(app)
+
+
+async def app_idle(app: App) -> bool:
+    redis = await app.redis()
+    groups = [await redis.xinfo_groups(app.keys.stream(p)) for p in app.settings.priorities]
+    busy = sum(g["lag"] or 0 for gs in groups for g in gs) + sum(
+        g["pending"] for gs in groups for g in gs
+    )
+    return busy == 0 and await redis.zcard(app.keys.delayed) == 0

