@@ -36,6 +36,8 @@ import anyio
 from redis.exceptions import RedisError
 
 from streamq.app import App
+from streamq.archive import Archive, archive_before_trim
+from streamq.archive.format import id_key as _id_key
 from streamq.keys import GROUP
 from streamq.lease import Lease
 from streamq.logging import get_logger
@@ -47,6 +49,9 @@ LOST_BATCH = 100
 """Job hashes per ``lost`` script call."""
 PROMOTE_ROUNDS = 100
 EVENTS_KEEP_S = 10.0
+ARCHIVE_STEP = 20_000
+"""Entries archived per stream per trim pass at most (about 0.25 s of export):
+a pass stays well inside its lease, and a backlog is caught up over passes."""
 """The newest events a trim never removes, whatever ``retention_s`` or
 ``events_maxlen`` say. The events stream has no consumer group to bound a trim;
 its readers are ``job.result()`` waiters, whose shared reader starts at the last
@@ -69,6 +74,7 @@ class Janitor:
         self.trimmed = 0
         self.lost = 0
         self._lost_cursor = 0
+        self._archive_handle: Archive | None = None
         self._log = get_logger(queue=app.name, worker=owner, role="janitor")
 
     async def run(
@@ -146,7 +152,13 @@ class Janitor:
         return total
 
     async def trim(self) -> int:
-        """Apply the retention limits to every priority stream and the events stream."""
+        """Apply the retention limits to every priority stream and the events stream.
+
+        With an archive (``settings.archive``), each stream's history is first
+        copied there (whole windows, in bounded steps), and the trim never goes
+        past what the archive holds; the DLQ, which requeue and purge delete
+        from, is copied on every pass too.
+        """
         app = self.app
         settings = app.settings
         streams_limited = settings.retention_s is not None or settings.retention_maxlen is not None
@@ -154,8 +166,9 @@ class Janitor:
         if not (streams_limited or events_limited):
             return 0
         scripts = await app.scripts()
+        redis = await app.redis()
         # Ages are judged by the server's clock (stream ids carry its time).
-        seconds, micros = await (await app.redis()).time()
+        seconds, micros = await redis.time()
         now_ms = seconds * 1000 + micros // 1000
         min_id = "0"
         if settings.retention_s is not None:
@@ -163,20 +176,46 @@ class Janitor:
         total = 0
         if streams_limited:
             for stream in app.streams:
+                floor = await self._archived_up_to(stream, min_id, settings.retention_maxlen)
                 removed, _cut = await scripts.trim(
-                    stream, min_id=min_id, maxlen=settings.retention_maxlen or 0
+                    stream, min_id=min_id, maxlen=settings.retention_maxlen or 0, floor=floor or ""
                 )
                 total += removed
         if events_limited:
+            floor = f"{max(0, now_ms - int(EVENTS_KEEP_S * 1000))}-0"
+            archived = await self._archived_up_to(app.keys.events, min_id, settings.events_maxlen)
+            if archived is not None and _id_key(archived) < _id_key(floor):
+                floor = archived
             removed, _cut = await scripts.trim(
-                app.keys.events, min_id=min_id, maxlen=settings.events_maxlen or 0,
-                floor=f"{max(0, now_ms - int(EVENTS_KEEP_S * 1000))}-0",
-            )  # fmt: skip
+                app.keys.events, min_id=min_id, maxlen=settings.events_maxlen or 0, floor=floor
+            )
             total += removed
+        archive = self._archive()
+        if archive is not None:
+            await archive.export(redis, app.keys.dlq, whole_windows=True, max_entries=ARCHIVE_STEP)
         if total:
             self.trimmed += total
             self._log.info("trimmed history", entries=total)
         return total
+
+    async def _archived_up_to(self, stream: str, min_id: str, maxlen: int | None) -> str | None:
+        """With an archive: copy what a trim would remove; the id the trim must stay below."""
+        archive = self._archive()
+        if archive is None:
+            return None
+        # A count cap may cut above the age cutoff: then archive every closed window.
+        cut = min_id if self.app.settings.retention_s is not None and not maxlen else None
+        return await archive_before_trim(
+            archive, await self.app.redis(), stream, cut, max_entries=ARCHIVE_STEP
+        )
+
+    def _archive(self) -> Archive | None:
+        location = self.app.settings.archive
+        if location is None:
+            return None
+        if self._archive_handle is None:
+            self._archive_handle = Archive(location, window_s=self.app.settings.archive_window_s)
+        return self._archive_handle
 
     async def bound_lost_jobs(self) -> list[str]:
         """One bounded step of the scan for lost jobs; returns the job ids marked.

@@ -14,15 +14,18 @@ import base64
 import datetime as dt
 import functools
 import heapq
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anyio
 from redis.exceptions import ResponseError
 
 from streamq.app import App
+from streamq.archive import Archive, history
 from streamq.errors import ConfigError
 from streamq.ids import job_id_time_ms, new_job_id
 from streamq.keys import GROUP, Keyspace
@@ -145,10 +148,21 @@ _DAY_MS = 86_400_000
 
 
 class Replay:
-    """Read one App's retained history."""
+    """Read one App's history: the live streams, and the archive where there is one.
 
-    def __init__(self, app: App) -> None:
+    ``archive`` (default: the App's ``settings.archive``) is read together with
+    the live streams as one history: what retention trimmed comes from the
+    archive, the rest from Redis, in one id order.
+    """
+
+    def __init__(self, app: App, archive: Archive | str | os.PathLike[str] | None = None) -> None:
         self.app = app
+        location = archive if archive is not None else app.settings.archive
+        self.archive: Archive | None = (
+            location
+            if location is None or isinstance(location, Archive)
+            else Archive(location, window_s=app.settings.archive_window_s)
+        )
 
     async def events(
         self, *, since: Bound = None, until: Bound = None, task: str | None = None,
@@ -334,6 +348,10 @@ class Replay:
         start = parse_bound(since) or "-"
         stop = parse_bound(until, end=True) or "+"
         priority = self.app.priority_of_stream(key)
+        if self.archive is not None:
+            async for archived in self._archived_pages(key, source, start, stop, priority):
+                yield archived
+            return
         while True:
             page = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
@@ -348,6 +366,22 @@ class Replay:
                 return
             start = "(" + page[-1][0].decode()
 
+    async def _archived_pages(
+        self, key: str, source: str, start: str, stop: str, priority: str | None
+    ) -> AsyncIterator[list[HistoryRecord]]:
+        """As ``_pages``, from the archive and the live stream as one history."""
+        redis = await self.app.redis()
+        records: list[HistoryRecord] = []
+        async for entry_id, raw in history(redis, self.archive, key, start, stop, page=_PAGE):
+            record = _record(source, entry_id.encode(), raw)
+            if priority is not None:
+                record.fields["priority"] = priority
+            records.append(record)
+            if len(records) >= _PAGE:
+                yield records
+                records = []
+        yield records
+
     async def _entries(self, key: str, source: str, ids: Sequence[str]) -> list[HistoryRecord]:
         """The entries of ``key`` with these ids (those retention has not trimmed)."""
         if not ids:
@@ -359,6 +393,16 @@ class Replay:
             pages = cast(list[list[tuple[bytes, dict[bytes, bytes]]]], await pipe.execute())
         priority = self.app.priority_of_stream(key)
         found = [_record(source, entry_id, raw) for page in pages for entry_id, raw in page]
+        archive = self.archive
+        if archive is not None and len(found) < len(ids):  # trimmed: read them back
+            live = {r.id for r in found}
+            missing = [i for i in ids if i not in live]
+
+            def read_missing() -> list[tuple[str, dict[bytes, bytes]]]:
+                return [entry for i in missing for entry in archive.read(key, i, i)]
+
+            archived = await anyio.to_thread.run_sync(read_missing)
+            found += [_record(source, entry_id.encode(), raw) for entry_id, raw in archived]
         if priority is not None:
             for record in found:
                 record.fields["priority"] = priority
@@ -371,6 +415,18 @@ class Replay:
             return [r async for r in self.events(job=job_id)]
         found: list[HistoryRecord] = []
         since = max(0, enqueued_ms - CLOCK_SKEW_MS)
+        if self.archive is not None:  # skip other jobs' lines without decoding them
+            redis = await self.app.redis()
+            async for entry_id, raw in history(
+                redis, self.archive, self.app.keys.events, f"{since}-0", "+",
+                page=_PAGE, contains=job_id,
+            ):  # fmt: skip
+                record = _record("event", entry_id.encode(), raw)
+                if record.job_id == job_id:
+                    found.append(record)
+                    if record.kind in _FINAL:
+                        break
+            return found
         async for page in self._pages(self.app.keys.events, "event", since, None):
             for record in page:
                 if record.job_id == job_id:

@@ -133,6 +133,13 @@ class Settings:
     limit; ``events_maxlen`` is the events stream's). Neither limit ever trims a
     pending or unread entry."""
     trim_interval_s: float = 10.0
+    archive: str | None = None
+    """A directory or fsspec URL (``pip install 'streamq[archive]'``) where the
+    janitor copies history before retention trims it, and which ``Replay`` reads
+    together with the live streams. None: trimmed history is gone."""
+    archive_window_s: float = 3600.0
+    """The archive's segments hold this much time each; history is trimmed only
+    once its whole window is archived, so trimming may lag retention by one window."""
     lost_job_age_s: float = 3600.0
     """A job hash that is not final but whose message is gone (deleted or trimmed by
     hand, a delayed entry removed) is marked dead (``MessageLost``, with a TTL) by
@@ -152,6 +159,7 @@ class Settings:
         for name in (
             "result_ttl_s", "socket_timeout_s", "connect_timeout_s", "visibility_timeout_s",
             "janitor_interval_s", "consumer_idle_s", "trim_interval_s", "lost_job_age_s",
+            "archive_window_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -209,6 +217,8 @@ class Settings:
             values["retention_s"] = _number("STREAMQ_RETENTION", retention)
         if vis := env.get("STREAMQ_VISIBILITY_TIMEOUT"):
             values["visibility_timeout_s"] = _number("STREAMQ_VISIBILITY_TIMEOUT", vis)
+        if archive := env.get("STREAMQ_ARCHIVE"):
+            values["archive"] = archive
         if connect := env.get("STREAMQ_CONNECT_TIMEOUT"):
             values["connect_timeout_s"] = _number("STREAMQ_CONNECT_TIMEOUT", connect)
         values.update({k: v for k, v in overrides.items() if v is not None})

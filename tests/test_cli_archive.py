@@ -13,13 +13,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-import typer
 from typer.testing import CliRunner, Result
 
 from streamq import App
 from streamq.archive import Archive
-from streamq.cli import EXIT_USAGE
-from streamq.cli.archive import archive
+from streamq.cli import EXIT_USAGE, cli
 from tests.apps.slow import ADD, register
 from tests.conftest import queue_name
 from tests.test_archive import BASE_MS, HOUR_MS, add, entries_over, live
@@ -27,9 +25,7 @@ from tests.test_archive import BASE_MS, HOUR_MS, add, entries_over, live
 pytestmark = pytest.mark.anyio
 
 # The command as `streamq archive` (the top-level CLI registers it the same way).
-streamq_cli = typer.Typer(rich_markup_mode=None)
-streamq_cli.command("archive")(archive)
-streamq_cli.callback()(lambda: None)
+streamq_cli = cli
 
 
 @pytest.fixture

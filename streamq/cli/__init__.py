@@ -26,7 +26,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import streamq
-from streamq.cli import demo, doctor, janitor, replay, stats, worker
+from streamq.cli import archive, demo, doctor, janitor, replay, stats, worker
 from streamq.cli.dlq import dlq_cli
 from streamq.cli.server import server_cli
 from streamq.errors import ConfigError, JobNotFound, ServerError, WrongKeyType
@@ -46,6 +46,7 @@ cli = typer.Typer(
 cli.command("worker")(worker.worker)
 cli.command("janitor")(janitor.janitor)
 cli.command("replay")(replay.replay)
+cli.command("archive")(archive.archive)
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(server_cli, name="server")
 cli.command("demo")(demo.demo)

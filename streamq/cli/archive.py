@@ -26,14 +26,14 @@ CALL_ENTRIES = 50_000
 def archive(
     app_path: AppArg,
     to: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--to",
             metavar="DIR_OR_URL",
             help="A directory, or an fsspec URL (s3://bucket/prefix; pip install "
-            "'streamq[archive]').",
+            "'streamq[archive]'); default: the App's archive setting ($STREAMQ_ARCHIVE).",
         ),
-    ],
+    ] = None,
     until: Annotated[
         str | None,
         typer.Option(help="Archive history up to this date (whole day), datetime, ms or id."),
@@ -66,8 +66,11 @@ def archive(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--until") from None
     app = load_app(app_path, redis_url)
+    to = to or app.settings.archive
+    if not to:
+        raise typer.BadParameter("give --to DIR_OR_URL, or set STREAMQ_ARCHIVE", param_hint="--to")
     try:
-        store = Archive(to)
+        store = Archive(to, window_s=app.settings.archive_window_s)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--to") from None
     streams = [*app.streams, app.keys.events, app.keys.dlq]

@@ -60,6 +60,14 @@ def replay(
     ] = False,
     into: Annotated[str | None, typer.Option(help="With --redrive: target queue.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Really re-drive.")] = False,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            metavar="DIR_OR_URL",
+            help="Read this archive with the live streams (default: $STREAMQ_ARCHIVE).",
+        ),
+    ] = None,
     redis_url: RedisUrlOpt = None,
 ) -> None:
     """Read the queue's history for audit: events, job messages or the DLQ."""
@@ -81,6 +89,8 @@ def replay(
     if redrive:
         source = Source.jobs
     app = load_app(app_path, redis_url)
+    if archive:
+        app.settings = app.settings.with_changes(archive=archive)
     console = Console()
     table = _table() if output is Format.table else None
     lines = _Lines()
@@ -184,16 +194,26 @@ async def _say_what_was_trimmed(history: Replay, source: Source, since: str | No
         ],
         Source.dlq: [],  # requeue and purge delete DLQ entries: no gap to report
     }[source]
+    archive = history.archive
     for name, key in keys:
         oldest = await history.trimmed_before(key)
+        if archive is not None and oldest is not None:
+            archived = await anyio.to_thread.run_sync(archive.oldest, key)
+            if archived is not None and bound_key(archived) < bound_key(oldest):
+                oldest = archived  # the archive holds what retention trimmed, from here
         if oldest is None or (since is not None and bound_key(since) >= bound_key(oldest)):
             continue
-        when = dt.datetime.fromtimestamp(bound_key(oldest)[0] / 1000, dt.UTC)
+        where = f"the archive at {archive.location}" if archive is not None else "Redis"
         typer.echo(
-            f"streamq: note: the history of {name} before {when.isoformat(timespec='seconds')} "
-            f"(entry {oldest}) was trimmed; the output starts there",
+            f"streamq: note: the history of {name} before {_time(oldest)} (entry {oldest}) "
+            f"was trimmed and is not in {where}; the output starts there",
             err=True,
         )
+
+
+def _time(entry_id: str) -> str:
+    moment = dt.datetime.fromtimestamp(bound_key(entry_id)[0] / 1000, dt.UTC)
+    return moment.isoformat(timespec="seconds")
 
 
 class _NoHistory(Exception):
