@@ -15,6 +15,18 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+EVENT_FIELD_PREFIX = b"ev:"
+"""The job hash indexes each event written for the job as a field
+``ev:<entry id>`` (value: the event's kind), in the script that writes it:
+one job's story is those entries (``Job.event_ids``), not a scan of the
+events stream. ``Job.info`` leaves these fields out."""
+_OUTCOME_FIELDS = (b"status", b"result", b"error_type", b"error", b"traceback")
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
 
 @dataclass(frozen=True, slots=True)
 class JobProgress:
@@ -62,10 +74,35 @@ class Job(Generic[R]):
         return f"Job(id={self.id!r}, task={self.task!r})"
 
     async def info(self) -> dict[str, str]:
-        """The job hash, decoded to text (the result stays encoded). Empty if unknown."""
+        """The job hash, decoded to text (the result stays encoded). Empty if unknown.
+
+        Without the event index (the ``ev:*`` fields): see ``event_ids``.
+        """
         redis = await self._app.redis()
         raw = cast(dict[bytes, bytes], await redis.hgetall(self._app.keys.job(self.id)))
-        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        return {
+            k.decode(): v.decode(errors="replace")
+            for k, v in raw.items()
+            if not k.startswith(EVENT_FIELD_PREFIX)
+        }
+
+    async def event_ids(self) -> list[tuple[str, str]]:
+        """The events recorded for this job while its hash lives, as (entry id in the
+        events stream, kind), oldest first. Empty if the job is unknown.
+
+        Every script that writes an event for a job indexes it in the job hash,
+        so this is the job's whole story in time proportional to the job; an
+        entry the events stream's retention already trimmed is listed all the
+        same (reading it finds nothing).
+        """
+        redis = await self._app.redis()
+        raw = cast(dict[bytes, bytes], await redis.hgetall(self._app.keys.job(self.id)))
+        found = [
+            (k[len(EVENT_FIELD_PREFIX) :].decode(), v.decode(errors="replace"))
+            for k, v in raw.items()
+            if k.startswith(EVENT_FIELD_PREFIX)
+        ]
+        return sorted(found, key=lambda item: _entry_order(item[0]))
 
     async def progress(self) -> JobProgress | None:
         """The last progress the handler reported, or None if it reported none."""
@@ -110,12 +147,14 @@ class Job(Generic[R]):
             redis = await app.redis()
             # The last event id and the job hash atomically: the reader starts no
             # later than this id, so no event for this job slips between the two.
+            # Only the fields an outcome needs (HMGET): not the event index.
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.xrevrange(keys.events, "+", "-", count=1)
-                pipe.hgetall(keys.job(self.id))
-                last, fields = cast(
-                    tuple[list[tuple[bytes, Any]], dict[bytes, bytes]], await pipe.execute()
+                pipe.hmget(keys.job(self.id), _OUTCOME_FIELDS)
+                last, values = cast(
+                    tuple[list[tuple[bytes, Any]], list[bytes | None]], await pipe.execute()
                 )
+            fields = _present(values)
             watch.follow_from(last[0][0] if last else b"0-0")
             while True:
                 if not fields:
@@ -126,7 +165,9 @@ class Job(Generic[R]):
                     raise TimeoutError(f"job {self.id} not finished within {timeout} s")
                 # Woken by a final event for us, or by the reader's periodic
                 # re-check (events can be trimmed before anyone reads them).
-                fields = cast(dict[bytes, bytes], await redis.hgetall(keys.job(self.id)))
+                fields = _present(
+                    cast(list[bytes | None], await redis.hmget(keys.job(self.id), _OUTCOME_FIELDS))
+                )
 
     def _outcome(self, fields: dict[bytes, bytes]) -> R:
         status = fields[b"status"].decode()
@@ -144,3 +185,8 @@ class Job(Generic[R]):
         with contextlib.suppress(JobFailed):
             await self.result(timeout)
         return await self.status()
+
+
+def _present(values: list[bytes | None]) -> dict[bytes, bytes]:
+    """The outcome fields HMGET found ({} when the job hash does not exist)."""
+    return {k: v for k, v in zip(_OUTCOME_FIELDS, values, strict=True) if v is not None}

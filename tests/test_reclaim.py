@@ -103,7 +103,8 @@ async def test_the_scan_continues_from_a_cursor_across_calls(fast_app: App) -> N
         calls += 1
         assert calls <= 7, "the stale entry was not reached"
         got = await scripts.reclaim(
-            stream=stream, dlq=fast_app.keys.dlq, events=fast_app.keys.events, group=GROUP,
+            stream=stream, dlq=fast_app.keys.dlq, events=fast_app.keys.events,
+            job_prefix=fast_app.keys.job(""), group=GROUP,
             consumer="c2", count=1, min_idle_ms=0, now_ms=int(time.time() * 1000),
             default_visibility_ms=600_000,
             visibility_ms={"long": 600_000, "short": 1000}, scan=50,

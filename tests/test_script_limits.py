@@ -253,7 +253,7 @@ async def test_reclaim_hands_over_an_oversize_entry(app: App) -> None:
     )
     got = await scripts.reclaim(
         stream=app.keys.stream("default"), dlq=app.keys.dlq, events=app.keys.events,
-        group=GROUP, consumer="c2", count=10, min_idle_ms=1000,
+        job_prefix=app.keys.job(""), group=GROUP, consumer="c2", count=10, min_idle_ms=1000,
         now_ms=int(time.time() * 1000), default_visibility_ms=1000,
         visibility_ms={},
     )  # fmt: skip
@@ -320,7 +320,8 @@ async def test_the_largest_accepted_entry_goes_through_every_script(app: App) ->
     msg_id, fields = await deliver()
     await redis.xclaim(stream, GROUP, CONSUMER, 0, [msg_id], idle=60_000, justid=True)
     claimed = await scripts.reclaim(
-        stream=stream, dlq=app.keys.dlq, events=app.keys.events, group=GROUP, consumer="c2",
+        stream=stream, dlq=app.keys.dlq, events=app.keys.events, job_prefix=app.keys.job(""),
+        group=GROUP, consumer="c2",
         count=10, min_idle_ms=1000, now_ms=int(time.time() * 1000),
         default_visibility_ms=1000, visibility_ms={},
     )  # fmt: skip

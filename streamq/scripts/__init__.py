@@ -301,8 +301,8 @@ class Scripts:
         return [bool(r) for r in await self._call("heartbeat", streams, args)]
 
     async def reclaim(
-        self, *, stream: str, dlq: str, events: str, group: str, consumer: str, count: int,
-        min_idle_ms: int, now_ms: int, default_visibility_ms: int,
+        self, *, stream: str, dlq: str, events: str, job_prefix: str, group: str,
+        consumer: str, count: int, min_idle_ms: int, now_ms: int, default_visibility_ms: int,
         visibility_ms: Mapping[str, int], scan: int | None = None,
     ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:  # fmt: skip
         """Claimed messages as (id, fields, delivery count, previous owner).
@@ -311,16 +311,30 @@ class Scripts:
         message wanted, at least 100) and continues from where the previous
         call on this stream stopped (a cursor kept here, like XAUTOCLAIM's), so
         every stale message is reached within a bounded number of calls.
+
+        Two script calls when something is due: one finds the candidates, the
+        next claims them with their job hashes (``job_prefix`` + job id, the
+        key ``Keyspace.job`` spells), where each reclaim is indexed.
         """
         budget = scan if scan is not None else max(100, 10 * count)
-        args: list[Arg] = [
+        head: list[Arg] = [
             group, consumer, count, min_idle_ms, now_ms, default_visibility_ms,
-            self._reclaim_cursors.get((stream, group), "-"), budget,
+            self._reclaim_cursors.get((stream, group), "-"), budget, len(visibility_ms),
         ]  # fmt: skip
         for task, ms in visibility_ms.items():
-            args += [task, ms]
-        cursor, claimed = await self._call("reclaim", [stream, dlq, events], args)
+            head += [task, ms]
+        keys: list[str | bytes] = [stream, dlq, events]
+        cursor, found = await self._call("reclaim", keys, ["scan", *head])
         self._reclaim_cursors[(stream, group)] = cursor
+        if not found:
+            return []
+        prefix = job_prefix.encode()
+        args: list[Arg] = ["claim", *head]
+        for msg_id, job_id in found:
+            args += [msg_id, job_id]
+            if job_id:
+                keys.append(prefix + job_id)
+        claimed = await self._call("reclaim", keys, args)
         return [
             (msg_id, _pairs(flat), int(count_), owner) for msg_id, flat, count_, owner in claimed
         ]

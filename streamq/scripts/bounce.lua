@@ -10,7 +10,8 @@
 -- Past the limit the caller dead-letters it (reply -1) with the reason.
 --
 -- The job hash (if not final) records where the message now is (msg_id
--- 'delayed', due_ms), so the janitor's lost-job check finds it there.
+-- 'delayed', due_ms), so the janitor's lost-job check finds it there; any
+-- job hash that exists indexes the 'bounced' event ('ev:<event id>').
 --
 -- KEYS[1] stream   KEYS[2] delayed zset   KEYS[3] events stream   KEYS[4] job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] msg id   ARGV[4] delivery count
@@ -22,8 +23,8 @@ local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
 if not (entry and entry[2] == ARGV[2] and tonumber(entry[4]) == tonumber(ARGV[4])) then
   return {0}
 end
-local status = redis.call('TYPE', KEYS[4])['ok'] == 'hash'
-  and redis.call('HGET', KEYS[4], 'status') or false
+local is_hash = redis.call('TYPE', KEYS[4])['ok'] == 'hash'
+local status = is_hash and redis.call('HGET', KEYS[4], 'status') or false
 -- Nothing may raise after the XACK below: check the shared keys' types first.
 local delayed_type = redis.call('TYPE', KEYS[2])['ok']
 local events_type = redis.call('TYPE', KEYS[3])['ok']
@@ -54,10 +55,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 table.insert(fields, 1, ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], now + delay, cjson.encode(fields))
-if status == 'queued' or status == 'scheduled' or status == 'retrying' then
-  redis.call('HSET', KEYS[4], 'msg_id', 'delayed', 'due_ms', tostring(now + delay))
-end
-redis.call('XADD', KEYS[3], '*', 'kind', 'bounced', 'job', job,
+local event_id = redis.call('XADD', KEYS[3], '*', 'kind', 'bounced', 'job', job,
   'task', task, 'msg', ARGV[3], 'worker', ARGV[2], 'bounces', bounces, 'delay_ms', delay,
   'error', 'unknown task: no handler registered on this worker', 'ts', now)
+local indexed = string.format('ev:%s', event_id)
+if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+  redis.call('HSET', KEYS[4], 'msg_id', 'delayed', 'due_ms', tostring(now + delay),
+    indexed, 'bounced')
+elseif is_hash then
+  redis.call('HSET', KEYS[4], indexed, 'bounced')
+end
 return {1, bounces, delay}

@@ -10,6 +10,11 @@
 --              the failed attempt's progress cleared
 --   failed     error in the job hash, TTL set, and the entry with the last error
 --              and traceback appended to the DLQ (so it can be requeued after a fix)
+-- Each outcome's event is indexed in the job hash ('ev:<event id>' = kind) by
+-- the same HSET that records the outcome; a retry sent straight back to its
+-- stream names the new message ('msg'), a failure its DLQ entry ('dlq'). A
+-- 'lost-ownership' event is indexed only in a hash that exists (no key is made
+-- for it, and its TTL stays as it is).
 -- A repeated run (client retry) finds the message acked and the job hash already
 -- holding the outcome of this message, consumer and delivery, and changes
 -- nothing (invariant 9); a stale worker's late call is answered 'lost'.
@@ -42,7 +47,12 @@ local function event(kind, a, extra)
     'attempt', ARGV[a + 4], 'deliveries', ARGV[a + 1], 'worker', ARGV[2],
     'duration_ms', ARGV[a + 9], 'ts', now}
   for _, v in ipairs(extra) do fields[#fields + 1] = v end
-  redis.call('XADD', KEYS[1], '*', unpack(fields))
+  return redis.call('XADD', KEYS[1], '*', unpack(fields))
+end
+
+-- The job hash's field for an event: its index entry.
+local function ev(event_id)
+  return string.format('ev:%s', event_id)
 end
 
 -- The server's clock in ms: due times never come from a client's clock.
@@ -111,12 +121,13 @@ for i = 1, n do
     end
     redis.call('XACK', stream, ARGV[1], msg_id)
     if status == 'succeeded' then
+      local event_id = event('succeeded', a, {})
       if pcall(redis.call, 'HSET', job, 'status', status, 'result', ARGV[a + 6],
-          'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token) then
+          'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token,
+          ev(event_id), 'succeeded') then
         redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
         redis.call('PEXPIRE', job, ARGV[4])
       end
-      event('succeeded', a, {})
     elseif status == 'retry' then
       for f = 1, #fields - 1, 2 do
         if fields[f] == 'attempt' then fields[f + 1] = tostring(tonumber(ARGV[a + 4]) + 1) end
@@ -124,19 +135,23 @@ for i = 1, n do
       local delay = tonumber(ARGV[a + 10])
       local next_id = 'delayed'
       local due = server_now() + delay  -- the server's clock, not the worker's
+      local extra = {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]}
       if delay > 0 then
         table.insert(fields, 1, ARGV[a + 11])
         redis.call('ZADD', KEYS[2], due, cjson.encode(fields))
       else
         next_id = redis.call('XADD', stream, '*', unpack(fields))
+        extra[#extra + 1] = 'msg'
+        extra[#extra + 1] = next_id
       end
+      local event_id = event('retried', a, extra)
       if pcall(redis.call, 'HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
           'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
-          'due_ms', string.format('%d', due), 'outcome_msg', token) then
+          'due_ms', string.format('%d', due), 'outcome_msg', token,
+          ev(event_id), 'retried') then
         -- The next attempt starts from nothing: not the failed attempt's progress.
         redis.call('HDEL', job, 'progress', 'progress_msg', 'progress_ms')
       end
-      event('retried', a, {'error_type', ARGV[a + 6], 'delay_ms', ARGV[a + 10]})
     else
       if not fields then fields = {} end
       local reason = 'failed: ' .. ARGV[a + 6]
@@ -153,19 +168,25 @@ for i = 1, n do
         fields[#fields + 1] = v
       end
       local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
+      local event_id = event('failed', a,
+        {'error_type', ARGV[a + 6], 'dlq_id', dlq_id, 'dlq', dlq_id})
       if pcall(redis.call, 'HSET', job, 'status', 'failed', 'error_type', ARGV[a + 6],
           'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
-          'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id) then
+          'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id,
+          ev(event_id), 'failed') then
         redis.call('PEXPIRE', job, ARGV[4])
       end
-      event('failed', a, {'error_type', ARGV[a + 6], 'dlq_id', dlq_id})
     end
     replies[i] = 1
   elseif select(2, pcall(redis.call, 'HGET', job, 'outcome_msg')) == token then
     replies[i] = 2
   else
     -- Fenced off: record that this worker's outcome was dropped, for the audit.
-    event('lost-ownership', a, {'outcome', ARGV[a + 5], 'error_type', ARGV[a + 6]})
+    local event_id = event('lost-ownership', a,
+      {'outcome', ARGV[a + 5], 'error_type', ARGV[a + 6]})
+    if redis.call('TYPE', job)['ok'] == 'hash' then
+      redis.call('HSET', job, ev(event_id), 'lost-ownership')
+    end
     replies[i] = 0
   end
 end

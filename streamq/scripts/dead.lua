@@ -10,6 +10,8 @@
 -- ARGV[8] job id ('' when the entry has none)   ARGV[9] task ('' when unknown)
 -- ARGV[10] error type for the job hash (PoisonMessage, TooManyDeliveries, ...)
 -- reply: DLQ entry id, or 0 when the message is no longer ours
+-- The 'dead' event names the message ('msg') and its DLQ entry ('dlq'); a job
+-- hash that exists indexes it ('ev:<event id>' = 'dead').
 -- Key types before any write: the DLQ and events streams (a job key that is not
 -- a hash is left alone).
 for i, key in ipairs(KEYS) do
@@ -54,13 +56,14 @@ fields[#fields + 1] = 'dlq_deliveries'; fields[#fields + 1] = ARGV[4]
 fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = ARGV[6]
 local dlq_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[8] ~= '' and redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
-  redis.call('HSET', KEYS[4], 'status', 'dead', 'error_type', ARGV[10],
-    'error', ARGV[5], 'finished_ms', ARGV[6], 'dlq_id', dlq_id, 'outcome_msg', ARGV[3])
-  redis.call('PEXPIRE', KEYS[4], ARGV[7])
-end
-redis.call('XADD', KEYS[3], '*',
+local event_id = redis.call('XADD', KEYS[3], '*',
   'kind', 'dead', 'job', ARGV[8], 'task', ARGV[9], 'deliveries', ARGV[4],
   'worker', ARGV[2], 'error', ARGV[5], 'error_type', ARGV[10], 'msg', ARGV[3],
-  'ts', ARGV[6])
+  'dlq', dlq_id, 'ts', ARGV[6])
+if ARGV[8] ~= '' and redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
+  redis.call('HSET', KEYS[4], 'status', 'dead', 'error_type', ARGV[10],
+    'error', ARGV[5], 'finished_ms', ARGV[6], 'dlq_id', dlq_id, 'outcome_msg', ARGV[3],
+    string.format('ev:%s', event_id), 'dead')
+  redis.call('PEXPIRE', KEYS[4], ARGV[7])
+end
 return dlq_id

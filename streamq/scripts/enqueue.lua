@@ -20,6 +20,8 @@
 -- the server's now. ARGV[4] (the producer's now) is only a timestamp.
 -- reply: per job {1, stream id or 'delayed'} added, {0, existing id} the job
 --   existed, {-1, depth} refused: the queue already held max pending jobs
+-- The job hash indexes its event (field 'ev:<event id>' = kind, as every script
+-- that writes an event for a job does); the enqueued event names its message.
 local n, e = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- Checked before any write: the entry's fields go through unpack(), which fails
 -- past about 8,000 values (per-call options add a handful).
@@ -98,20 +100,22 @@ for j = 1, n do
       -- The member carries the whole entry, so promotion touches only declared keys.
       table.insert(fields, 1, ARGV[5])
       redis.call('ZADD', KEYS[3], due, cjson.encode(fields))
-      redis.call('HSET', job,
-        'status', 'scheduled', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
-        'enqueued_ms', ARGV[4], 'due_ms', due_text, 'msg_id', 'delayed')
-      redis.call('XADD', KEYS[2], '*',
+      local event_id = redis.call('XADD', KEYS[2], '*',
         'kind', 'scheduled', 'job', id, 'task', ARGV[2], 'priority', ARGV[5],
         'due_ms', due_text, 'ts', ARGV[4])
+      redis.call('HSET', job,
+        'status', 'scheduled', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
+        'enqueued_ms', ARGV[4], 'due_ms', due_text, 'msg_id', 'delayed',
+        string.format('ev:%s', event_id), 'scheduled')
       replies[j] = {1, 'delayed'}
     else
       local msg_id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+      local event_id = redis.call('XADD', KEYS[2], '*',
+        'kind', 'enqueued', 'job', id, 'task', ARGV[2], 'priority', ARGV[5], 'msg', msg_id,
+        'ts', ARGV[4])
       redis.call('HSET', job,
         'status', 'queued', 'task', ARGV[2], 'priority', ARGV[5], 'attempts', '0',
-        'enqueued_ms', ARGV[4], 'msg_id', msg_id)
-      redis.call('XADD', KEYS[2], '*',
-        'kind', 'enqueued', 'job', id, 'task', ARGV[2], 'priority', ARGV[5], 'ts', ARGV[4])
+        'enqueued_ms', ARGV[4], 'msg_id', msg_id, string.format('ev:%s', event_id), 'enqueued')
       replies[j] = {1, msg_id}
     end
     depth = depth + 1

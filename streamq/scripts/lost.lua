@@ -15,7 +15,7 @@
 -- of enqueued_ms, started_ms, progress_ms and due_ms. A job that fails, and
 -- whose last change is older than the safe age, is
 -- marked final: status 'dead', error type 'MessageLost', a TTL and a 'dead'
--- event. Its stream and DLQ are not touched: if the message was still there
+-- event, indexed in the hash ('ev:<event id>'). Its stream and DLQ are not touched: if the message was still there
 -- after all, the job runs and its outcome overwrites the hash.
 --
 -- KEYS[1] events stream   KEYS[2] delayed zset   KEYS[3..2+p] priority streams
@@ -138,12 +138,13 @@ for k = 3 + p, #KEYS do
       if ARGV[5] == 'mark' then
         local reason = 'the job\'s message is gone (deleted, trimmed, or acknowledged '
           .. 'outside streamq) while it was ' .. h[1] .. ': it will not run'
-        redis.call('HSET', hash, 'status', 'dead', 'error_type', 'MessageLost',
-          'error', reason, 'finished_ms', string.format('%d', now))
-        redis.call('PEXPIRE', hash, ARGV[2])
-        redis.call('XADD', KEYS[1], '*', 'kind', 'dead', 'job', job,
+        local event_id = redis.call('XADD', KEYS[1], '*', 'kind', 'dead', 'job', job,
           'task', h[7] or '', 'error', reason, 'error_type', 'MessageLost',
           'msg', h[2] or '', 'ts', string.format('%d', now))
+        redis.call('HSET', hash, 'status', 'dead', 'error_type', 'MessageLost',
+          'error', reason, 'finished_ms', string.format('%d', now),
+          string.format('ev:%s', event_id), 'dead')
+        redis.call('PEXPIRE', hash, ARGV[2])
       end
     end
   end

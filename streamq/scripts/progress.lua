@@ -4,7 +4,8 @@
 -- still pending to this consumer with the delivery count the worker was given,
 -- so a stale worker (paused, then reclaimed from) cannot write its progress
 -- over the new run's; and only while the job hash says running, so a late
--- report cannot write over a finished job.
+-- report cannot write over a finished job. The hash indexes the event
+-- ('ev:<event id>' = 'progress'): one field per report while the job lives.
 --
 -- KEYS[1] job hash   KEYS[2] events stream   KEYS[3] the message's stream (optional:
 -- without it only the status is checked)
@@ -24,8 +25,9 @@ if KEYS[3] then
   end
 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_msg', ARGV[2], 'progress_ms', ARGV[3])
-redis.call('XADD', KEYS[2], '*', 'kind', 'progress', 'job', ARGV[4],
+local event_id = redis.call('XADD', KEYS[2], '*', 'kind', 'progress', 'job', ARGV[4],
   'task', ARGV[5], 'attempt', ARGV[6], 'worker', ARGV[7], 'progress', ARGV[1],
   'message', ARGV[2], 'ts', ARGV[3])
+redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_msg', ARGV[2], 'progress_ms', ARGV[3],
+  string.format('ev:%s', event_id), 'progress')
 return 1

@@ -18,6 +18,8 @@
 -- values than unpack() can pass to XADD) is checked before anything is
 -- written and goes to the DLQ with the reason and a 'dead' event; its job
 -- hash, if any, becomes final ('dead') with a TTL. Nothing just vanishes.
+-- Each event is indexed in the job's hash when that exists ('ev:<event id>' =
+-- kind): 'promoted' names its new message ('msg'), 'dead' its DLQ entry ('dlq').
 --
 -- KEYS[1] delayed zset   KEYS[2] events stream   KEYS[3] dlq stream
 -- KEYS[4..3+p] priority streams   KEYS[4+p..] job hashes (move)
@@ -168,13 +170,16 @@ for _, member in ipairs(due) do
       redis.call('XGROUP', 'CREATE', stream, ARGV[3], '0', 'MKSTREAM')
     end
     local msg_id = redis.call('XADD', stream, '*', unpack(entry))
-    if status == 'scheduled' then
-      redis.call('HSET', hash, 'status', 'queued', 'msg_id', msg_id)
-    elseif status then
-      redis.call('HSET', hash, 'msg_id', msg_id)
-    end
-    redis.call('XADD', KEYS[2], '*',
+    local event_id = redis.call('XADD', KEYS[2], '*',
       'kind', 'promoted', 'job', job, 'task', task, 'msg', msg_id, 'ts', now)
+    local indexed = string.format('ev:%s', event_id)
+    if status == 'scheduled' then
+      redis.call('HSET', hash, 'status', 'queued', 'msg_id', msg_id, indexed, 'promoted')
+    elseif status then
+      redis.call('HSET', hash, 'msg_id', msg_id, indexed, 'promoted')
+    elseif hash and redis.call('TYPE', hash)['ok'] == 'hash' then
+      redis.call('HSET', hash, indexed, 'promoted')
+    end
     promoted = promoted + 1
   else
     fields[#fields + 1] = 'dlq_reason'; fields[#fields + 1] = problem
@@ -183,16 +188,19 @@ for _, member in ipairs(due) do
     fields[#fields + 1] = 'dlq_raw'; fields[#fields + 1] = member
     fields[#fields + 1] = 'dlq_ms'; fields[#fields + 1] = now
     local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
+    local event_id = redis.call('XADD', KEYS[2], '*',
+      'kind', 'dead', 'job', job, 'task', task, 'error', problem,
+      'error_type', 'PoisonMessage', 'dlq_id', dlq_id, 'dlq', dlq_id, 'ts', now)
+    local indexed = string.format('ev:%s', event_id)
     -- Only a hash that says the job waits in the delayed set becomes dead.
     if status == 'scheduled' or status == 'retrying'
         or (status and redis.call('HGET', hash, 'msg_id') == 'delayed') then
       redis.call('HSET', hash, 'status', 'dead', 'error_type', 'PoisonMessage',
-        'error', problem, 'finished_ms', now, 'dlq_id', dlq_id)
+        'error', problem, 'finished_ms', now, 'dlq_id', dlq_id, indexed, 'dead')
       redis.call('PEXPIRE', hash, ARGV[4])
+    elseif hash and redis.call('TYPE', hash)['ok'] == 'hash' then
+      redis.call('HSET', hash, indexed, 'dead')
     end
-    redis.call('XADD', KEYS[2], '*',
-      'kind', 'dead', 'job', job, 'task', task, 'error', problem,
-      'error_type', 'PoisonMessage', 'dlq_id', dlq_id, 'ts', now)
     dead = dead + 1
   end
 end

@@ -6,6 +6,8 @@
 -- this entry. A job id can be reused once the dead job's hash expired; the
 -- hash then belongs to a newer job (queued, running or done), which a requeue
 -- must not set back to queued and run again: refused.
+-- The hash keeps its event index ('ev:*' fields) and adds the 'requeued' event,
+-- which names the new message ('msg') and the DLQ entry it came from.
 --
 -- KEYS[1] dlq stream   KEYS[2] target stream   KEYS[3] job hash   KEYS[4] events stream
 -- ARGV[1] dlq entry id   ARGV[2] group   ARGV[3] now ms
@@ -14,8 +16,7 @@
 --   {reason code, message} when it is refused, before any write: 'no-job-id',
 --   'too-large' (more fields than unpack() can pass to XADD), 'job-id-reused'
 local MAX_VALUES = 2000
--- The events key's type first: its XADD is the last write (the others fail, if
--- at all, before any write).
+-- The events key's type first (the others fail, if at all, before any write).
 local events_key = KEYS[4]
 local found = redis.call('TYPE', events_key)['ok']
 if found ~= 'none' and found ~= 'stream' then
@@ -52,12 +53,13 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 local msg_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])
+local event_id = redis.call('XADD', KEYS[4], '*', 'kind', 'requeued', 'job', job,
+  'task', task, 'msg', msg_id, 'from_dlq', ARGV[1], 'ts', ARGV[3])
 redis.call('HDEL', KEYS[3], 'result', 'error_type', 'error', 'traceback', 'outcome_msg',
   'finished_ms', 'dlq_id', 'due_ms', 'started_ms', 'worker', 'duration_ms',
   'progress', 'progress_msg', 'progress_ms')
 redis.call('HSET', KEYS[3], 'status', 'queued', 'task', task, 'priority', ARGV[4],
-  'attempts', '0', 'msg_id', msg_id, 'enqueued_ms', ARGV[3])
+  'attempts', '0', 'msg_id', msg_id, 'enqueued_ms', ARGV[3],
+  string.format('ev:%s', event_id), 'requeued')
 redis.call('PERSIST', KEYS[3])
-redis.call('XADD', KEYS[4], '*', 'kind', 'requeued', 'job', job,
-  'task', task, 'msg', msg_id, 'from_dlq', ARGV[1], 'ts', ARGV[3])
 return msg_id

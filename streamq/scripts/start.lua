@@ -7,7 +7,8 @@
 -- that late mark must not claim the job back in its hash. A job hash that is
 -- missing or already final is left alone too, so a late or repeated call never
 -- resurrects a finished job or creates a key without a TTL. The hash's msg_id
--- becomes the message run (lost.lua locates a job's message by it).
+-- becomes the message run (lost.lua locates a job's message by it), and the
+-- hash indexes the started event ('ev:<event id>' = 'started').
 --
 -- KEYS[1] events stream   then per job: stream, job hash
 -- ARGV[1] now ms   ARGV[2] worker   ARGV[3] group
@@ -32,11 +33,12 @@ for i = 1, n do
     if not ok then status = nil end
     if status == 'queued' or status == 'running' or status == 'retrying'
         or status == 'scheduled' then
-      redis.call('HSET', job, 'status', 'running', 'started_ms', ARGV[1],
-        'worker', ARGV[2], 'attempts', ARGV[a + 3], 'msg_id', ARGV[a])
-      redis.call('XADD', KEYS[1], '*',
+      local event_id = redis.call('XADD', KEYS[1], '*',
         'kind', 'started', 'job', ARGV[a + 1], 'task', ARGV[a + 2], 'attempt', ARGV[a + 3],
         'priority', ARGV[a + 4], 'deliveries', ARGV[a + 5], 'worker', ARGV[2], 'ts', ARGV[1])
+      redis.call('HSET', job, 'status', 'running', 'started_ms', ARGV[1],
+        'worker', ARGV[2], 'attempts', ARGV[a + 3], 'msg_id', ARGV[a],
+        string.format('ev:%s', event_id), 'started')
       marked = marked + 1
     end
   end

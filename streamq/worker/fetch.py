@@ -215,6 +215,7 @@ class Fetcher:
             stream=stream,
             dlq=self._keys.dlq,
             events=self._keys.events,
+            job_prefix=self._keys.job(""),
             group=GROUP,
             consumer=self._consumer,
             count=count,
