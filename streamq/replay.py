@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import anyio
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from streamq.app import App
@@ -163,6 +164,7 @@ class Replay:
             if location is None or isinstance(location, Archive)
             else Archive(location, window_s=app.settings.archive_window_s)
         )
+        self._flat: Redis | None = None
 
     async def events(
         self, *, since: Bound = None, until: Bound = None, task: str | None = None,
@@ -352,10 +354,10 @@ class Replay:
             async for archived in self._archived_pages(key, source, start, stop, priority):
                 yield archived
             return
+        flat = self._flat_client(redis)
         while True:
             page = cast(
-                list[tuple[bytes, dict[bytes, bytes]]],
-                await redis.xrange(key, start, stop, count=_PAGE),
+                list[tuple[bytes, list[bytes]]], await flat.xrange(key, start, stop, count=_PAGE)
             )
             records = [_record(source, entry_id, raw) for entry_id, raw in page]
             if priority is not None:
@@ -365,6 +367,17 @@ class Replay:
             if len(page) < _PAGE:
                 return
             start = "(" + page[-1][0].decode()
+
+    def _flat_client(self, redis: Redis) -> Redis:
+        """A client on the App's pool whose XRANGE replies stay flat lists.
+
+        redis-py turns each entry's fields into a dict first, which costs about a
+        tenth of reading the history; records are built from the flat list directly.
+        """
+        if self._flat is None or self._flat.connection_pool is not redis.connection_pool:
+            self._flat = Redis(connection_pool=redis.connection_pool)
+            self._flat.set_response_callback("XRANGE", _unchanged)
+        return self._flat
 
     async def _archived_pages(
         self, key: str, source: str, start: str, stop: str, priority: str | None
@@ -476,14 +489,20 @@ class Replay:
         return kept
 
 
-def _record(source: str, entry_id: bytes, raw: dict[bytes, bytes]) -> HistoryRecord:
+def _record(source: str, entry_id: bytes, raw: dict[bytes, bytes] | list[bytes]) -> HistoryRecord:
+    """One entry as a record; ``raw`` is its fields as a mapping or XRANGE's flat list."""
     binary = False
     try:
-        fields = dict(zip(map(bytes.decode, raw), map(bytes.decode, raw.values()), strict=True))
+        if isinstance(raw, list):
+            text = list(map(bytes.decode, raw))
+            fields = dict(zip(text[::2], text[1::2], strict=True))
+        else:
+            fields = dict(zip(map(bytes.decode, raw), map(bytes.decode, raw.values()), strict=True))
     except UnicodeDecodeError:  # a binary payload: keep its bytes, losslessly
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
         fields = {
             k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-            for k, v in raw.items()
+            for k, v in pairs
         }
         binary = True
     text_id = entry_id.decode()
@@ -497,6 +516,10 @@ def _record(source: str, entry_id: bytes, raw: dict[bytes, bytes]) -> HistoryRec
         kind = "dead" if source == "dlq" else "message"
         job, task = fields.get("id"), fields.get("task")
     return HistoryRecord(source, text_id, ts_ms, kind, job or None, task, fields, binary)
+
+
+def _unchanged(response: Any, **_options: Any) -> Any:
+    return response
 
 
 def _match(record: HistoryRecord, task: str | None, job: str | None) -> bool:
