@@ -38,6 +38,9 @@ _FINAL = ("succeeded", "failed", "dead")
 CLOCK_SKEW_MS = 60_000
 """How far a producer's clock (which a job id's time comes from) may run ahead of
 the server's (which stream ids come from) for a story read from the id's time."""
+NEAR_SKEW_MS = 1_000
+"""A story is first read from this long before the id's time (clocks in sync)."""
+_FIRST = ("enqueued", "scheduled")
 Bound = dt.datetime | dt.date | str | int | None
 
 
@@ -422,31 +425,58 @@ class Replay:
         return found
 
     async def _events_of(self, job_id: str, info: dict[str, str]) -> list[HistoryRecord]:
-        """A job's events without its hash's index: from its enqueue time to its end."""
+        """A job's events without its hash's index: from its enqueue time to its end.
+
+        Read from just before the time the job id carries; only if the job's
+        first event is not there (the producer's clock ran ahead of the
+        server's) is the minute before it read too.
+        """
         enqueued_ms = job_id_time_ms(job_id) or int(info.get("enqueued_ms") or 0)
         if not enqueued_ms:
             return [r async for r in self.events(job=job_id)]
+        near = max(0, enqueued_ms - min(NEAR_SKEW_MS, CLOCK_SKEW_MS))
+        found = await self._scan_for(job_id, f"{near}-0", "+")
+        if (not found or found[0].kind not in _FIRST) and CLOCK_SKEW_MS > NEAR_SKEW_MS:
+            far = max(0, enqueued_ms - CLOCK_SKEW_MS)
+            earlier = await self._scan_for(job_id, f"{far}-0", f"({near}-0", until_final=False)
+            found = earlier + found
+        return found
+
+    async def _scan_for(
+        self, job_id: str, start: str, stop: str, *, until_final: bool = True
+    ) -> list[HistoryRecord]:
+        """The job's events in [start, stop], up to its final one; other jobs' entries
+        are skipped before they are decoded."""
+        redis = await self.app.redis()
+        key = self.app.keys.events
         found: list[HistoryRecord] = []
-        since = max(0, enqueued_ms - CLOCK_SKEW_MS)
-        if self.archive is not None:  # skip other jobs' lines without decoding them
-            redis = await self.app.redis()
+        if self.archive is not None:
             async for entry_id, raw in history(
-                redis, self.archive, self.app.keys.events, f"{since}-0", "+",
-                page=_PAGE, contains=job_id,
-            ):  # fmt: skip
+                redis, self.archive, key, start, stop, page=_PAGE, contains=job_id
+            ):
                 record = _record("event", entry_id.encode(), raw)
                 if record.job_id == job_id:
                     found.append(record)
-                    if record.kind in _FINAL:
+                    if until_final and record.kind in _FINAL:
                         break
             return found
-        async for page in self._pages(self.app.keys.events, "event", since, None):
-            for record in page:
-                if record.job_id == job_id:
-                    found.append(record)
-                    if record.kind in _FINAL:
+        wanted = job_id.encode()
+        flat = self._flat_client(redis)
+        while True:
+            page = cast(
+                list[tuple[bytes, list[bytes]]], await flat.xrange(key, start, stop, count=_PAGE)
+            )
+            for event_id, values in page:
+                if wanted not in values:  # the job id is none of the entry's values
+                    continue
+                event = _record("event", event_id, values)
+                if event.job_id == job_id:
+                    found.append(event)
+                    if until_final and event.kind in _FINAL:
                         return found
-        return found
+            if len(page) < _PAGE:
+                return found
+            start = "(" + page[-1][0].decode()
 
     async def _written_by(
         self, job_id: str, events: list[HistoryRecord], info: dict[str, str]
