@@ -211,7 +211,7 @@ class BinarySerializer:
         return b"\xff\xfe\x00BIN" + json.dumps(value).encode() + b"\x80\x81"
 
     def loads(self, data: bytes) -> object:
-        return json.loads(data[5:-2])
+        return json.loads(data[6:-2])
 
 
 async def test_redrive_copies_a_binary_payload_byte_for_byte(redis_url: str) -> None:
@@ -375,3 +375,27 @@ async def app_idle(app: App) -> bool:
         g["pending"] for gs in groups for g in gs
     )
     return busy == 0 and await redis.zcard(app.keys.delayed) == 0
+
+
+async def test_a_requeued_binary_payload_is_the_stored_bytes(redis_url: str) -> None:
+    """A DLQ requeue puts back the payload exactly as stored (the script copies bytes)."""
+    from streamq import DeadLetters
+
+    app = App(queue_name(), redis_url=redis_url, serializer=BinarySerializer())
+
+    @app.task(name="bin-fails", max_retries=0)
+    async def fails(x: int) -> None:
+        raise ValueError("to the DLQ")
+
+    async with app:
+        job = await fails.enqueue(9)
+        redis = await app.redis()
+        ((_, original),) = await redis.xrange(app.keys.stream("default"))
+        async with running_worker(app):
+            assert await app.job(job.id).wait(timeout=10) == JobStatus.FAILED
+        (letter,) = await DeadLetters(app).entries()
+        await DeadLetters(app).requeue(letter.id)
+        entries = await redis.xrange(app.keys.stream("default"))
+        assert len(entries) == 2
+        assert entries[-1][1][b"payload"] == original[b"payload"]
+        await drop_queue(app)
