@@ -399,3 +399,18 @@ async def test_a_requeued_binary_payload_is_the_stored_bytes(redis_url: str) -> 
         assert len(entries) == 2
         assert entries[-1][1][b"payload"] == original[b"payload"]
         await drop_queue(app)
+
+
+async def test_a_story_older_than_the_retained_history_says_so(redis_url: str) -> None:
+    """``replay --job`` of a job enqueued before the oldest retained event notes the gap."""
+    app = register(App(queue_name(), redis_url=redis_url))
+    async with app:
+        old, _ = await run_mixed(app)
+        redis = await app.redis()
+        entries = await redis.xrange(app.keys.events)
+        keep_from = entries[len(entries) // 2][0].decode()
+        await redis.xtrim(app.keys.events, minid=keep_from, approximate=False)
+        code, _out, err = await replay_cli(app, "--job", old)
+        assert code in (0, 1)
+        assert "history of events before" in err and "was trimmed" in err, err
+        await drop_queue(app)

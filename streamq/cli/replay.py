@@ -18,6 +18,7 @@ from streamq.app import App
 from streamq.cli._common import AppArg, RedisUrlOpt, counted, run_with_app
 from streamq.cli._load import load_app
 from streamq.errors import ConfigError
+from streamq.ids import job_id_time_ms
 from streamq.replay import HistoryRecord, Replay, bound_key, parse_bound
 
 
@@ -123,6 +124,8 @@ def replay(
         history = Replay(app)
         if not job:
             await _say_what_was_trimmed(history, source, first)
+        elif (enqueued_ms := job_id_time_ms(job)) is not None:
+            await _say_what_was_trimmed(history, Source.events, f"{enqueued_ms}-0")
         selected: list[HistoryRecord] = []
         count = 0
         last_event = "$"
