@@ -38,8 +38,9 @@ _FINAL = ("succeeded", "failed", "dead")
 CLOCK_SKEW_MS = 60_000
 """How far a producer's clock (which a job id's time comes from) may run ahead of
 the server's (which stream ids come from) for a story read from the id's time."""
-NEAR_SKEW_MS = 1_000
-"""A story is first read from this long before the id's time (clocks in sync)."""
+NEAR_SKEW_MS = 100
+"""A story is first read from this long before the id's time (clocks kept by NTP agree
+to a few ms); only if the job's first event is not there is CLOCK_SKEW_MS read."""
 _FIRST = ("enqueued", "scheduled")
 Bound = dt.datetime | dt.date | str | int | None
 
