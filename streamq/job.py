@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -21,6 +22,7 @@ EVENT_FIELD_PREFIX = b"ev:"
 one job's story is those entries (``Job.event_ids``), not a scan of the
 events stream. ``Job.info`` leaves these fields out."""
 _OUTCOME_FIELDS = (b"status", b"result", b"error_type", b"error", b"traceback")
+_WATCH_FIELDS = (b"status", b"progress", b"progress_msg", b"progress_ms")
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
@@ -58,6 +60,18 @@ class JobStatus(enum.StrEnum):
 
 
 _FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """One step of ``Job.watch()``: the job's status and its last progress report."""
+
+    status: JobStatus
+    progress: JobProgress | None
+
+    @property
+    def final(self) -> bool:
+        return self.status.final
 
 
 class Job(Generic[R]):
@@ -180,11 +194,61 @@ class Job(Generic[R]):
         cls = JobTimedOut if error_type == "JobTimedOut" else JobFailed
         raise cls(self.id, error_type, message, tb)
 
+    async def watch(self, timeout: float | None = None) -> AsyncIterator[JobUpdate]:
+        """The job's status and progress as they change, until it is final.
+
+        Yields the current state first, then one update per change, and
+        returns after the final status (the result: ``result()``). Woken by the
+        job's own events through the App's shared events reader, not by
+        polling, so a web page can stream it (Server-Sent Events) for free.
+
+        Raises:
+            TimeoutError: not final within ``timeout`` seconds.
+            JobNotFound: no such job.
+        """
+        app = self._app
+        keys = app.keys
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with app.result_waiters.watch(self.id, every_event=True) as watch:
+            redis = await app.redis()
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.xrevrange(keys.events, "+", "-", count=1)
+                pipe.hmget(keys.job(self.id), _WATCH_FIELDS)
+                last, values = cast(
+                    tuple[list[tuple[bytes, Any]], list[bytes | None]], await pipe.execute()
+                )
+            watch.follow_from(last[0][0] if last else b"0-0")
+            shown: JobUpdate | None = None
+            while True:
+                if values[0] is None:
+                    raise JobNotFound(self.id)
+                update = _update(values)
+                if update != shown:
+                    shown = update
+                    yield update
+                if update.final:
+                    return
+                if not await watch.wait(deadline):
+                    raise TimeoutError(f"job {self.id} not finished within {timeout} s")
+                values = cast(
+                    list[bytes | None], await redis.hmget(keys.job(self.id), _WATCH_FIELDS)
+                )
+
     async def wait(self, timeout: float | None = None) -> JobStatus:
         """Wait until the job is final and return its status, never raising its failure."""
         with contextlib.suppress(JobFailed):
             await self.result(timeout)
         return await self.status()
+
+
+def _update(values: list[bytes | None]) -> JobUpdate:
+    status, percent, message, at_ms = values
+    progress = (
+        JobProgress(float(percent), (message or b"").decode(), int(at_ms or 0))
+        if percent is not None
+        else None
+    )
+    return JobUpdate(JobStatus((status or b"").decode()), progress)
 
 
 def _present(values: list[bytes | None]) -> dict[bytes, bytes]:

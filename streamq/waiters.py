@@ -72,12 +72,16 @@ def _order(entry_id: bytes) -> tuple[int, int]:
 class Watch:
     """One waiter's registration: ``wait()`` returns when its job may be final."""
 
-    __slots__ = ("_event", "_generation", "_owner", "job", "woken")
+    __slots__ = ("_event", "_generation", "_owner", "every_event", "job", "woken")
 
-    def __init__(self, owner: ResultWaiters, job: bytes, generation: int) -> None:
+    def __init__(
+        self, owner: ResultWaiters, job: bytes, generation: int, every_event: bool = False
+    ) -> None:
         self._owner = owner
         self.job = job
         self._generation = generation
+        self.every_event = every_event
+        """Woken by any event of the job (``Job.watch``), not only a final one."""
         self._event = anyio.Event()
         self.woken = False
         """An event (or a re-check) said the job may be final; cleared by ``wait``."""
@@ -117,9 +121,13 @@ class ResultWaiters:
         return self._count
 
     @asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[Watch]:
-        """Register a waiter for ``job_id`` for the body; register before reading the hash."""
-        watch = Watch(self, job_id.encode(), self._generation)
+    async def watch(self, job_id: str, *, every_event: bool = False) -> AsyncIterator[Watch]:
+        """Register a waiter for ``job_id`` for the body; register before reading the hash.
+
+        ``every_event``: wake on every event of the job (progress, started, ...),
+        not only on the final ones.
+        """
+        watch = Watch(self, job_id.encode(), self._generation, every_event)
         self._by_job.setdefault(watch.job, set()).add(watch)
         self._count += 1
         try:
@@ -283,9 +291,12 @@ class ResultWaiters:
         for _stream, entries in reply or ():
             for entry_id, event in entries:
                 self._cursor = entry_id
-                if event.get(b"kind") in FINAL_KINDS:
-                    for watch in self._by_job.get(event.get(b"job", b""), ()):
-                        watch._wake()
+                watches = self._by_job.get(event.get(b"job", b""))
+                if watches:
+                    final = event.get(b"kind") in FINAL_KINDS
+                    for watch in watches:
+                        if final or watch.every_event:
+                            watch._wake()
 
     async def _recheck(self) -> None:
         """Wake the waiters whose job is final or gone (a trimmed event, an expired hash)."""
