@@ -102,7 +102,7 @@ async def get_job(request: Request) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def lifespan(web: Starlette) -> AsyncIterator[None]:
     # One connection pool for every request, opened at startup and closed on
-    # shutdown (which also stops an embedded server this process started).
+    # shutdown (an embedded server keeps running for the workers).
     async with app:
         if not getattr(web.state, "with_worker", False):
             yield
