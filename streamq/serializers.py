@@ -16,12 +16,13 @@ something other than what was sent.
 from __future__ import annotations
 
 import itertools
-import json
-import json.encoder
+import math
 import re
 import reprlib
 from collections.abc import Collection, Iterable
 from typing import Any, NoReturn, Protocol, runtime_checkable
+
+import msgspec
 
 MAX_DEPTH = 200
 """Lists and objects nested deeper than this are refused by ``dumps`` and ``loads``."""
@@ -37,44 +38,32 @@ class Serializer(Protocol):
 
 
 class JSONSerializer:
-    """Compact UTF-8 JSON; rejects NaN/Infinity, which other JSON readers cannot parse,
-    and mappings with keys that are not ``str``, which JSON would turn into strings."""
+    """Compact UTF-8 JSON through msgspec, with the types a real payload holds.
+
+    ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, enums, dataclasses,
+    ``TypedDict``s, msgspec Structs and (when installed) pydantic models encode
+    as their JSON forms; the worker decodes them back into the handler's
+    annotated types (``streamq.typed``). Refused with a ``TypeError``/``ValueError``:
+    other objects, NaN and Infinity (msgspec would write ``null``, and other JSON
+    readers cannot parse them as numbers), and mappings whose keys are not
+    ``str`` (JSON would turn them into strings).
+    """
 
     content_type = "json"
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        self._decoder = json.JSONDecoder()
-        # JSONEncoder.encode builds a C encoder on every call, which costs more than
-        # encoding a small payload; build it once. No circular-reference markers:
-        # a cycle ends in RecursionError, reported below as the ValueError it is.
-        make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-        self._fast = (
-            None
-            if make is None  # no C accelerator (not CPython): the pure-Python path
-            else make(
-                None,
-                self._encoder.default,
-                json.encoder.encode_basestring,
-                None,
-                ":",
-                ",",
-                False,
-                False,
-                False,
-            )
-        )
+        self._encoder = msgspec.json.Encoder(enc_hook=_encode_other)
+        self._decoder = msgspec.json.Decoder()
 
     def dumps(self, value: Any) -> bytes:
         try:
-            if self._fast is None:
-                data = self._encoder.encode(value).encode()
-            else:
-                data = "".join(self._fast(value, 0)).encode()
+            data = self._encoder.encode(value)
         except RecursionError:
             raise ValueError(
                 f"value is nested more than {MAX_DEPTH} levels deep or refers to itself"
             ) from None
+        if b"null" in data and _has_non_finite(value):  # NaN and Infinity encode as null
+            raise ValueError("Out of range float values are not JSON compliant (NaN, Infinity)")
         braces = data.count(b"{")
         check_depth(data, braces=braces)
         if braces:
@@ -83,11 +72,37 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         check_depth(data)
-        # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
+        # msgspec.DecodeError (invalid JSON or UTF-8) is a ValueError.
         try:
-            return self._decoder.decode(data.decode())
+            return self._decoder.decode(data)
         except RecursionError:
             raise ValueError(f"value is nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _encode_other(value: Any) -> Any:
+    """msgspec's hook for types it does not know: pydantic models, else a TypeError."""
+    if value is None or isinstance(value, bool):  # only a key reaches here with these
+        raise TypeError(f"dict keys must be str, got {type(value).__name__}: {value!r}")
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and hasattr(type(value), "model_fields"):
+        return dump(mode="json")
+    raise TypeError(f"objects of type {type(value).__qualname__} cannot be encoded")
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity hides anywhere in ``value`` (a slow walk, run only
+    when the encoding has a ``null`` that one could have become)."""
+    stack = [msgspec.to_builtins(value, enc_hook=_encode_other)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def check_depth(data: bytes, limit: int = MAX_DEPTH, *, braces: int | None = None) -> None:
