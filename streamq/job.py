@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from streamq.errors import JobFailed, JobNotFound, JobTimedOut
+from streamq.typed import conversions, convert
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -187,6 +188,15 @@ class Job(Generic[R]):
         status = fields[b"status"].decode()
         if status == JobStatus.SUCCEEDED:
             value: R = self._app.serializer.loads(fields.get(b"result", b"null"))
+            task = self._app.tasks.get(self.task) if self.task else None
+            if task is not None and (returns := conversions(task.fn).result) is not None:
+                try:
+                    converted: R = convert(value, returns)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"the result of job {self.id} does not convert to {returns!r}: {exc}"
+                    ) from None
+                return converted
             return value
         error_type = fields.get(b"error_type", b"").decode(errors="replace")
         message = fields.get(b"error", b"").decode(errors="replace")

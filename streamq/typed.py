@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import functools
 import inspect
 import typing
 import uuid
@@ -104,8 +105,10 @@ class Conversions:
         return out_args, out_kwargs
 
 
+@functools.cache
 def conversions(handler: Callable[..., Any]) -> Conversions:
-    """What ``handler``'s annotations ask of its arguments and result."""
+    """What ``handler``'s annotations ask of its arguments and result (cached per handler:
+    type hints are resolved on first use, when forward references have been defined)."""
     try:
         hints = typing.get_type_hints(handler)
     except Exception:  # an annotation that cannot be resolved: take the values as decoded

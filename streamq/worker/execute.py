@@ -23,6 +23,7 @@ from streamq.envelope import Envelope, PoisonMessage, decode_arguments
 from streamq.errors import SerializationError
 from streamq.serializers import Serializer
 from streamq.task import Task
+from streamq.typed import conversions
 from streamq.worker.threads import HandlerThreads
 
 _MAX_TRACEBACK_CHARS = 16_000
@@ -80,6 +81,16 @@ def load_arguments(
                 envelope.job_id,
                 envelope.task,
             ) from None
+        typed = conversions(task.fn)
+        if typed.arguments:  # datetimes, dataclasses, ...: into the annotated types
+            try:
+                return typed.convert_arguments(args, kwargs)
+            except ValueError as exc:
+                raise PoisonMessage(
+                    f"arguments do not fit the handler's annotations: {safe_text(str(exc))}",
+                    envelope.job_id,
+                    envelope.task,
+                ) from None
     return args, kwargs
 
 
