@@ -27,6 +27,7 @@ from streamq.errors import (
 )
 from streamq.job import Job, JobProgress, JobStatus
 from streamq.logging import configure_logging
+from streamq.middleware import Middleware
 from streamq.progress import JobContext, current_job, progress, progress_sync
 from streamq.retry import Retry
 from streamq.serializers import JSONSerializer, Serializer
@@ -51,6 +52,7 @@ __all__ = (
     "JobProgress",
     "JobStatus",
     "JobTimedOut",
+    "Middleware",
     "PayloadTooLarge",
     "QueueFull",
     "RequeueRefused",

@@ -12,11 +12,13 @@ from redis.asyncio import Redis
 
 from streamq import embedded
 from streamq.connection import check_server, make_client
+from streamq.envelope import HEADERS_FIELD, encode_headers
 from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, SerializationError
 from streamq.ids import new_job_id
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
+from streamq.middleware import EnqueueHooks, Middleware, check_middleware
 from streamq.revive import reviver
 from streamq.scripts import Arg, Scripts
 from streamq.serializers import JSONSerializer, Serializer
@@ -48,6 +50,9 @@ class App:
     With no ``redis_url`` (argument or ``$STREAMQ_REDIS_URL``), the App uses
     the embedded valkey-server, starting it if no streamq process has yet.
     Use ``async with app:`` or ``await app.close()`` to release connections.
+
+    ``middleware``: hooks around every job and at enqueue, the first one
+    outermost (see ``streamq.middleware``).
     """
 
     def __init__(
@@ -63,8 +68,12 @@ class App:
         max_pending: int | None = None,
         serializer: Serializer | None = None,
         settings: Settings | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.name = check_name("queue name", name)
+        self.middleware = check_middleware(middleware)
+        """Hooks around every job and at enqueue, outermost first (``streamq.middleware``)."""
+        self._enqueue_hooks = EnqueueHooks.of(self.middleware)
         overrides: dict[str, Any] = {
             "redis_url": redis_url,
             "priorities": tuple(priorities) if priorities is not None else None,
@@ -277,8 +286,13 @@ class App:
         now_ms = int(time.time() * 1000)
         ids: list[str] = []
         prepared: list[tuple[str, str, bytes]] = []
+        hooks = self._enqueue_hooks
+        fixed = encode_headers(dict(task.options.headers)) if task.options.headers else None
+        headers: list[str | None] = []  # per job, with hooks (else every job has ``fixed``)
         for args, kwargs in calls:
             payload = self._encode(task, args, kwargs)
+            if hooks is not None:
+                headers.append(await hooks.headers(task, args, kwargs, dict(task.options.headers)))
             jid = job_id or new_job_id()
             ids.append(jid)
             prepared.append((jid, self.keys.job(jid), payload))
@@ -298,13 +312,13 @@ class App:
                 priority=priority,
                 due_ms=due_ms,
                 delay_ms=delay_ms,
-                extra=extra,
-                jobs=prepared[i : i + ENQUEUE_BATCH],
+                extra=extra if encoded is None else [*extra, HEADERS_FIELD, encoded],
+                jobs=prepared[start:end],
                 max_pending=self.settings.max_pending or 0,
                 # Only the backpressure check reads every stream.
                 all_streams=self.streams if self.settings.max_pending else (),
             )  # fmt: skip
-            for i in range(0, len(prepared), ENQUEUE_BATCH)
+            for start, end, encoded in _runs(len(prepared), fixed, headers)
         ]
         scripts = await self.scripts()
         async with wrong_types_named(self, (key for _, key, _ in prepared)):
@@ -354,3 +368,20 @@ class App:
             except (TypeError, ValueError):
                 return repr(name)
         return "(unknown)"
+
+
+def _runs(
+    n: int, fixed: str | None, headers: Sequence[str | None]
+) -> list[tuple[int, int, str | None]]:
+    """(start, end, headers) of the batches of n jobs, at most ENQUEUE_BATCH each: all
+    with the ``fixed`` headers, or, given each job's ``headers``, consecutive jobs with
+    the same (one script call's entry fields are the same for all its jobs)."""
+    if not headers:
+        return [(i, min(i + ENQUEUE_BATCH, n), fixed) for i in range(0, n, ENQUEUE_BATCH)]
+    runs: list[tuple[int, int, str | None]] = []
+    start = 0
+    for i in range(1, len(headers) + 1):
+        if i == len(headers) or i - start == ENQUEUE_BATCH or headers[i] != headers[start]:
+            runs.append((start, i, headers[start]))
+            start = i
+    return runs

@@ -8,11 +8,17 @@ whose ``reason`` ends up in the DLQ.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 VERSION = b"1"
+HEADERS_FIELD = "headers"
+MAX_HEADERS_BYTES = 8192
+"""A job's headers, encoded as one JSON object, may take at most this many bytes."""
+EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class PoisonMessage(Exception):
@@ -37,6 +43,8 @@ class Envelope:
     """Set when the caller overrode the task's option for this job (``with_options``)."""
     timeout_s: float | None = None
     """Likewise; ``None`` means the task's own option applies."""
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY_HEADERS)
+    """The job's string headers (read-only), from the entry's ``headers`` field."""
 
 
 def encode(
@@ -86,9 +94,48 @@ def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
         timeout_s is not None and not 0 < timeout_s < float("inf")
     ):
         raise PoisonMessage("max_retries or timeout is out of range", job_id, task)
+    raw_headers = fields.get(b"headers")
+    headers = EMPTY_HEADERS if raw_headers is None else _headers(raw_headers, job_id, task)
     return Envelope(
-        job_id, task, content_type, payload, attempt, enqueued_ms, max_retries, timeout_s
+        job_id, task, content_type, payload, attempt, enqueued_ms, max_retries, timeout_s, headers
     )
+
+
+def encode_headers(headers: object) -> str:
+    """The entry's ``headers`` value: a compact JSON object of str to str.
+
+    Raises ValueError saying what is wrong: not a mapping, a name that is not a
+    non-empty string, a value that is not a string, text that is not valid
+    UTF-8, or more than ``MAX_HEADERS_BYTES`` once encoded.
+    """
+    if not isinstance(headers, Mapping):
+        raise ValueError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"header names must be non-empty strings, got {name!r}")
+        if not isinstance(value, str):
+            raise ValueError(f"header values must be strings; {name!r} is a {type(value).__name__}")
+    text = json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise ValueError("headers must be valid UTF-8 text (no lone surrogates)") from None
+    if size > MAX_HEADERS_BYTES:
+        raise ValueError(f"headers encode to {size} bytes; the limit is {MAX_HEADERS_BYTES}")
+    return text
+
+
+def _headers(raw: bytes, job_id: str, task: str) -> Mapping[str, str]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+    ):
+        reason = "headers is not a JSON object of non-empty names to strings"
+        raise PoisonMessage(reason, job_id, task)
+    return MappingProxyType(value)
 
 
 def decode_arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -19,13 +19,14 @@ import contextvars
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio.from_thread
 import anyio.lowlevel
 
+from streamq.envelope import EMPTY_HEADERS
 from streamq.keys import GROUP
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class JobContext:
     the message cannot report on the new run). Empty: fenced on the status only."""
     msg_id: bytes | str = b""
     """The stream entry id of the message this run was delivered."""
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY_HEADERS, compare=False)
+    """The job's string headers (read-only), set at enqueue by the caller
+    (``with_options(headers=...)``) or a middleware's ``on_enqueue``."""
 
     @property
     def stop_requested(self) -> bool:

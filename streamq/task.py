@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from streamq.envelope import encode_headers
 from streamq.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class TaskOptions:
     """Exception types that are retried; any other fails the job at once."""
     job_id: str | None = None
     """A caller-chosen id makes enqueue idempotent: the same id adds nothing twice."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """String headers every job of this call site carries (``with_options(headers=...)``)."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -72,6 +75,11 @@ class TaskOptions:
             raise ConfigError(f"retry_on must be a tuple of exception types, got {self.retry_on!r}")
         if self.job_id is not None and (not isinstance(self.job_id, str) or not self.job_id):
             raise ConfigError(f"job_id must be a non-empty string, got {self.job_id!r}")
+        if self.headers:
+            try:
+                encode_headers(dict(self.headers))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc)) from None
         return self
 
 
@@ -150,16 +158,26 @@ class Task(Generic[P, R, Ret]):
         max_retries: int | None = None,
         timeout: float | None = None,
         job_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
-        A changed ``max_retries`` or ``timeout`` travels in the job's stream entry.
+        A changed ``max_retries`` or ``timeout`` travels in the job's stream entry,
+        and so do ``headers`` (string names to string values, at most 8 KiB as
+        JSON; they replace earlier ones): the handler reads them from
+        ``current_job().headers``, middleware from its context, and
+        ``streamq replay`` shows them in the job's message.
         """
+        if headers is not None and not isinstance(headers, Mapping):
+            raise ConfigError(
+                f"headers must be a mapping of str to str, got {type(headers).__name__}"
+            )
         changes: dict[str, Any] = {
             "priority": priority,
             "max_retries": max_retries,
             "timeout_s": timeout,
             "job_id": job_id,
+            "headers": None if headers is None else tuple(headers.items()),
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))

@@ -32,6 +32,7 @@ from streamq.errors import ConfigError
 from streamq.janitor import Janitor
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
+from streamq.middleware import JobHooks
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
@@ -119,6 +120,7 @@ class Worker:
         self._decoded: dict[tuple[str, bytes], Envelope] = {}
         self._log = get_logger(queue=app.name, worker=self.consumer)
         self._burst = BurstCheck(app, self._log)
+        self._hooks = JobHooks.of(app.middleware)
 
     _writer: OutcomeWriter  # set by run()
 
@@ -388,7 +390,7 @@ class Worker:
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
             self._writer.flush_starts, self._loop_token,
-            stream=message.stream, msg_id=message.msg_id,
+            stream=message.stream, msg_id=message.msg_id, headers=env.headers,
         )  # fmt: skip
 
         def overran() -> None:
@@ -402,7 +404,7 @@ class Worker:
         try:
             result: Execution = await execute(
                 task, args, kwargs, app.serializer, self._threads, timeout_s,
-                app.settings.max_result_bytes, overran,
+                app.settings.max_result_bytes, overran, self._hooks, context,
             )  # fmt: skip
         finally:
             reset_current(token)

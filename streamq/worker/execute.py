@@ -1,4 +1,5 @@
-"""Executing one job: look up the task, call it under its timeout, capture the result.
+"""Executing one job: call the handler under its timeout (inside the middleware's
+hooks, ``streamq.middleware``), capture the result.
 
 Every way a handler can end becomes an ``Execution``; none of them escapes
 into the worker (SystemExit, KeyboardInterrupt and a CancelledError raised by
@@ -15,16 +16,21 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from streamq.envelope import Envelope, PoisonMessage, decode_arguments
-from streamq.errors import SerializationError
+from streamq.errors import JobTimedOut, SerializationError
 from streamq.serializers import Serializer
 from streamq.task import Task
 from streamq.typed import conversions
 from streamq.worker.threads import HandlerThreads
+
+if TYPE_CHECKING:
+    from streamq.middleware import JobHooks
+    from streamq.progress import JobContext
 
 _MAX_TRACEBACK_CHARS = 16_000
 _MAX_MESSAGE_CHARS = 4_000
@@ -94,6 +100,10 @@ def load_arguments(
     return args, kwargs
 
 
+class HandlerTimedOut(JobTimedOut):
+    """The handler ran past its timeout: what middleware's ``on_error`` is given."""
+
+
 async def execute(
     task: Task[Any, Any, Any],
     args: list[Any],
@@ -103,8 +113,11 @@ async def execute(
     timeout_s: float | None,
     max_result_bytes: int | None = None,
     on_overrun: Callable[[], None] | None = None,
+    hooks: JobHooks | None = None,
+    context: JobContext | None = None,
 ) -> Execution:
-    """Run the handler; every way it ends is an Execution, except our own cancellation.
+    """Run the handler (inside the middleware's ``hooks``, given the job's ``context``);
+    every way it ends is an Execution, except our own cancellation.
 
     A sync handler cannot be interrupted: past its timeout it keeps its slot
     (``on_overrun`` is called once, e.g. to tell it through its context) until
@@ -112,24 +125,24 @@ async def execute(
     beside it and ``concurrency`` stays a true bound on running handlers.
     """
     started = time.perf_counter()
-    value: Any = None
     try:
-        # move_on_after, not fail_after: a TimeoutError the handler raises itself
-        # (a socket timeout) is its own failure, subject to retry_on, not ours.
-        with anyio.move_on_after(timeout_s) as scope:
-            if task.is_async:
-                value = await task.fn(*args, **kwargs)
-            else:
-                call = threads.submit(functools.partial(task.fn, *args, **kwargs))
-                await call.wait()
-        if not task.is_async:
-            if scope.cancelled_caught:
-                if on_overrun is not None:
-                    on_overrun()
-                await call.wait()  # a cancellation (shutdown) abandons the thread
-            if call.error is not None:
-                raise call.error
-            value = call.value
+        if hooks is None:
+            value = await _call(task, args, kwargs, threads, timeout_s, on_overrun, "")
+        else:
+            assert context is not None, "middleware hooks need the job's context"
+            value = await hooks.run(
+                context,
+                functools.partial(
+                    _call, task, args, kwargs, threads, timeout_s, on_overrun, context.job_id
+                ),
+            )
+            # An ``around`` that swallowed our cancellation (shutdown) must not
+            # turn a job that was cut off into a recorded one.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+    except HandlerTimedOut as exc:
+        return Execution(
+            ok=False, duration_ms=_ms_since(started), error_type="JobTimedOut", error=exc.message
+        )
     except anyio.get_cancelled_exc_class() as exc:
         if anyio.current_effective_deadline() <= anyio.current_time():
             raise  # a scope of ours was cancelled (shutdown): nothing may be recorded
@@ -138,14 +151,6 @@ async def execute(
         return _failure(exc, started)
     except BaseException as exc:  # a handler's failure is data, not our crash
         return _failure(exc, started)
-    if scope.cancelled_caught:
-        overran = "" if task.is_async else f"; it returned after {_ms_since(started)} ms"
-        return Execution(
-            ok=False,
-            duration_ms=_ms_since(started),
-            error_type="JobTimedOut",
-            error=f"handler ran past its timeout of {timeout_s} s{overran}",
-        )
     try:
         encoded = serializer.dumps(value)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -159,6 +164,41 @@ async def execute(
             started,
         )
     return Execution(ok=True, duration_ms=_ms_since(started), result=encoded)
+
+
+async def _call(
+    task: Task[Any, Any, Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    threads: HandlerThreads,
+    timeout_s: float | None,
+    on_overrun: Callable[[], None] | None,
+    job_id: str,
+) -> Any:
+    """The handler's value; raises what it raises, or HandlerTimedOut past its timeout."""
+    started = time.perf_counter()
+    value: Any = None
+    # move_on_after, not fail_after: a TimeoutError the handler raises itself
+    # (a socket timeout) is its own failure, subject to retry_on, not ours.
+    with anyio.move_on_after(timeout_s) as scope:
+        if task.is_async:
+            value = await task.fn(*args, **kwargs)
+        else:
+            call = threads.submit(functools.partial(task.fn, *args, **kwargs))
+            await call.wait()
+    if not task.is_async:
+        if scope.cancelled_caught:
+            if on_overrun is not None:
+                on_overrun()
+            await call.wait()  # a cancellation (shutdown) abandons the thread
+        if call.error is not None:
+            raise call.error
+        value = call.value
+    if scope.cancelled_caught:
+        overran = "" if task.is_async else f"; it returned after {_ms_since(started)} ms"
+        message = f"handler ran past its timeout of {timeout_s} s{overran}"
+        raise HandlerTimedOut(job_id, "JobTimedOut", message, "")
+    return value
 
 
 def _not_retryable(error_type: str, error: str, started: float) -> Execution:
