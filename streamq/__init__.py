@@ -26,6 +26,7 @@ from streamq.errors import (
     WrongKeyType,
 )
 from streamq.job import Job, JobProgress, JobStatus
+from streamq.lifespan import LifespanError
 from streamq.logging import configure_logging
 from streamq.middleware import Middleware
 from streamq.progress import JobContext, current_job, progress, progress_sync
@@ -52,6 +53,7 @@ __all__ = (
     "JobProgress",
     "JobStatus",
     "JobTimedOut",
+    "LifespanError",
     "Middleware",
     "PayloadTooLarge",
     "QueueFull",

@@ -18,6 +18,7 @@ from streamq.ids import new_job_id
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
+from streamq.lifespan import Lifespan
 from streamq.middleware import EnqueueHooks, Middleware, check_middleware
 from streamq.revive import reviver
 from streamq.scripts import Arg, Scripts
@@ -51,6 +52,9 @@ class App:
     the embedded valkey-server, starting it if no streamq process has yet.
     Use ``async with app:`` or ``await app.close()`` to release connections.
 
+    ``lifespan``: ``fn(app)`` returning an async context manager that each
+    worker enters before its first job and exits after its last; what it
+    yields is ``current_job().state`` (see ``streamq.lifespan``).
     ``middleware``: hooks around every job and at enqueue, the first one
     outermost (see ``streamq.middleware``).
     """
@@ -68,9 +72,14 @@ class App:
         max_pending: int | None = None,
         serializer: Serializer | None = None,
         settings: Settings | None = None,
+        lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
     ) -> None:
         self.name = check_name("queue name", name)
+        if lifespan is not None and not callable(lifespan):
+            raise ConfigError(f"lifespan must be a function of the App, got {lifespan!r}")
+        self.lifespan = lifespan
+        """Entered once per worker around its run (``streamq.lifespan``)."""
         self.middleware = check_middleware(middleware)
         """Hooks around every job and at enqueue, outermost first (``streamq.middleware``)."""
         self._enqueue_hooks = EnqueueHooks.of(self.middleware)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.from_thread
 import anyio.lowlevel
@@ -31,6 +31,8 @@ from streamq.keys import GROUP
 
 if TYPE_CHECKING:
     from streamq.app import App
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,23 @@ class JobContext:
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY_HEADERS, compare=False)
     """The job's string headers (read-only), set at enqueue by the caller
     (``with_options(headers=...)``) or a middleware's ``on_enqueue``."""
+    state: Any = field(default=None, compare=False)
+    """What the App's lifespan yielded in this worker (None without a lifespan).
+    ``state_as(cls)`` returns it typed."""
+
+    def state_as(self, cls: type[S]) -> S:
+        """The lifespan's state as a ``cls`` (TypeError if it is not one).
+
+        ``state`` is typed ``Any``, as the worker cannot know what a user's
+        lifespan yields; this checks it at run time and gives the type checker
+        the class: ``db = current_job().state_as(Resources).db``.
+        """
+        state = self.state
+        if not isinstance(state, cls):
+            raise TypeError(
+                f"the lifespan's state is a {type(state).__name__}, not a {cls.__name__}"
+            )
+        return state
 
     @property
     def stop_requested(self) -> bool:

@@ -1,7 +1,8 @@
 """The ``streamq`` command line.
 
 Exit codes: 0 success; 1 a job or check failed (the demo saw failures it did
-not plan, doctor found a problem, no such job or DLQ entry); 2 bad usage or
+not plan, doctor found a problem, no such job or DLQ entry, the App's lifespan
+raised in a worker: its traceback is in the worker's log); 2 bad usage or
 configuration (unknown app path, bad option or URL, an App module that raises
 ConfigError); 3 the Redis server cannot be used (unreachable, silent, wrong or
 missing password, older than Redis 7.0, a queue key of the wrong type, an
@@ -30,6 +31,7 @@ from streamq.cli import archive, demo, doctor, janitor, replay, stats, worker
 from streamq.cli.dlq import dlq_cli
 from streamq.cli.server import server_cli
 from streamq.errors import ConfigError, JobNotFound, ServerError, WrongKeyType
+from streamq.lifespan import LifespanError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -127,7 +129,7 @@ def _failure(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, ServerError | WrongKeyType):
         return EXIT_UNREACHABLE, str(exc)
-    if isinstance(exc, JobNotFound):
+    if isinstance(exc, JobNotFound | LifespanError):
         return EXIT_FAILED, str(exc)
     if isinstance(exc, RedisTimeoutError):
         return EXIT_UNREACHABLE, f"Redis did not answer in time: {exc}"

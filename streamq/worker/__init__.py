@@ -30,6 +30,7 @@ from streamq.decide import Decision, admit, decide, max_retries_for
 from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
+from streamq.lifespan import lifespan_state
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.middleware import JobHooks
@@ -121,6 +122,7 @@ class Worker:
         self._log = get_logger(queue=app.name, worker=self.consumer)
         self._burst = BurstCheck(app, self._log)
         self._hooks = JobHooks.of(app.middleware)
+        self._state: Any = None  # what the App's lifespan yielded
 
     _writer: OutcomeWriter  # set by run()
 
@@ -143,11 +145,14 @@ class Worker:
         """Run until ``stop()``, a signal, or (burst) an empty queue.
 
         Use ``await tg.start(worker.run)`` to continue once the worker is ready.
+        The App's lifespan is entered before the first fetch and exited after
+        the last outcome is recorded (``streamq.lifespan``).
         """
         app = self.app
         async with (
             dedicated(await app.redis()) as fetch_client,
             dedicated(await app.redis()) as write_client,
+            lifespan_state(app, self._log) as self._state,
         ):
             await self._run(fetch_client, write_client, task_status)
 
@@ -390,7 +395,7 @@ class Worker:
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
             self._writer.flush_starts, self._loop_token,
-            stream=message.stream, msg_id=message.msg_id, headers=env.headers,
+            stream=message.stream, msg_id=message.msg_id, headers=env.headers, state=self._state,
         )  # fmt: skip
 
         def overran() -> None:
