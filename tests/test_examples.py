@@ -198,6 +198,27 @@ def test_audit_replay(redis_url: str) -> None:
     assert lines[-1] == "the history holds every step"
 
 
+def test_middleware_timing(redis_url: str) -> None:
+    """The lifespan's client is shared by both jobs and closed after the last outcome; a
+    producer hook's tenant header reaches the timing lines and the error report."""
+    proc = run_example("middleware_timing.py", redis_url)
+    assert_clean_exit(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "lifespan: rates client opened"
+    timings = [json.loads(line) for line in lines[1:3]]
+    assert [(t["task"], t["tenant"], t["attempt"], t["outcome"]) for t in timings] == [
+        ("fetch_price", "acme", 1, "ok"),
+        ("fetch_price", "globex", 1, "error:KeyError"),
+    ]
+    assert all(isinstance(t["ms"], float) and len(t["job_id"]) == 32 for t in timings)
+    assert lines[3:] == [
+        "lifespan: rates client closed after 2 requests",
+        "acme: 100 EUR -> 92.0",
+        "globex: failed with KeyError",
+        "reported KeyError: 'XXX' tags={'task': 'fetch_price', 'attempt': '1', 'tenant': 'globex'}",
+    ]
+
+
 def test_producer_with_its_own_worker(redis_url: str) -> None:
     """compose.yaml's producer, run alone with --with-worker (test_compose runs it with the
     worker service's command)."""
