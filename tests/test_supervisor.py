@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from streamq import App, Job, JobStatus
 from streamq.cli import EXIT_USAGE, main
 from streamq.keys import GROUP
+from streamq.supervisor import MAX_FAILED_STARTS
 from tests.apps import deaf, hostile
 from tests.apps.process import Child, streamq_child
 from tests.apps.slow import ADD, SLEEP, register
@@ -40,7 +41,7 @@ START_TIMEOUT_S = 40.0  # several interpreters starting at once on a loaded 2-co
 
 @asynccontextmanager
 async def supervisor(
-    app: App, redis_url: str, args: Sequence[str], app_path: str = APP_PATH
+    app: App, redis_url: str, args: Sequence[str], app_path: str = APP_PATH, **env: str
 ) -> AsyncIterator[Child]:
     """``streamq worker app_path *args`` on the test's queue.
 
@@ -48,8 +49,8 @@ async def supervisor(
     failing test does not leave its children behind (they would stop by
     themselves after the SIGKILL that ``streamq_child`` sends, a bit later).
     """
-    env = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=app.name)
-    async with streamq_child(["worker", app_path, *args], env) as child:
+    environment = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=app.name, **env)
+    async with streamq_child(["worker", app_path, *args], environment) as child:
         try:
             yield child
         finally:
@@ -216,6 +217,40 @@ async def test_an_app_that_cannot_load_fails_the_supervisor_at_once(
     assert failed["exit_code"] == code
     assert events(sup, "worker process exited; restarting") == []
     assert message in "\n".join(sup.stderr)
+
+
+async def test_a_process_that_keeps_failing_to_start_ends_the_supervisor(
+    app: App, redis_url: str, tmp_path: Path
+) -> None:
+    """After the App loaded once, a child that cannot start again gets a few tries, no more.
+
+    Both children start; then the module breaks (as after a bad deploy) and
+    one child is killed. Its restarts die at import (exit 1), each after a
+    longer backoff; after ``MAX_FAILED_STARTS`` the supervisor stops the
+    healthy child and exits 1 instead of restarting forever.
+    """
+    broken = tmp_path / "broken"
+    args = ["--processes", "2", "--name", "b"]
+    async with supervisor(
+        app, redis_url, args, app_path="tests.apps.breaks_later:app",
+        STREAMQ_TEST_BREAK_FILE=str(broken),
+    ) as sup:  # fmt: skip
+        await wait_for_consumers(app, {"b-0", "b-1"})
+        broken.touch()
+        (pid,) = started_pids(sup, 0)
+        os.kill(pid, signal.SIGKILL)
+        code = await sup.wait(timeout_s=90)
+    assert code == 1, sup.output()
+    assert len(started_pids(sup, 0)) == 1 + MAX_FAILED_STARTS
+    assert len(started_pids(sup, 1)) == 1
+    restarts = events(sup, "worker process exited; restarting")
+    assert [r["exit_code"] for r in restarts] == [137] + [1] * (MAX_FAILED_STARTS - 1)
+    delays = [r["restart_in_s"] for r in restarts]
+    assert delays == sorted(delays) and delays[-1] > delays[1], delays
+    (gave_up,) = events(sup, "worker process failed to start again; giving up")
+    assert (gave_up["slot"], gave_up["exit_code"]) == (0, 1)
+    (other,) = [r for r in events(sup, "worker process exited") if r["slot"] == 1]
+    assert other["exit_code"] == 0  # stopped gracefully
 
 
 async def test_burst_processes_drain_the_queue_and_exit(app: App, redis_url: str) -> None:
