@@ -3,7 +3,7 @@
 ``streamq worker tests.apps.lifespan_app:app`` runs a worker whose lifespan
 writes what it saw to the file ``$STREAMQ_TEST_MARKS``: ``entered`` on
 startup and, on the way out, each job of the queue with its status at that
-moment. ``hold`` runs until something is pushed to the list ``RELEASE_KEY``.
+moment. ``hold`` runs until something is pushed to the list ``release_key(app)``.
 ``:broken`` is the same queue with a lifespan that fails on startup.
 """
 
