@@ -322,7 +322,7 @@ class Replay:
             job_id = new_job_id()
             ids.append(job_id)
             extra: list[str | bytes | int | float] = []
-            for name in ("max_retries", "timeout"):
+            for name in ("max_retries", "timeout", "headers"):
                 if name in record.fields:
                     extra += [name, record.fields[name]]
             payload = record.raw("payload") if "payload" in record.fields else b""

@@ -437,3 +437,15 @@ async def test_an_expired_story_is_found_when_the_producers_clock_ran_ahead(
         kinds = [r.kind for r in await Replay(app).story(job_id) if r.source == "event"]
         assert kinds[0] == "enqueued" and kinds[-1] == "succeeded", kinds
         await drop_queue(app)
+
+
+async def test_redrive_keeps_the_jobs_headers(redis_url: str) -> None:
+    app = register(App(queue_name(), redis_url=redis_url))
+    async with app:
+        await app.tasks[ADD].with_options(headers={"tenant": "acme"}).enqueue(1, 2)
+        history = Replay(app)
+        selected = [r async for r in history.messages(task=ADD)]
+        (new_id,) = await history.redrive(selected)
+        (copy,) = [r async for r in history.messages(job=new_id)]
+        assert json.loads(copy.fields["headers"]) == {"tenant": "acme"}
+        await drop_queue(app)
