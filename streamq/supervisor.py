@@ -217,6 +217,7 @@ class Supervisor:
     def _exited(self, slot: _Slot, child: _Child, code: int, now: float) -> None:
         child.poll_ready()  # it may have been ready just before it ended
         child.close_fd()
+        self._any_ready |= child.ready
         slot.child = None
         pid = child.process.pid
         if self.observer is not None:
