@@ -35,6 +35,7 @@ from pathlib import Path
 
 import anyio
 import structlog
+
 from streamq import App
 from streamq.embedded import ValkeyServer
 

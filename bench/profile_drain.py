@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aredis
 import structlog
+
 from streamq import App, Worker
 from streamq.embedded import ValkeyServer
 

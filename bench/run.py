@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
 from streamq.embedded import find_binary
 
 BENCH = Path(__file__).resolve().parent

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 from _common import SLEEP_S, URL, chunks, count_done_async, record_latency_async
+
 from streamq import App
 from streamq.keys import GROUP
 
