@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -202,6 +203,31 @@ async def test_a_failure_that_is_not_retried_is_an_error_span(
     (process,) = named(exporter, f"process {app.name}")
     assert process.status.status_code == StatusCode.ERROR
     assert [event.name for event in process.events] == ["exception"]
+
+
+async def test_a_timed_out_attempt_is_an_error_span_of_type_job_timed_out(
+    redis_url: str, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    app = make_app(redis_url, [OpenTelemetryMiddleware(tracer_provider=provider)])
+
+    @app.task(name="stuck", max_retries=0, timeout=0.05)
+    async def stuck() -> None:
+        await anyio.sleep_forever()
+
+    async with app:
+        job = await stuck.enqueue()
+        async with running_worker(app):
+            with pytest.raises(JobFailed):
+                await job.result(timeout=10)
+            await wait_until(lambda: bool(named(exporter, f"process {app.name}")), 10, "spans")
+        await drop_queue(app)
+    (process,) = named(exporter, f"process {app.name}")
+    assert process.status.status_code == StatusCode.ERROR
+    assert process.attributes is not None
+    assert process.attributes["error.type"] == "JobTimedOut"
+    (event,) = process.events
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "JobTimedOut"
 
 
 async def test_spans_a_sync_handler_starts_nest_under_the_process_span(
