@@ -25,7 +25,7 @@ from streamq.errors import (
     UnknownPriorityError,
     WrongKeyType,
 )
-from streamq.job import Job, JobProgress, JobStatus
+from streamq.job import Job, JobProgress, JobStatus, JobUpdate
 from streamq.lifespan import LifespanError
 from streamq.logging import configure_logging
 from streamq.middleware import Middleware
@@ -52,6 +52,7 @@ __all__ = (
     "JobNotFound",
     "JobProgress",
     "JobStatus",
+    "JobUpdate",
     "JobTimedOut",
     "LifespanError",
     "Middleware",
