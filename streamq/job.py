@@ -13,7 +13,10 @@ from streamq.errors import JobFailed, JobNotFound, JobTimedOut
 from streamq.typed import conversions, convert
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from streamq.app import App
+    from streamq.waiters import Watch
 
 R = TypeVar("R")
 
@@ -160,17 +163,8 @@ class Job(Generic[R]):
         # point wakes us, and one written before the read below shows in the hash.
         async with app.result_waiters.watch(self.id) as watch:
             redis = await app.redis()
-            # The last event id and the job hash atomically: the reader starts no
-            # later than this id, so no event for this job slips between the two.
             # Only the fields an outcome needs (HMGET): not the event index.
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(keys.events, "+", "-", count=1)
-                pipe.hmget(keys.job(self.id), _OUTCOME_FIELDS)
-                last, values = cast(
-                    tuple[list[tuple[bytes, Any]], list[bytes | None]], await pipe.execute()
-                )
-            fields = _present(values)
-            watch.follow_from(last[0][0] if last else b"0-0")
+            fields = _present(await self._read_following(redis, watch, _OUTCOME_FIELDS))
             while True:
                 if not fields:
                     raise JobNotFound(self.id)
@@ -183,6 +177,21 @@ class Job(Generic[R]):
                 fields = _present(
                     cast(list[bytes | None], await redis.hmget(keys.job(self.id), _OUTCOME_FIELDS))
                 )
+
+    async def _read_following(
+        self, redis: Redis, watch: Watch, fields: tuple[bytes, ...]
+    ) -> list[bytes | None]:
+        """The job hash's ``fields`` and, in the same MULTI, the last event id, from
+        which the registered ``watch`` is followed: the reader starts no later than
+        this id, so no event for this job slips between the read and the wait."""
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(self._app.keys.events, "+", "-", count=1)
+            pipe.hmget(self._app.keys.job(self.id), fields)
+            last, values = cast(
+                tuple[list[tuple[bytes, Any]], list[bytes | None]], await pipe.execute()
+            )
+        watch.follow_from(last[0][0] if last else b"0-0")
+        return values
 
     def _outcome(self, fields: dict[bytes, bytes]) -> R:
         status = fields[b"status"].decode()
@@ -221,13 +230,7 @@ class Job(Generic[R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         async with app.result_waiters.watch(self.id, every_event=True) as watch:
             redis = await app.redis()
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(keys.events, "+", "-", count=1)
-                pipe.hmget(keys.job(self.id), _WATCH_FIELDS)
-                last, values = cast(
-                    tuple[list[tuple[bytes, Any]], list[bytes | None]], await pipe.execute()
-                )
-            watch.follow_from(last[0][0] if last else b"0-0")
+            values = await self._read_following(redis, watch, _WATCH_FIELDS)
             shown: JobUpdate | None = None
             while True:
                 if values[0] is None:
