@@ -13,7 +13,13 @@ from redis.asyncio import Redis
 from streamq import embedded
 from streamq.connection import check_server, make_client
 from streamq.envelope import HEADERS_FIELD, encode_headers
-from streamq.errors import ConfigError, PayloadTooLarge, QueueFull, SerializationError
+from streamq.errors import (
+    ConfigError,
+    EnqueueError,
+    PayloadTooLarge,
+    QueueFull,
+    SerializationError,
+)
 from streamq.ids import new_job_id
 from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
@@ -21,14 +27,19 @@ from streamq.keytypes import wrong_types_named
 from streamq.lifespan import Lifespan
 from streamq.middleware import EnqueueHooks, Middleware, check_middleware
 from streamq.revive import reviver
-from streamq.scripts import Arg, Scripts
+from streamq.scripts import Arg, Scripts, UniqueArgs
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
 from streamq.task import Task, TaskOptions
+from streamq.unique import Unique
 from streamq.waiters import ResultWaiters
 
 _WARNED_MAIN: set[str] = set()  # __main__. task names already warned about, once each
 QUEUE_FULL = -1  # enqueue.lua's reply code when max_pending is reached
+# enqueue.lua's unique-key replies: held by a job, a debounce replaced the waiting
+# job, and "call again naming this job".
+_UNIQUE_HELD, _UNIQUE_REPLACED, _UNIQUE_ASK = 2, 3, -3
+_UNIQUE_ROUNDS = 5
 # Jobs per enqueue script call: big enough to share the call's cost, small enough
 # that one call keeps Redis busy for only a few milliseconds.
 ENQUEUE_BATCH = 100
@@ -309,8 +320,14 @@ class App:
             return []
         priority = task.options.priority
         extra = self._option_fields(task)
-        batches = [
-            Scripts.enqueue_call(
+        unique = task.options.unique
+        if unique is not None and unique.mode == "debounce" and not due_ms:
+            delay_ms = max(delay_ms, unique.window_ms)
+
+        def call(
+            start: int, end: int, encoded: str | None, held: UniqueArgs | None = None
+        ) -> tuple[list[str], list[Arg]]:
+            return Scripts.enqueue_call(
                 stream=self.keys.stream(priority),
                 events=self.keys.events,
                 delayed=self.keys.delayed,
@@ -326,10 +343,24 @@ class App:
                 max_pending=self.settings.max_pending or 0,
                 # Only the backpressure check reads every stream.
                 all_streams=self.streams if self.settings.max_pending else (),
+                unique=held,
             )  # fmt: skip
-            for start, end, encoded in _runs(len(prepared), fixed, headers)
-        ]
+
+        runs = _runs(len(prepared), fixed, headers)
         scripts = await self.scripts()
+        if unique is not None:
+            ((start, end, encoded),) = runs
+            async with wrong_types_named(self, [prepared[0][1], self.keys.unique(unique.key)]):
+                first = UniqueArgs(
+                    unique.mode, unique.window_ms, self.keys.unique(unique.key), prepared[0][1]
+                )
+                held = await self._enqueue_unique(
+                    scripts, unique, prepared[0], call(0, 1, encoded, first)
+                )
+            if held is not None:
+                return [Job(self, held, task.name)]
+            return [Job(self, ids[0], task.name)]
+        batches = [call(start, end, encoded) for start, end, encoded in runs]
         async with wrong_types_named(self, (key for _, key, _ in prepared)):
             if len(batches) == 1:
                 replies = await scripts.enqueue(batches[0])
@@ -342,6 +373,39 @@ class App:
             depth = int(replies[refused[0]][1])
             raise QueueFull(self.name, depth, self.settings.max_pending or 0, accepted)
         return jobs
+
+    async def _enqueue_unique(
+        self,
+        scripts: Scripts,
+        unique: Unique,
+        job: tuple[str, str, bytes],
+        call: tuple[list[str], list[Arg]],
+    ) -> str | None:
+        """Enqueue one job under a unique key: None when it was added, else the id of
+        the job that holds the key (the caller returns that job's handle).
+
+        The script needs the holder's hash among its keys, so a first call that
+        finds the key held by a job it was not told of answers with that job's
+        id, and the next call names it; the key can change hands in between,
+        hence a few rounds (each one a full check in the script).
+        """
+        keys, args = call
+        expected = ""
+        for _ in range(_UNIQUE_ROUNDS):
+            holder = self.keys.job(expected) if expected else job[1]
+            keys[-2:] = [self.keys.unique(unique.key), holder]
+            args[12] = expected  # ARGV[13]
+            ((code, value),) = await scripts.enqueue((keys, args))
+            if code == QUEUE_FULL:
+                raise QueueFull(self.name, int(value), self.settings.max_pending or 0, [])
+            if code in (_UNIQUE_HELD, _UNIQUE_REPLACED):
+                return str(value.decode() if isinstance(value, bytes) else value)
+            if code != _UNIQUE_ASK:
+                return None
+            expected = value.decode() if isinstance(value, bytes) else str(value)
+        raise EnqueueError(
+            f"unique key {unique.key!r} changed hands {_UNIQUE_ROUNDS} times during one enqueue"
+        )
 
     def _option_fields(self, task: Task[Any, Any, Any]) -> list[Arg]:
         """Entry fields for options a ``with_options`` copy changed from the registered task."""

@@ -23,6 +23,10 @@ leader lease makes one janitor per queue do the work at a time:
   event, in one step. A live job is never marked: the check is exact, the
   age only a margin.
 
+- expire unique keys (``streamq.unique``) whose job is final, on the same
+  cadence and in the same bounded SCAN steps: a key has no TTL while its job
+  lives, and gets the rest of its ``key_ttl`` once the job is over.
+
 Reclaiming stuck messages is not here: a reclaimed message must be run, so
 each worker reclaims for itself (``worker.fetch``).
 """
@@ -35,6 +39,7 @@ from typing import cast
 import anyio
 from redis.exceptions import RedisError
 
+from streamq import unique
 from streamq.app import App
 from streamq.archive import Archive, archive_before_trim
 from streamq.archive.format import id_key as _id_key
@@ -74,6 +79,7 @@ class Janitor:
         self.trimmed = 0
         self.lost = 0
         self._lost_cursor = 0
+        self._unique_cursor = 0
         self._archive_handle: Archive | None = None
         self._log = get_logger(queue=app.name, worker=owner, role="janitor")
 
@@ -108,6 +114,7 @@ class Janitor:
             self._last_trim = now
             await self.trim()
             await self.bound_lost_jobs()
+            await self.sweep_unique_keys()
 
     async def promote_due(self) -> int:
         """Move every due delayed job into its stream; returns how many.
@@ -249,6 +256,15 @@ class Janitor:
                 count=len(marked),
             )  # fmt: skip
         return marked
+
+    async def sweep_unique_keys(self) -> int:
+        """One bounded step of the unique-key sweep (``streamq.unique``): keys whose
+        job is final get the TTL they have left. Returns how many were released."""
+        app = self.app
+        self._unique_cursor, released = await unique.sweep(
+            await app.redis(), await app.scripts(), app.keys, self._unique_cursor
+        )
+        return released
 
     async def remove_idle_consumers(self) -> list[str]:
         app = self.app

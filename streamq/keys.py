@@ -45,6 +45,10 @@ class Keyspace:
     def lock(self, name: str) -> str:
         return f"{self._base}:lock:{name}"
 
+    def unique_pattern(self) -> str:
+        """A SCAN pattern matching every unique key of this queue."""
+        return self.unique("*").replace("{", "\\{").replace("}", "\\}")
+
     def job_pattern(self) -> str:
         """A SCAN pattern matching every job hash of this queue."""
         return self.job("*").replace("{", "\\{").replace("}", "\\}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from streamq.envelope import encode_headers
 from streamq.errors import ConfigError
+from streamq.unique import Unique, unique_option
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -45,6 +46,8 @@ class TaskOptions:
     """A caller-chosen id makes enqueue idempotent: the same id adds nothing twice."""
     headers: tuple[tuple[str, str], ...] = ()
     """String headers every job of this call site carries (``with_options(headers=...)``)."""
+    unique: Unique | None = None
+    """One live job per key (``with_options(key=..., debounce=..., throttle=...)``)."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -159,6 +162,10 @@ class Task(Generic[P, R, Ret]):
         timeout: float | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        key: str | None = None,
+        key_ttl: float | None = None,
+        debounce: float | None = None,
+        throttle: float | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
@@ -167,6 +174,13 @@ class Task(Generic[P, R, Ret]):
         JSON; they replace earlier ones): the handler reads them from
         ``current_job().headers``, middleware from its context, and
         ``streamq replay`` shows them in the job's message.
+
+        ``key`` makes the job unique (``streamq.unique``): while a job of that
+        key lives, enqueue returns its handle instead of adding another; the
+        key is free once that job is final, or ``key_ttl`` seconds after.
+        ``throttle=s``: the first enqueue wins for ``s`` seconds. ``debounce=s``:
+        the job waits ``s`` seconds, and an enqueue within the wait replaces its
+        arguments and restarts the wait.
         """
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(
@@ -178,6 +192,7 @@ class Task(Generic[P, R, Ret]):
             "timeout_s": timeout,
             "job_id": job_id,
             "headers": None if headers is None else tuple(headers.items()),
+            "unique": unique_option(key, key_ttl, debounce, throttle),
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))
@@ -214,6 +229,8 @@ class Task(Generic[P, R, Ret]):
                 )
         if self.options.job_id is not None and len(normalized) > 1:
             raise ConfigError("a fixed job_id cannot be used for more than one job")
+        if self.options.unique is not None and len(normalized) > 1:
+            raise ConfigError("a unique key cannot be used for more than one job per call")
         return await self.app.enqueue_calls(self, normalized, job_id=self.options.job_id)
 
     async def enqueue_in(

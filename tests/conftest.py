@@ -91,6 +91,13 @@ async def assert_no_key_leak(application: App) -> None:
         kind = key.decode().split(":")[2]
         if kind in PERMANENT_KINDS:
             continue
+        if kind == "unique":
+            # Held without a TTL only while its job lives (the sweep expires it after).
+            holder = await redis.get(key)
+            if holder and await redis.hget(application.keys.job(holder.decode()), "status") in (
+                NOT_FINAL
+            ):
+                continue
         if kind == "job" and await redis.hget(key, "status") in NOT_FINAL:
             live_candidates.append((key[len(base) :], key))
             continue

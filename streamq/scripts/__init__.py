@@ -43,9 +43,23 @@ class Script:
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
-    "bounce",
+    "bounce", "unique",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
+
+
+@dataclass(frozen=True, slots=True)
+class UniqueArgs:
+    """The unique-key part of an ``enqueue`` call (see enqueue.lua's header)."""
+
+    mode: str
+    """'key', 'throttle' or 'debounce'."""
+    window_ms: int
+    key: str
+    holder_key: str
+    """The job hash of ``expected`` (any key of the queue when there is none)."""
+    expected: str = ""
+    """The job id the caller last read from the key ('' for none)."""
 
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs
@@ -144,19 +158,24 @@ class Scripts:
         *, stream: str, events: str, delayed: str, group: str, task: str, content_type: str,
         now_ms: int, priority: str, jobs: Sequence[tuple[str, str, bytes]],
         due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
-        all_streams: Sequence[str] = (), delay_ms: int = 0,
+        all_streams: Sequence[str] = (), delay_ms: int = 0, unique: UniqueArgs | None = None,
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
         """One script call enqueueing ``jobs``, each (job id, job hash key, payload).
 
         ``due_ms`` (epoch ms) or ``delay_ms`` (from the server's clock) later than
-        the server's now puts the jobs in the delayed set.
+        the server's now puts the jobs in the delayed set. ``unique`` (one job
+        only) makes the job the one live job of a unique key.
         """
         keys = [stream, events, delayed, *(key for _, key, _ in jobs)]
         if max_pending:
             keys += all_streams
+        mode, window_ms, expected = "", 0, ""
+        if unique is not None:
+            keys += [unique.key, unique.holder_key]
+            mode, window_ms, expected = unique.mode, unique.window_ms, unique.expected
         args: list[Arg] = [
             group, task, content_type, now_ms, priority, due_ms, max_pending,
-            len(jobs), len(extra), delay_ms, *extra,
+            len(jobs), len(extra), delay_ms, mode, window_ms, expected, *extra,
         ]  # fmt: skip
         for job_id, _, payload in jobs:
             args += [job_id, payload]
@@ -164,7 +183,9 @@ class Scripts:
 
     async def enqueue(self, call: tuple[list[str], list[Arg]]) -> list[tuple[int, Any]]:
         """Per job: (1, stream id or b'delayed') added; (0, id) the job id already
-        existed; (-1, depth) refused, the queue is full."""
+        existed; (-1, depth) refused, the queue is full; for a unique key, (2, job
+        id) held by that job, (3, job id) a debounce replaced that waiting job's
+        arguments, (-3, job id) call again naming that job (``UniqueArgs.expected``)."""
         return [(int(code), value) for code, value in await self._call("enqueue", *call)]
 
     async def enqueue_many(
@@ -428,6 +449,16 @@ class Scripts:
         )  # fmt: skip
         values = [int(v) for v in reply] + [0, 0]
         return values[0], values[1], values[2]
+
+    async def unique_sweep(self, held: Sequence[tuple[bytes | str, bytes, str]]) -> int:
+        """``held``: (unique key, the job id it named, that job's hash key) each.
+        Returns how many keys were given their remaining TTL or deleted."""
+        keys: list[str | bytes] = []
+        args: list[Arg] = []
+        for key, job_id, job_key in held:
+            keys += [key, job_key]
+            args.append(job_id)
+        return int(await self._call("unique", keys, args))
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))
