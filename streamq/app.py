@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 import anyio
 from redis.asyncio import Redis
 
-from streamq import embedded
+from streamq import chains, embedded
 from streamq.connection import check_server, make_client
 from streamq.envelope import HEADERS_FIELD, encode_headers
 from streamq.errors import (
@@ -348,6 +348,19 @@ class App:
 
         runs = _runs(len(prepared), fixed, headers)
         scripts = await self.scripts()
+        if task.options.after:
+            if unique is not None or due_ms or delay_ms:
+                raise ConfigError("a job with parents (after=...) cannot be unique or delayed")
+            jobs_extra = [
+                (job, extra if encoded is None else [*extra, HEADERS_FIELD, encoded])
+                for start, end, encoded in runs
+                for job in prepared[start:end]
+            ]
+            async with wrong_types_named(self, (key for _, key, _ in prepared)):
+                await chains.enqueue_after(
+                    self, task.name, priority, task.options.after, jobs_extra
+                )
+            return [Job(self, jid, task.name) for jid in ids]
         if unique is not None:
             ((start, end, encoded),) = runs
             async with wrong_types_named(self, [prepared[0][1], self.keys.unique(unique.key)]):

@@ -5,6 +5,9 @@ leader lease makes one janitor per queue do the work at a time:
 
 - promote due jobs from the delayed set (scheduled jobs and retries waiting
   for their backoff) into their priority streams, every ``janitor_interval_s``;
+- settle chained jobs (``streamq.chains``) whose parents are final, every
+  pass, in bounded steps: queued when every parent succeeded, to the DLQ
+  naming the parent otherwise;
 - remove consumers idle for ``consumer_idle_s`` with nothing pending (a fresh
   consumer name per process would otherwise leave dead ones behind);
 - trim history older than ``retention_s`` (or beyond ``retention_maxlen``)
@@ -39,7 +42,7 @@ from typing import cast
 import anyio
 from redis.exceptions import RedisError
 
-from streamq import unique
+from streamq import chains, unique
 from streamq.app import App
 from streamq.archive import Archive, archive_before_trim
 from streamq.archive.format import id_key as _id_key
@@ -80,6 +83,7 @@ class Janitor:
         self.lost = 0
         self._lost_cursor = 0
         self._unique_cursor = 0
+        self._chain_offset = 0
         self._archive_handle: Archive | None = None
         self._log = get_logger(queue=app.name, worker=owner, role="janitor")
 
@@ -106,6 +110,7 @@ class Janitor:
     async def run_once(self) -> None:
         """One pass of every duty (the caller holds the lease)."""
         await self.promote_due()
+        await self.release_children()
         now = time.monotonic()
         if now - self._last_cleanup >= min(60.0, self.app.settings.consumer_idle_s):
             self._last_cleanup = now
@@ -256,6 +261,14 @@ class Janitor:
                 count=len(marked),
             )  # fmt: skip
         return marked
+
+    async def release_children(self) -> int:
+        """One bounded step of settling chained jobs whose parents are final
+        (``streamq.chains``); returns how many were queued or dead-lettered."""
+        self._chain_offset, settled = await chains.release_children(self.app, self._chain_offset)
+        if settled:
+            self._log.info("released chained jobs", count=settled)
+        return settled
 
     async def sweep_unique_keys(self) -> int:
         """One bounded step of the unique-key sweep (``streamq.unique``): keys whose

@@ -48,6 +48,8 @@ class JobStatus(enum.StrEnum):
     """In its priority stream, not yet handed to a worker."""
     RUNNING = "running"
     """A worker fetched it and runs the handler."""
+    DEFERRED = "deferred"
+    """Waiting for its parent jobs to succeed (``with_options(after=[...])``)."""
     RETRYING = "retrying"
     """The handler failed; the job waits for its next attempt (in the delayed set
     until its backoff is over, then in its stream)."""

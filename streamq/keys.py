@@ -39,6 +39,19 @@ class Keyspace:
     def delayed(self) -> str:
         return f"{self._base}:delayed"
 
+    @property
+    def deferred(self) -> str:
+        """Hash: the entry of each job waiting for its parents (``streamq.chains``)."""
+        return f"{self._base}:deferred"
+
+    @property
+    def parents(self) -> str:
+        """Zset: jobs that have children waiting for them."""
+        return f"{self._base}:parents"
+
+    def children(self, parent_id: str) -> str:
+        return f"{self._base}:children:{parent_id}"
+
     def unique(self, key: str) -> str:
         return f"{self._base}:unique:{key}"
 

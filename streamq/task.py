@@ -48,6 +48,8 @@ class TaskOptions:
     """String headers every job of this call site carries (``with_options(headers=...)``)."""
     unique: Unique | None = None
     """One live job per key (``with_options(key=..., debounce=..., throttle=...)``)."""
+    after: tuple[str, ...] = ()
+    """Parent job ids: the job runs once all of them succeeded (``streamq.chains``)."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -84,6 +86,24 @@ class TaskOptions:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc)) from None
         return self
+
+
+def _parent_ids(after: Sequence[Job[Any] | str]) -> tuple[str, ...]:
+    from streamq.job import Job
+
+    if isinstance(after, str | bytes) or not isinstance(after, Sequence):
+        raise ConfigError("after must be a list of jobs (Job handles or job ids)")
+    ids = []
+    for parent in after:
+        job_id = parent.id if isinstance(parent, Job) else parent
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigError(f"after takes Job handles or non-empty job ids, got {parent!r}")
+        ids.append(job_id)
+    if not ids:
+        raise ConfigError("after needs at least one parent job")
+    if len(ids) > 100:
+        raise ConfigError(f"after takes at most 100 parent jobs, got {len(ids)}")
+    return tuple(dict.fromkeys(ids))
 
 
 class Task(Generic[P, R, Ret]):
@@ -166,6 +186,7 @@ class Task(Generic[P, R, Ret]):
         key_ttl: float | None = None,
         debounce: float | None = None,
         throttle: float | None = None,
+        after: Sequence[Job[Any] | str] | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
@@ -181,6 +202,10 @@ class Task(Generic[P, R, Ret]):
         ``throttle=s``: the first enqueue wins for ``s`` seconds. ``debounce=s``:
         the job waits ``s`` seconds, and an enqueue within the wait replaces its
         arguments and restarts the wait.
+
+        ``after=[job, ...]`` (handles or ids of this queue's jobs) adds the job
+        as ``deferred``: it runs once every parent succeeded, and goes to the DLQ
+        naming the parent if one fails for good (``streamq.chains``).
         """
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(
@@ -193,6 +218,7 @@ class Task(Generic[P, R, Ret]):
             "job_id": job_id,
             "headers": None if headers is None else tuple(headers.items()),
             "unique": unique_option(key, key_ttl, debounce, throttle),
+            "after": None if after is None else _parent_ids(after),
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))

@@ -99,5 +99,5 @@ async def sweep(redis: Redis, scripts: Scripts, keys: Keyspace, cursor: int) -> 
             if holder is not None
         ]
         if held:
-            released += await scripts.unique_sweep(held)
+            released += await scripts.unique(held)
     return int(cursor), released

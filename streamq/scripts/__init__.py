@@ -43,7 +43,7 @@ class Script:
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
-    "bounce", "unique",
+    "bounce", "unique", "chain",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -450,7 +450,7 @@ class Scripts:
         values = [int(v) for v in reply] + [0, 0]
         return values[0], values[1], values[2]
 
-    async def unique_sweep(self, held: Sequence[tuple[bytes | str, bytes, str]]) -> int:
+    async def unique(self, held: Sequence[tuple[bytes | str, bytes, str]]) -> int:
         """``held``: (unique key, the job id it named, that job's hash key) each.
         Returns how many keys were given their remaining TTL or deleted."""
         keys: list[str | bytes] = []
@@ -459,6 +459,11 @@ class Scripts:
             keys += [key, job_key]
             args.append(job_id)
         return int(await self._call("unique", keys, args))
+
+    async def chain(self, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]) -> list[Any]:
+        """Calls of chain.lua (``streamq.chains`` builds them) in one round trip:
+        each one's reply, or the exception it raised."""
+        return await self.run_many([("chain", call) for call in calls])
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))

@@ -114,6 +114,7 @@ KEY_FIRST = {
     "XTRIM", "XLEN", "HSET", "HGET", "HMGET", "HDEL", "HGETALL", "HINCRBY", "EXISTS", "DEL", "GET",
     "SET", "PEXPIRE", "EXPIRE", "PERSIST", "ZADD", "ZREM", "ZRANGEBYSCORE", "ZCARD",
     "ZRANGE", "ZSCORE", "INCR", "INCRBY", "TTL", "PTTL", "TYPE",
+    "SADD", "SREM", "SCARD", "SMEMBERS", "SISMEMBER",
 }  # fmt: skip
 KEY_SECOND = {"XGROUP", "XINFO"}
 KEYLESS = {"TIME"}  # commands that take no key (TIME: the server's clock, DESIGN.md)
