@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from streamq.envelope import encode_headers
 from streamq.errors import ConfigError
+from streamq.retry import Retry, check_intervals
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -45,6 +46,11 @@ class TaskOptions:
     """A caller-chosen id makes enqueue idempotent: the same id adds nothing twice."""
     headers: tuple[tuple[str, str], ...] = ()
     """String headers every job of this call site carries (``with_options(headers=...)``)."""
+    retry_intervals_s: tuple[float, ...] = ()
+    """A retry schedule (``retry=Retry(intervals=...)``): the n-th retry waits the n-th
+    interval, the last one repeating. Empty: the exponential backoff."""
+    result_ttl_s: float | None = None
+    """How long a finished job's hash (result or error) is kept; None: the App's."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -80,7 +86,31 @@ class TaskOptions:
                 encode_headers(dict(self.headers))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc)) from None
+        if self.retry_intervals_s:
+            check_intervals(self.retry_intervals_s)
+        if self.result_ttl_s is not None and (
+            not isinstance(self.result_ttl_s, int | float)
+            or isinstance(self.result_ttl_s, bool)
+            or not 0.001 <= self.result_ttl_s < float("inf")
+        ):
+            raise ConfigError(
+                f"result_ttl must be a finite number of seconds >= 0.001, got {self.result_ttl_s!r}"
+            )
         return self
+
+
+def schedule_of(retry: object) -> tuple[float, ...] | None:
+    """The intervals of a ``retry=`` option (None when not given), or ConfigError."""
+    if retry is None:
+        return None
+    if not isinstance(retry, Retry):
+        raise ConfigError(f"retry must be a Retry(intervals=[...]), got {type(retry).__name__}")
+    if retry.intervals is None:
+        raise ConfigError(
+            "retry=Retry(...) needs intervals, e.g. Retry(intervals=[10, 30, 60]); "
+            "Retry(delay=...) is for raising from a handler"
+        )
+    return retry.intervals
 
 
 class Task(Generic[P, R, Ret]):
@@ -159,25 +189,34 @@ class Task(Generic[P, R, Ret]):
         timeout: float | None = None,
         job_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retry: Retry | None = None,
+        result_ttl: float | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
-        A changed ``max_retries`` or ``timeout`` travels in the job's stream entry,
-        and so do ``headers`` (string names to string values, at most 8 KiB as
-        JSON; they replace earlier ones): the handler reads them from
+        A changed ``max_retries``, ``timeout``, ``retry`` schedule or ``result_ttl``
+        travels in the job's stream entry, so whichever worker runs the job
+        applies it; so do ``headers`` (string names to string values, at most 8 KiB
+        as JSON; they replace earlier ones): the handler reads them from
         ``current_job().headers``, middleware from its context, and
-        ``streamq replay`` shows them in the job's message.
+        ``streamq replay`` shows them in the job's message. A ``retry`` schedule
+        without ``max_retries`` sets it to the number of intervals.
         """
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(
                 f"headers must be a mapping of str to str, got {type(headers).__name__}"
             )
+        intervals = schedule_of(retry)
+        if intervals is not None and max_retries is None:
+            max_retries = len(intervals)
         changes: dict[str, Any] = {
             "priority": priority,
             "max_retries": max_retries,
             "timeout_s": timeout,
             "job_id": job_id,
             "headers": None if headers is None else tuple(headers.items()),
+            "retry_intervals_s": intervals,
+            "result_ttl_s": result_ttl,
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))
