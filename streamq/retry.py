@@ -39,7 +39,8 @@ class Retry(Exception):  # named for `raise Retry(delay=5)`, not RetryError
 
     Raises:
         ConfigError (a ValueError): a delay or an interval that is negative or
-            not finite, an empty schedule, or more than ``MAX_INTERVALS`` intervals.
+            not finite, an empty schedule, more than ``MAX_INTERVALS`` intervals,
+            or both a delay and intervals.
     """
 
     def __init__(
@@ -52,6 +53,8 @@ class Retry(Exception):  # named for `raise Retry(delay=5)`, not RetryError
         super().__init__(reason)
         if delay is not None and not _is_seconds(delay):
             raise ConfigError(f"Retry delay must be a finite number >= 0, got {delay!r}")
+        if delay is not None and intervals is not None:
+            raise ConfigError("Retry takes a delay or intervals, not both")
         self.delay = delay
         self.intervals: tuple[float, ...] | None = (
             None if intervals is None else check_intervals(intervals)

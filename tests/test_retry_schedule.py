@@ -103,6 +103,12 @@ def test_a_bad_schedule_is_a_config_error(intervals: Any) -> None:
     assert MAX_INTERVALS == 100
 
 
+def test_a_delay_and_a_schedule_together_are_a_config_error() -> None:
+    """As a task option the delay would be ignored: refused rather than pretended."""
+    with pytest.raises(ConfigError, match="not both"):
+        Retry(delay=1, intervals=[2])
+
+
 async def test_bad_retry_options_are_config_errors_at_decoration(app: App) -> None:
     with pytest.raises(ConfigError, match="needs intervals"):
         app.task(name="a", retry=Retry(delay=5))

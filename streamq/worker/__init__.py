@@ -464,7 +464,7 @@ class Worker:
     async def _unknown_task(self, message: Message, env: Envelope) -> None:
         reason = await hand_back(self.app, self.consumer, message, env, self._log)
         if reason is not None:
-            await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask")
+            await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask", env=env)
 
     async def _dead_letter(
         self,
