@@ -1,6 +1,7 @@
 """streamq: background jobs on Redis Streams consumer groups."""
 
 from streamq.app import App
+from streamq.details import JobDetails
 from streamq.dlq import (
     DeadLetter,
     DeadLetterNotFound,
@@ -47,6 +48,7 @@ __all__ = (
     "JSONSerializer",
     "Job",
     "JobContext",
+    "JobDetails",
     "JobFailed",
     "JobIdReused",
     "JobNotFound",

@@ -26,11 +26,13 @@ from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
 from streamq.lifespan import Lifespan
 from streamq.middleware import EnqueueHooks, Middleware, check_middleware
+from streamq.options import override_fields
+from streamq.retry import Retry
 from streamq.revive import reviver
 from streamq.scripts import Arg, Scripts, UniqueArgs
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
-from streamq.task import Task, TaskOptions
+from streamq.task import Task, TaskOptions, schedule_of
 from streamq.unique import Unique
 from streamq.waiters import ResultWaiters
 
@@ -162,6 +164,8 @@ class App:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry: Retry | None = None,
+        result_ttl: float | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -177,6 +181,8 @@ class App:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry: Retry | None = None,
+        result_ttl: float | None = None,
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
 
@@ -193,15 +199,25 @@ class App:
             backoff_base, backoff_cap: retry delays are uniform in
                 ``[0, min(cap, base * 2**(attempt-1))]`` seconds (full jitter).
             retry_on: exception types that are retried; others fail at once.
+            retry: a schedule instead of the backoff, ``Retry(intervals=[10, 30, 60])``:
+                the n-th retry waits ``intervals[n-1]`` seconds, the last repeating;
+                ``max_retries`` defaults to the number of intervals.
+            result_ttl: seconds a finished job's hash (result or error) is kept
+                (default: the App's ``result_ttl``).
         """
+        intervals = schedule_of(retry)
+        if max_retries is None:
+            max_retries = self.settings.max_retries if intervals is None else len(intervals)
         options = TaskOptions(
             priority=priority or self.default_priority,
-            max_retries=self.settings.max_retries if max_retries is None else max_retries,
+            max_retries=max_retries,
             timeout_s=timeout,
             visibility_timeout_s=visibility_timeout,
             backoff_base_s=backoff_base,
             backoff_cap_s=backoff_cap,
             retry_on=retry_on,
+            retry_intervals_s=intervals or (),
+            result_ttl_s=result_ttl,
         ).validate(self.settings.priorities)
 
         def register(handler: Callable[..., Any]) -> Task[Any, Any, Any]:
@@ -431,6 +447,7 @@ class App:
             base is None or task.options.timeout_s != base.timeout_s
         ):
             fields += ["timeout", repr(float(task.options.timeout_s))]
+        fields += override_fields(task.options, base)
         return fields
 
     def _encode(

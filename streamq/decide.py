@@ -8,6 +8,7 @@ its delay) or failed. Neither touches Redis, so every rule is testable alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +39,23 @@ def max_retries_for(envelope: Envelope, options: TaskOptions | None, default: in
     return options.max_retries if options is not None else default
 
 
+def retry_intervals_for(envelope: Envelope, options: TaskOptions | None) -> tuple[float, ...]:
+    """The entry's own retry schedule, else the task's (empty: the backoff)."""
+    if envelope.retry_intervals_s is not None:
+        return envelope.retry_intervals_s
+    return options.retry_intervals_s if options is not None else ()
+
+
+def result_ttl_for(envelope: Envelope | None, options: TaskOptions | None, default: float) -> float:
+    """Seconds a finished job's hash is kept: the entry's override, else the task's
+    option, else the App's ``result_ttl_s``."""
+    if envelope is not None and envelope.result_ttl_s is not None:
+        return envelope.result_ttl_s
+    if options is not None and options.result_ttl_s is not None:
+        return options.result_ttl_s
+    return default
+
+
 def admit(
     envelope: Envelope, options: TaskOptions | None, deliveries: int, settings: Settings
 ) -> str | None:
@@ -53,9 +71,18 @@ def admit(
 
 
 def decide(
-    execution: Execution, *, attempt: int, max_retries: int, options: TaskOptions
+    execution: Execution,
+    *,
+    attempt: int,
+    max_retries: int,
+    options: TaskOptions,
+    intervals_s: Sequence[float] = (),
 ) -> Decision:
-    """Succeeded, retry after a delay, or failed (to the DLQ) for good."""
+    """Succeeded, retry after a delay, or failed (to the DLQ) for good.
+
+    ``intervals_s`` is the job's retry schedule (``retry_intervals_for``); empty,
+    the task's backoff spaces the retries.
+    """
     if execution.ok:
         return SUCCEEDED
     if not execution.retryable:
@@ -67,5 +94,6 @@ def decide(
         retry_on=options.retry_on,
         backoff_base_s=options.backoff_base_s,
         backoff_cap_s=options.backoff_cap_s,
+        intervals_s=intervals_s,
     )
     return FAILED if delay_s is None else Decision("retry", delay_s)

@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from streamq.options import (
+    RESULT_TTL_FIELD,
+    RETRY_INTERVALS_FIELD,
+    parse_intervals,
+    parse_result_ttl,
+)
+
 VERSION = b"1"
 HEADERS_FIELD = "headers"
 MAX_HEADERS_BYTES = 8192
@@ -45,6 +52,10 @@ class Envelope:
     """Likewise; ``None`` means the task's own option applies."""
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY_HEADERS)
     """The job's string headers (read-only), from the entry's ``headers`` field."""
+    retry_intervals_s: tuple[float, ...] | None = None
+    """A per-job retry schedule (``with_options(retry=...)``); None: the task's."""
+    result_ttl_s: float | None = None
+    """A per-job result TTL (``with_options(result_ttl=...)``); None: the task's."""
 
 
 def encode(
@@ -96,9 +107,17 @@ def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
         raise PoisonMessage("max_retries or timeout is out of range", job_id, task)
     raw_headers = fields.get(b"headers")
     headers = EMPTY_HEADERS if raw_headers is None else _headers(raw_headers, job_id, task)
+    raw_intervals = fields.get(RETRY_INTERVALS_FIELD.encode())
+    raw_ttl = fields.get(RESULT_TTL_FIELD.encode())
+    try:
+        intervals = None if raw_intervals is None else parse_intervals(raw_intervals)
+        result_ttl_s = None if raw_ttl is None else parse_result_ttl(raw_ttl)
+    except ValueError as exc:
+        raise PoisonMessage(str(exc), job_id, task) from None
     return Envelope(
-        job_id, task, content_type, payload, attempt, enqueued_ms, max_retries, timeout_s, headers
-    )
+        job_id, task, content_type, payload, attempt, enqueued_ms, max_retries, timeout_s, headers,
+        intervals, result_ttl_s,
+    )  # fmt: skip
 
 
 def encode_headers(headers: object) -> str:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from streamq.app import App
+    from streamq.details import JobDetails
     from streamq.waiters import Watch
 
 R = TypeVar("R")
@@ -248,6 +249,20 @@ class Job(Generic[R]):
                 values = cast(
                     list[bytes | None], await redis.hmget(keys.job(self.id), _WATCH_FIELDS)
                 )
+
+    async def details(self) -> JobDetails:
+        """The job's status, attempts, arguments, headers, timestamps (UTC datetimes),
+        result or error and worker, read from its hash and its stream entry.
+
+        ``args``, ``kwargs`` and ``headers`` are None once the entry is gone (trimmed
+        by retention); see ``streamq.details.JobDetails``.
+
+        Raises:
+            JobNotFound: no such job (never enqueued, or its hash expired).
+        """
+        from streamq.details import read_details  # details builds on this module
+
+        return await read_details(self._app, self.id)
 
     async def wait(self, timeout: float | None = None) -> JobStatus:
         """Wait until the job is final and return its status, never raising its failure."""

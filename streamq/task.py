@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from streamq.envelope import encode_headers
 from streamq.errors import ConfigError
+from streamq.retry import Retry, check_intervals
 from streamq.unique import Unique, unique_option
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ class TaskOptions:
     """One live job per key (``with_options(key=..., debounce=..., throttle=...)``)."""
     after: tuple[str, ...] = ()
     """Parent job ids: the job runs once all of them succeeded (``streamq.chains``)."""
+    retry_intervals_s: tuple[float, ...] = ()
+    """A retry schedule (``retry=Retry(intervals=...)``): the n-th retry waits the n-th
+    interval, the last one repeating. Empty: the exponential backoff."""
+    result_ttl_s: float | None = None
+    """How long a finished job's hash (result or error) is kept; None: the App's."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -85,6 +91,16 @@ class TaskOptions:
                 encode_headers(dict(self.headers))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc)) from None
+        if self.retry_intervals_s:
+            check_intervals(self.retry_intervals_s)
+        if self.result_ttl_s is not None and (
+            not isinstance(self.result_ttl_s, int | float)
+            or isinstance(self.result_ttl_s, bool)
+            or not 0.001 <= self.result_ttl_s < float("inf")
+        ):
+            raise ConfigError(
+                f"result_ttl must be a finite number of seconds >= 0.001, got {self.result_ttl_s!r}"
+            )
         return self
 
 
@@ -104,6 +120,20 @@ def _parent_ids(after: Sequence[Job[Any] | str]) -> tuple[str, ...]:
     if len(ids) > 100:
         raise ConfigError(f"after takes at most 100 parent jobs, got {len(ids)}")
     return tuple(dict.fromkeys(ids))
+
+
+def schedule_of(retry: object) -> tuple[float, ...] | None:
+    """The intervals of a ``retry=`` option (None when not given), or ConfigError."""
+    if retry is None:
+        return None
+    if not isinstance(retry, Retry):
+        raise ConfigError(f"retry must be a Retry(intervals=[...]), got {type(retry).__name__}")
+    if retry.intervals is None:
+        raise ConfigError(
+            "retry=Retry(...) needs intervals, e.g. Retry(intervals=[10, 30, 60]); "
+            "Retry(delay=...) is for raising from a handler"
+        )
+    return retry.intervals
 
 
 class Task(Generic[P, R, Ret]):
@@ -187,14 +217,18 @@ class Task(Generic[P, R, Ret]):
         debounce: float | None = None,
         throttle: float | None = None,
         after: Sequence[Job[Any] | str] | None = None,
+        retry: Retry | None = None,
+        result_ttl: float | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
-        A changed ``max_retries`` or ``timeout`` travels in the job's stream entry,
-        and so do ``headers`` (string names to string values, at most 8 KiB as
-        JSON; they replace earlier ones): the handler reads them from
+        A changed ``max_retries``, ``timeout``, ``retry`` schedule or ``result_ttl``
+        travels in the job's stream entry, so whichever worker runs the job
+        applies it; so do ``headers`` (string names to string values, at most 8 KiB
+        as JSON; they replace earlier ones): the handler reads them from
         ``current_job().headers``, middleware from its context, and
-        ``streamq replay`` shows them in the job's message.
+        ``streamq replay`` shows them in the job's message. A ``retry`` schedule
+        without ``max_retries`` sets it to the number of intervals.
 
         ``key`` makes the job unique (``streamq.unique``): while a job of that
         key lives, enqueue returns its handle instead of adding another; the
@@ -211,6 +245,9 @@ class Task(Generic[P, R, Ret]):
             raise ConfigError(
                 f"headers must be a mapping of str to str, got {type(headers).__name__}"
             )
+        intervals = schedule_of(retry)
+        if intervals is not None and max_retries is None:
+            max_retries = len(intervals)
         changes: dict[str, Any] = {
             "priority": priority,
             "max_retries": max_retries,
@@ -219,6 +256,8 @@ class Task(Generic[P, R, Ret]):
             "headers": None if headers is None else tuple(headers.items()),
             "unique": unique_option(key, key_ttl, debounce, throttle),
             "after": None if after is None else _parent_ids(after),
+            "retry_intervals_s": intervals,
+            "result_ttl_s": result_ttl,
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))

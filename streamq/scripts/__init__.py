@@ -81,6 +81,8 @@ class Outcome:
     duration_ms: int
     retry_delay_ms: int = 0
     priority: str = ""
+    result_ttl_ms: int = 0
+    """How long the job hash is kept once final; 0: the call's ``result_ttl_ms``."""
 
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs
@@ -234,7 +236,7 @@ class Scripts:
             args += [
                 o.msg_id, o.deliveries, o.job_id, o.task, o.attempt, o.status,
                 o.result_or_error_type, o.error, o.traceback, o.duration_ms,
-                o.retry_delay_ms, o.priority,
+                o.retry_delay_ms, o.priority, o.result_ttl_ms,
             ]  # fmt: skip
         return keys, args
 

@@ -21,10 +21,11 @@
 --
 -- KEYS[1] events stream   KEYS[2] delayed zset   KEYS[3] dlq stream
 -- then per job: stream, job hash
--- ARGV[1] group   ARGV[2] consumer   ARGV[3] now ms   ARGV[4] result ttl ms
--- ARGV[5..] per job, 12 values: msg id, delivery count, job id, task, attempt,
+-- ARGV[1] group   ARGV[2] consumer   ARGV[3] now ms
+-- ARGV[4] result ttl ms of a job whose own is 0
+-- ARGV[5..] per job, 13 values: msg id, delivery count, job id, task, attempt,
 --   status, result or error type, error message, traceback, duration ms,
---   retry delay ms, priority
+--   retry delay ms, priority, result ttl ms (0: ARGV[4])
 -- reply: per job 1 = recorded, 2 = already recorded by an earlier run, 0 = lost
 --   (the message belongs to another consumer or delivery now)
 --
@@ -34,7 +35,7 @@
 -- enqueue wrote: those have fewer than 20) is not copied whole: a retry or a
 -- failure of such an entry goes to the DLQ with its standard envelope fields
 -- only, and a reason saying so.
-local STRIDE = 12
+local STRIDE = 13
 local MAX_VALUES = 2000
 local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
   enq_ms = true, max_retries = true, timeout = true}
@@ -93,6 +94,8 @@ for i = 1, n do
   local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 5 + (i - 1) * STRIDE
   local msg_id, deliveries = ARGV[a], tonumber(ARGV[a + 1])
+  local ttl = ARGV[a + 12]
+  if not tonumber(ttl) or tonumber(ttl) <= 0 then ttl = ARGV[4] end
   -- Which delivery recorded the outcome: a reclaim keeps the message id, so the
   -- id alone cannot tell this worker's retried call from a stale worker's.
   local token = msg_id .. '|' .. ARGV[2] .. '|' .. ARGV[a + 1]
@@ -126,7 +129,7 @@ for i = 1, n do
           'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token,
           ev(event_id), 'succeeded') then
         redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
-        redis.call('PEXPIRE', job, ARGV[4])
+        redis.call('PEXPIRE', job, ttl)
       end
     elseif status == 'retry' then
       for f = 1, #fields - 1, 2 do
@@ -174,7 +177,7 @@ for i = 1, n do
           'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
           'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id,
           ev(event_id), 'failed') then
-        redis.call('PEXPIRE', job, ARGV[4])
+        redis.call('PEXPIRE', job, ttl)
       end
     end
     replies[i] = 1

@@ -26,7 +26,14 @@ from redis.exceptions import RedisError
 
 from streamq.app import App
 from streamq.connection import dedicated
-from streamq.decide import Decision, admit, decide, max_retries_for
+from streamq.decide import (
+    Decision,
+    admit,
+    decide,
+    max_retries_for,
+    result_ttl_for,
+    retry_intervals_for,
+)
 from streamq.envelope import Envelope, PoisonMessage, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
@@ -381,7 +388,9 @@ class Worker:
         options = task.options if task is not None else None
         reason = admit(env, options, message.deliveries, app.settings)
         if reason is not None:
-            await self._dead_letter(message, reason, env.job_id, env.task, "TooManyDeliveries")
+            await self._dead_letter(
+                message, reason, env.job_id, env.task, "TooManyDeliveries", env=env
+            )
             return False
         if task is None:
             await self._unknown_task(message, env)
@@ -389,7 +398,7 @@ class Worker:
         try:
             args, kwargs = load_arguments(app.serializer, env, task)
         except PoisonMessage as poison:
-            await self._dead_letter(message, poison.reason, env.job_id, env.task)
+            await self._dead_letter(message, poison.reason, env.job_id, env.task, env=env)
             return False
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         context = JobContext(
@@ -416,8 +425,9 @@ class Worker:
         self.processed += 1
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)
         decision = decide(
-            result, attempt=env.attempt, max_retries=max_retries, options=task.options
-        )
+            result, attempt=env.attempt, max_retries=max_retries, options=task.options,
+            intervals_s=retry_intervals_for(env, task.options),
+        )  # fmt: skip
         self._writer.put(self._outcome(message, env, decision, result))
         return True
 
@@ -440,12 +450,21 @@ class Worker:
             duration_ms=result.duration_ms,
             retry_delay_ms=0 if delay_s is None else int(delay_s * 1000),
             priority=message.priority,
+            result_ttl_ms=self._result_ttl_ms(env),
         )
+
+    def _result_ttl_ms(self, env: Envelope | None) -> int:
+        """The job's result TTL: its entry's override, its task's option, the App's."""
+        task = self.app.tasks.get(env.task) if env is not None else None
+        seconds = result_ttl_for(
+            env, task.options if task is not None else None, self.app.settings.result_ttl_s
+        )
+        return max(1, int(seconds * 1000))
 
     async def _unknown_task(self, message: Message, env: Envelope) -> None:
         reason = await hand_back(self.app, self.consumer, message, env, self._log)
         if reason is not None:
-            await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask")
+            await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask", env=env)
 
     async def _dead_letter(
         self,
@@ -454,6 +473,7 @@ class Worker:
         job_id: str | None,
         task: str | None,
         error_type: str = "PoisonMessage",
+        env: Envelope | None = None,
     ) -> None:
         log = self._log.bind(
             job_id=job_id, task=task, attempt=None, duration_ms=0,
@@ -463,6 +483,7 @@ class Worker:
             moved = await move_to_dlq(
                 await self.app.scripts(), self.app.keys, self.app.settings, self.consumer,
                 message, reason, job_id, task, error_type,
+                result_ttl_ms=self._result_ttl_ms(env),
             )  # fmt: skip
         except RedisError as exc:
             log.error(

@@ -221,8 +221,12 @@ async def move_to_dlq(
     job_id: str | None,
     task: str | None,
     error_type: str = "PoisonMessage",
+    result_ttl_ms: int | None = None,
 ) -> bool:
-    """Dead-letter one message that cannot run; False when it is no longer ours."""
+    """Dead-letter one message that cannot run; False when it is no longer ours.
+
+    ``result_ttl_ms``: how long the job hash is kept (default: the App's result TTL).
+    """
     with anyio.CancelScope(shield=True):
         dlq_id = await scripts.dead(
             stream=message.stream,
@@ -237,7 +241,9 @@ async def move_to_dlq(
             deliveries=message.deliveries,
             reason=reason,
             now_ms=int(time.time() * 1000),
-            result_ttl_ms=int(settings.result_ttl_s * 1000),
+            result_ttl_ms=(
+                int(settings.result_ttl_s * 1000) if result_ttl_ms is None else result_ttl_ms
+            ),
             job_id=job_id,
             task=task,
             error_type=error_type,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any, assert_type
 
-from streamq import App, Job, JobStatus, Settings, Task, Worker
+from streamq import App, Job, JobDetails, JobStatus, Retry, Settings, Task, Worker
 
 app = App("emails")
 
@@ -88,6 +88,19 @@ async def right_calls() -> None:
     assert_type(app.job("some-id"), Job[Any])
     assert_type(await app.enqueue("reports.build", month="2026-11"), Job[Any])
     assert_type(JobStatus.SUCCEEDED.final, bool)
+    details = assert_type(await job.details(), JobDetails)
+    assert_type(details.status, JobStatus)
+    assert_type(details.args, list[Any] | None)
+
+    # Retry schedules and result TTLs, per task and per job.
+    @app.task(retry=Retry(intervals=[10, 30, 60]), result_ttl=60)
+    async def scheduled(n: int) -> int:
+        return n
+
+    assert_type(
+        await scheduled.with_options(retry=Retry(intervals=[1.5]), result_ttl=5).enqueue(1),
+        Job[int],
+    )
 
     # App and Worker construction.
     assert_type(App("q", redis_url="redis://127.0.0.1:6379/0", priorities=["a", "b"]), App)
@@ -121,6 +134,8 @@ async def wrong_calls() -> None:
     send_email.with_options(priority=1)  # type: ignore[arg-type]
     send_email.with_options(retries=2)  # type: ignore[call-arg]
     app.task(priority="high", retries=2)  # type: ignore[call-overload]
+    send_email.with_options(retry=[10, 30])  # type: ignore[arg-type]
+    send_email.with_options(result_ttl="1h")  # type: ignore[arg-type]
     app.job(42)  # type: ignore[arg-type]
     App(42)  # type: ignore[arg-type]
     Worker(app, concurrency="many")  # type: ignore[arg-type]
