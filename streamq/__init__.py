@@ -27,6 +27,7 @@ from streamq.errors import (
 )
 from streamq.job import Job, JobProgress, JobStatus, JobUpdate
 from streamq.lifespan import LifespanError
+from streamq.limits import Limit
 from streamq.logging import configure_logging
 from streamq.middleware import Middleware
 from streamq.progress import JobContext, current_job, progress, progress_sync
@@ -55,6 +56,7 @@ __all__ = (
     "JobTimedOut",
     "JobUpdate",
     "LifespanError",
+    "Limit",
     "Middleware",
     "PayloadTooLarge",
     "QueueFull",

@@ -19,6 +19,7 @@ from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
 from streamq.lifespan import Lifespan
+from streamq.limits import Limit, LimitPolicy
 from streamq.middleware import EnqueueHooks, Middleware, check_middleware
 from streamq.revive import reviver
 from streamq.scripts import Arg, Scripts
@@ -151,6 +152,8 @@ class App:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
+        limit: Limit | None = None,
+        concurrency: int | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -166,6 +169,8 @@ class App:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
+        limit: Limit | None = None,
+        concurrency: int | None = None,
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
 
@@ -182,6 +187,9 @@ class App:
             backoff_base, backoff_cap: retry delays are uniform in
                 ``[0, min(cap, base * 2**(attempt-1))]`` seconds (full jitter).
             retry_on: exception types that are retried; others fail at once.
+            limit: a rate and/or concurrency limit shared by every worker, optionally
+                per value of one handler argument (``streamq.Limit``).
+            concurrency: jobs of this task running at once across all workers.
         """
         options = TaskOptions(
             priority=priority or self.default_priority,
@@ -191,6 +199,8 @@ class App:
             backoff_base_s=backoff_base,
             backoff_cap_s=backoff_cap,
             retry_on=retry_on,
+            limit=limit,
+            concurrency=concurrency,
         ).validate(self.settings.priorities)
 
         def register(handler: Callable[..., Any]) -> Task[Any, Any, Any]:
@@ -199,6 +209,7 @@ class App:
             task_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is already registered on {self!r}")
+            LimitPolicy.of(task_name, handler, limit, concurrency)  # ConfigError now, not later
             registered: Task[Any, Any, Any] = Task(self, handler, task_name, options)
             self.tasks[task_name] = registered
             return registered

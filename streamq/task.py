@@ -20,6 +20,7 @@ from streamq.errors import ConfigError
 if TYPE_CHECKING:
     from streamq.app import App
     from streamq.job import Job
+    from streamq.limits import Limit
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -45,6 +46,10 @@ class TaskOptions:
     """A caller-chosen id makes enqueue idempotent: the same id adds nothing twice."""
     headers: tuple[tuple[str, str], ...] = ()
     """String headers every job of this call site carries (``with_options(headers=...)``)."""
+    limit: Limit | None = None
+    """Rate and concurrency limits across all workers (``streamq.limits``)."""
+    concurrency: int | None = None
+    """Jobs of this task running at once across all workers (None: no cap)."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError

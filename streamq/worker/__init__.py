@@ -46,6 +46,7 @@ from streamq.worker.execute import (
 )
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.heartbeat import Heartbeat
+from streamq.worker.limited import Limiter
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
@@ -123,6 +124,7 @@ class Worker:
         self._burst = BurstCheck(app, self._log)
         self._hooks = JobHooks.of(app.middleware)
         self._state: Any = None  # what the App's lifespan yielded
+        self._limits = Limiter(app, self.consumer, self._log)
 
     _writer: OutcomeWriter  # set by run()
 
@@ -191,6 +193,7 @@ class Worker:
         )  # fmt: skip
         async with anyio.create_task_group() as services:
             services.start_soon(heartbeat.run)
+            services.start_soon(self._limits.run)
             if self.run_janitor:
                 await services.start(Janitor(app, self.consumer).run)
             if self.handle_signals:
@@ -327,8 +330,8 @@ class Worker:
             except PoisonMessage:
                 continue
             self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
-            if env.task not in self.app.tasks:
-                continue  # not ours to run: its status must not say running
+            if env.task not in self.app.tasks or env.task in self._limits.policies:
+                continue  # not ours to run, or not yet admitted: its status must not say running
             started.append(
                 Started(
                     m.stream,
@@ -391,6 +394,12 @@ class Worker:
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, env.job_id, env.task)
             return False
+        held = None
+        if env.task in self._limits.policies:
+            held = await self._limits.admit(message, env, args, kwargs)
+            if held is None:
+                return False  # deferred until its limit allows it
+            self._writer.start([self._limits.started(message, env)])
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
@@ -413,6 +422,8 @@ class Worker:
             )  # fmt: skip
         finally:
             reset_current(token)
+            if held is not None:
+                await self._limits.release(held)
         self.processed += 1
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)
         decision = decide(

@@ -113,7 +113,7 @@ KEY_FIRST = {
     "XADD", "XACK", "XCLAIM", "XAUTOCLAIM", "XPENDING", "XRANGE", "XREVRANGE", "XDEL",
     "XTRIM", "XLEN", "HSET", "HGET", "HMGET", "HDEL", "HGETALL", "HINCRBY", "EXISTS", "DEL", "GET",
     "SET", "PEXPIRE", "EXPIRE", "PERSIST", "ZADD", "ZREM", "ZRANGEBYSCORE", "ZCARD",
-    "ZRANGE", "ZSCORE", "INCR", "INCRBY", "TTL", "PTTL", "TYPE",
+    "ZRANGE", "ZSCORE", "INCR", "INCRBY", "TTL", "PTTL", "TYPE", "ZREMRANGEBYSCORE", "ZPOPMIN",
 }  # fmt: skip
 KEY_SECOND = {"XGROUP", "XINFO"}
 KEYLESS = {"TIME"}  # commands that take no key (TIME: the server's clock, DESIGN.md)
