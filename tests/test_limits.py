@@ -14,9 +14,9 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -95,10 +95,8 @@ async def wait_for_log(child: Child, text: str) -> None:
 
 async def events(app: App) -> list[dict[str, str]]:
     redis = await app.redis()
-    return [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in await redis.xrange(app.keys.events)
-    ]
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(app.keys.events))
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
 
 def starts_ms(evs: list[dict[str, str]], task: str) -> list[int]:
@@ -127,13 +125,14 @@ async def test_bad_limits_fail_at_decoration(app: App) -> None:
         @app.task(name="a", limit=Limit(rate="1/s", key="customer"))
         async def a(client: str) -> None: ...
 
-    for make in (
+    makers: list[Callable[[], Limit]] = [
         lambda: Limit(),
         lambda: Limit(rate="1/s", burst=0),
         lambda: Limit(concurrency=0),
         lambda: Limit(concurrency=2, burst=3),
         lambda: Limit(rate="fast"),
-    ):
+    ]
+    for make in makers:
         with pytest.raises(ConfigError):
             make()
     with pytest.raises(ConfigError, match="concurrency"):
