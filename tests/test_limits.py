@@ -229,6 +229,11 @@ async def test_concurrency_two_holds_across_two_worker_processes(redis_url: str)
     assert max(seen) == 2, seen
     deferred = [e for e in evs if e["kind"] == "deferred"]
     assert deferred and {e["reason"] for e in deferred} == {"concurrency"}
+    # Releases wake parked jobs rather than leaving them to their backoff.
+    woken = [e for e in evs if e["kind"] == "woken"]
+    assert woken
+    report = f"concurrency=2, 8 jobs: {len(deferred)} deferrals, {len(woken)} wake-ups"
+    print("\n" + report)  # noqa: T201 - the cost of waiting for a slot, shown with -s
     ran_on = {e["worker"] for e in evs if e["kind"] == "started"}
     assert len(ran_on) == 2, ran_on
 
