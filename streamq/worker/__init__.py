@@ -394,12 +394,6 @@ class Worker:
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, env.job_id, env.task)
             return False
-        held = None
-        if env.task in self._limits.policies:
-            held = await self._limits.admit(message, env, args, kwargs)
-            if held is None:
-                return False  # deferred until its limit allows it
-            self._writer.start([self._limits.started(message, env)])
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
@@ -414,7 +408,13 @@ class Worker:
                 job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
             )  # fmt: skip
 
-        token = set_current(context)
+        held = None
+        if env.task in self._limits.policies:
+            held = await self._limits.admit(message, env, args, kwargs)
+            if held is None:
+                return False  # deferred until its limit allows it
+            self._writer.start([self._limits.started(message, env)])
+        token = set_current(context)  # nothing that may raise between admit and the try
         try:
             result: Execution = await execute(
                 task, args, kwargs, app.serializer, self._threads, timeout_s,
