@@ -12,6 +12,8 @@ with a TTL).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -22,18 +24,19 @@ RATED = "limited.rated"
 PER_CUSTOMER = "limited.per_customer"
 PAIR = "limited.pair"
 SOLO = "limited.solo"
+ONE_PER_CUSTOMER = "limited.one_per_customer"
 
 RATE = "10/s"
 BURST = 10
 
 
-def running_key(queue: str) -> str:
-    return f"test-limits:{queue}:running"
+def running_key(queue: str, group: str = "") -> str:
+    return f"test-limits:{queue}:running:{group}"
 
 
-def seen_key(queue: str) -> str:
-    """A list of how many were running as each job started."""
-    return f"test-limits:{queue}:seen"
+def seen_key(queue: str, group: str = "") -> str:
+    """A list of how many (of ``group``) were running as each job started."""
+    return f"test-limits:{queue}:seen:{group}"
 
 
 def settings(slot_ttl_s: float = 2.0, **overrides: Any) -> Settings:
@@ -52,19 +55,28 @@ def register(app: App) -> App:
     async def per_customer(customer: str, n: int) -> str:
         return f"{customer}{n}"
 
-    @app.task(name=PAIR, concurrency=2)
-    async def pair(hold_s: float) -> int:
+    @asynccontextmanager
+    async def counting(group: str) -> AsyncIterator[None]:
+        """Count the jobs of ``group`` running meanwhile (each start logs the count)."""
         redis = await app.redis()
-        running, seen = running_key(app.name), seen_key(app.name)
-        now = int(await redis.incr(running))
-        await redis.rpush(seen, now)
+        running, seen = running_key(app.name, group), seen_key(app.name, group)
+        await redis.rpush(seen, int(await redis.incr(running)))
         for key in (running, seen):
             await redis.expire(key, 600)
         try:
-            await anyio.sleep(hold_s)
+            yield
         finally:
             await redis.decr(running)
-        return now
+
+    @app.task(name=PAIR, concurrency=2)
+    async def pair(hold_s: float) -> None:
+        async with counting(""):
+            await anyio.sleep(hold_s)
+
+    @app.task(name=ONE_PER_CUSTOMER, limit=Limit(key="customer", concurrency=1))
+    async def one_per_customer(customer: str, hold_s: float) -> None:
+        async with counting(customer), counting("all"):
+            await anyio.sleep(hold_s)
 
     @app.task(name=SOLO, concurrency=1, max_retries=1)
     async def solo(hold_s: float) -> float:
