@@ -28,6 +28,7 @@ from streamq.errors import (
 )
 from streamq.job import Job, JobProgress, JobStatus, JobUpdate
 from streamq.lifespan import LifespanError
+from streamq.limits import Limit
 from streamq.logging import configure_logging
 from streamq.middleware import Middleware
 from streamq.progress import JobContext, current_job, progress, progress_sync
@@ -57,6 +58,7 @@ __all__ = (
     "JobTimedOut",
     "JobUpdate",
     "LifespanError",
+    "Limit",
     "Middleware",
     "PayloadTooLarge",
     "QueueFull",

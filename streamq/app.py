@@ -25,6 +25,7 @@ from streamq.job import Job
 from streamq.keys import GROUP, Keyspace
 from streamq.keytypes import wrong_types_named
 from streamq.lifespan import Lifespan
+from streamq.limits import Limit, LimitPolicy
 from streamq.middleware import EnqueueHooks, Middleware, check_middleware
 from streamq.options import override_fields
 from streamq.retry import Retry
@@ -166,6 +167,8 @@ class App:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         retry: Retry | None = None,
         result_ttl: float | None = None,
+        limit: Limit | None = None,
+        concurrency: int | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -183,6 +186,8 @@ class App:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         retry: Retry | None = None,
         result_ttl: float | None = None,
+        limit: Limit | None = None,
+        concurrency: int | None = None,
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
 
@@ -204,6 +209,9 @@ class App:
                 ``max_retries`` defaults to the number of intervals.
             result_ttl: seconds a finished job's hash (result or error) is kept
                 (default: the App's ``result_ttl``).
+            limit: a rate and/or concurrency limit shared by every worker, optionally
+                per value of one handler argument (``streamq.Limit``).
+            concurrency: jobs of this task running at once across all workers.
         """
         intervals = schedule_of(retry)
         if max_retries is None:
@@ -218,6 +226,8 @@ class App:
             retry_on=retry_on,
             retry_intervals_s=intervals or (),
             result_ttl_s=result_ttl,
+            limit=limit,
+            concurrency=concurrency,
         ).validate(self.settings.priorities)
 
         def register(handler: Callable[..., Any]) -> Task[Any, Any, Any]:
@@ -226,6 +236,7 @@ class App:
             task_name = name or f"{handler.__module__}.{handler.__qualname__}"
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is already registered on {self!r}")
+            LimitPolicy.of(task_name, handler, limit, concurrency)  # ConfigError now, not later
             registered: Task[Any, Any, Any] = Task(self, handler, task_name, options)
             self.tasks[task_name] = registered
             return registered

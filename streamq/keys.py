@@ -6,7 +6,9 @@ touches several of them runs on one Redis Cluster slot.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from urllib.parse import quote
 
 GROUP = "workers"
 """The consumer group on every priority stream."""
@@ -62,6 +64,18 @@ class Keyspace:
         """A SCAN pattern matching every unique key of this queue."""
         return self.unique("*").replace("{", "\\{").replace("}", "\\}")
 
+    def limit(self, task: str, value: str | None = None) -> str:
+        """A rate limit's state (GCRA): per task, or per value of its key argument."""
+        return f"{self._base}:limit:{_limited(task, value)}"
+
+    def slots(self, task: str, value: str | None = None) -> str:
+        """A concurrency limit's holders (zset scored by expiry)."""
+        return f"{self._base}:slots:{_limited(task, value)}"
+
+    def parked(self, task: str, value: str | None = None) -> str:
+        """Jobs deferred for a full ``slots`` zset, woken when a slot is released."""
+        return f"{self._base}:parked:{_limited(task, value)}"
+
     def job_pattern(self) -> str:
         """A SCAN pattern matching every job hash of this queue."""
         return self.job("*").replace("{", "\\{").replace("}", "\\}")
@@ -69,3 +83,20 @@ class Keyspace:
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue (tests and ops)."""
         return f"{self._base}:*".replace("{", "\\{").replace("}", "\\}")
+
+
+_MAX_PART = 120
+
+
+def _part(text: str) -> str:
+    """Any text as a key segment: percent-escaped (no ':', braces, '*' or '%' left
+    raw, so segments cannot run into each other), or hashed when long."""
+    escaped = quote(text, safe="-._~")
+    if len(escaped) <= _MAX_PART:
+        return escaped
+    # '#' is always escaped above, so a hashed segment never equals an escaped one.
+    return "#" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _limited(task: str, value: str | None) -> str:
+    return _part(task) if value is None else f"{_part(task)}:{_part(value)}"

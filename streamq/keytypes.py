@@ -31,6 +31,9 @@ KEY_TYPES: dict[str, str] = {
     "job": "hash",
     "unique": "string",
     "lock": "string",
+    "limit": "string",
+    "slots": "zset",
+    "parked": "zset",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
 _SINGLE = frozenset({"events", "dlq", "delayed"})

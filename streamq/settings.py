@@ -145,6 +145,10 @@ class Settings:
     hand, a delayed entry removed) is marked dead (``MessageLost``, with a TTL) by
     the janitor once its last change is this old. A live job is never marked."""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    slot_ttl_s: float = 15.0
+    """A concurrency slot (``concurrency=``, ``Limit(concurrency=)``) expires this long
+    after its worker last renewed it (every third of it): a crashed worker's slots
+    free within it."""
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -159,7 +163,7 @@ class Settings:
         for name in (
             "result_ttl_s", "socket_timeout_s", "connect_timeout_s", "visibility_timeout_s",
             "janitor_interval_s", "consumer_idle_s", "trim_interval_s", "lost_job_age_s",
-            "archive_window_s",
+            "archive_window_s", "slot_ttl_s",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -22,6 +22,7 @@ from streamq.unique import Unique, unique_option
 if TYPE_CHECKING:
     from streamq.app import App
     from streamq.job import Job
+    from streamq.limits import Limit
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +57,10 @@ class TaskOptions:
     interval, the last one repeating. Empty: the exponential backoff."""
     result_ttl_s: float | None = None
     """How long a finished job's hash (result or error) is kept; None: the App's."""
+    limit: Limit | None = None
+    """Rate and concurrency limits across all workers (``streamq.limits``)."""
+    concurrency: int | None = None
+    """Jobs of this task running at once across all workers (None: no cap)."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError

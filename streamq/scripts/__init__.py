@@ -43,7 +43,7 @@ class Script:
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
-    "bounce", "unique", "chain",
+    "bounce", "unique", "chain", "rate", "slot_acquire", "slot_release", "defer",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -466,6 +466,46 @@ class Scripts:
         """Calls of chain.lua (``streamq.chains`` builds them) in one round trip:
         each one's reply, or the exception it raised."""
         return await self.run_many([("chain", call) for call in calls])
+
+    async def rate(
+        self, *, limit_key: str, job_key: str, interval_us: float, burst: int, attempt: int
+    ) -> tuple[bool, int]:
+        """(may start now, its slot in server ms): a GCRA check that reserves a slot."""
+        allowed, slot_ms = await self._call(
+            "rate", [limit_key, job_key], [repr(interval_us), burst, attempt]
+        )
+        return bool(allowed), int(slot_ms)
+
+    async def slot_acquire(
+        self, slots: Sequence[str], holder: str, ttl_ms: int, capacities: Sequence[int]
+    ) -> int:
+        """0: a slot of every zset taken (or renewed); i > 0: none taken, ``slots[i-1]`` full."""
+        return int(await self._call("slot_acquire", slots, [holder, ttl_ms, *capacities]))
+
+    async def slot_release(
+        self, *, events: str, delayed: str, slots: Sequence[str], parked: Sequence[str],
+        holder: str,
+    ) -> int:  # fmt: skip
+        """Give the slots back; wakes one parked job per zset. Returns how many woke."""
+        keys = [events, delayed, *slots, *parked]
+        return int(await self._call("slot_release", keys, [holder, len(slots)]))
+
+    async def defer(
+        self, *, stream: str, delayed: str, events: str, job_key: str, parked: str | None,
+        group: str, consumer: str, msg_id: bytes, deliveries: int, priority: str,
+        reason: str, due_ms: int, base_delay_ms: int, max_delay_ms: int, jitter: float,
+        detail: str,
+    ) -> tuple[int, int, int]:  # fmt: skip
+        """Hand a limited job back to the delayed set: (1, due ms, deferrals), or
+        (0, 0, 0) when the message is not ours any more (nothing written)."""
+        keys = [stream, delayed, events, job_key, *([parked] if parked else [])]
+        reply = await self._call(
+            "defer", keys,
+            [group, consumer, msg_id, deliveries, priority, reason, due_ms, base_delay_ms,
+             max_delay_ms, repr(jitter), detail],
+        )  # fmt: skip
+        values = [int(v) for v in reply] + [0, 0]
+        return values[0], values[1], values[2]
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))

@@ -53,6 +53,7 @@ from streamq.worker.execute import (
 )
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.heartbeat import Heartbeat
+from streamq.worker.limited import Limiter
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
 from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
@@ -130,6 +131,7 @@ class Worker:
         self._burst = BurstCheck(app, self._log)
         self._hooks = JobHooks.of(app.middleware)
         self._state: Any = None  # what the App's lifespan yielded
+        self._limits = Limiter(app, self.consumer, self._log)
 
     _writer: OutcomeWriter  # set by run()
 
@@ -198,6 +200,7 @@ class Worker:
         )  # fmt: skip
         async with anyio.create_task_group() as services:
             services.start_soon(heartbeat.run)
+            services.start_soon(self._limits.run)
             if self.run_janitor:
                 await services.start(Janitor(app, self.consumer).run)
             if self.handle_signals:
@@ -334,8 +337,8 @@ class Worker:
             except PoisonMessage:
                 continue
             self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
-            if env.task not in self.app.tasks:
-                continue  # not ours to run: its status must not say running
+            if env.task not in self.app.tasks or env.task in self._limits.policies:
+                continue  # not ours to run, or not yet admitted: its status must not say running
             started.append(
                 Started(
                     m.stream,
@@ -414,7 +417,13 @@ class Worker:
                 job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
             )  # fmt: skip
 
-        token = set_current(context)
+        held = None
+        if env.task in self._limits.policies:
+            held = await self._limits.admit(message, env, args, kwargs)
+            if held is None:
+                return False  # deferred until its limit allows it
+            self._writer.start([self._limits.started(message, env)])
+        token = set_current(context)  # nothing that may raise between admit and the try
         try:
             result: Execution = await execute(
                 task, args, kwargs, app.serializer, self._threads, timeout_s,
@@ -422,6 +431,8 @@ class Worker:
             )  # fmt: skip
         finally:
             reset_current(token)
+            if held is not None:
+                await self._limits.release(held)
         self.processed += 1
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)
         decision = decide(

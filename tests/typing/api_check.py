@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any, assert_type
 
-from streamq import App, Job, JobDetails, JobStatus, Retry, Settings, Task, Worker
+from streamq import App, Job, JobDetails, JobStatus, Limit, Retry, Settings, Task, Worker
 
 app = App("emails")
 
@@ -34,6 +34,11 @@ async def ping() -> None:
 @app.task(name="reports.build")
 def build_report(*, month: str) -> list[int]:
     return []
+
+
+@app.task(limit=Limit(rate="100/min", key="customer_id", burst=20), concurrency=5)
+async def charge(customer_id: str, cents: int) -> int:
+    return cents
 
 
 # -- the decorator keeps the handler's signature and result type -------------------
@@ -136,6 +141,9 @@ async def wrong_calls() -> None:
     app.task(priority="high", retries=2)  # type: ignore[call-overload]
     send_email.with_options(retry=[10, 30])  # type: ignore[arg-type]
     send_email.with_options(result_ttl="1h")  # type: ignore[arg-type]
+    app.task(limit="100/min")  # type: ignore[call-overload]
+    Limit(rate=100)  # type: ignore[arg-type]
+    assert_type(await charge.enqueue("c1", 500), Job[int])
     app.job(42)  # type: ignore[arg-type]
     App(42)  # type: ignore[arg-type]
     Worker(app, concurrency="many")  # type: ignore[arg-type]
