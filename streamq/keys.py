@@ -39,6 +39,11 @@ class Keyspace:
     def delayed(self) -> str:
         return f"{self._base}:delayed"
 
+    @property
+    def cron(self) -> str:
+        """The hash of cron and periodic schedules: name -> the last tick handled (``cron.py``)."""
+        return f"{self._base}:cron"
+
     def unique(self, key: str) -> str:
         return f"{self._base}:unique:{key}"
 

@@ -31,9 +31,10 @@ KEY_TYPES: dict[str, str] = {
     "job": "hash",
     "unique": "string",
     "lock": "string",
+    "cron": "hash",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
-_SINGLE = frozenset({"events", "dlq", "delayed"})
+_SINGLE = frozenset({"events", "dlq", "delayed", "cron"})
 """Kinds that are one key each; the others are followed by a name."""
 _BATCH = 1000
 
