@@ -33,6 +33,7 @@ from streamq.cron import (
 )
 from streamq.envelope import HEADERS_FIELD
 from streamq.errors import ConfigError
+from streamq.replay import Replay
 from tests.apps.cron_app import TICK
 from tests.apps.process import streamq_child
 from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
@@ -368,7 +369,8 @@ async def test_ticks_missed_while_no_janitor_ran(redis_url: str, catch_up: Catch
 
 @pytest.mark.anyio
 async def test_a_tick_job_carries_the_schedule_header_and_runs(app: App) -> None:
-    """The job's headers tell replay and the handler which schedule enqueued it."""
+    """The job's headers tell the handler and replay which schedule enqueued it;
+    its story starts with the normal enqueued event."""
     seen: list[Any] = []
 
     @app.periodic(every=0.2, name="hello")
@@ -384,5 +386,10 @@ async def test_a_tick_job_carries_the_schedule_header_and_runs(app: App) -> None
 
     await wait_until(ticked, timeout=5, description="a tick")
     async with running_worker(app, janitor=False):
-        assert await app.job(jobs[0]).result(timeout=10) == None  # noqa: E711
+        assert await app.job(jobs[0]).result(timeout=10) is None
     assert seen == [{CRON_HEADER: "hello"}]
+    story = await Replay(app).story(jobs[0])
+    kinds = [record.kind for record in story if record.source == "event"]
+    assert kinds[0] == "enqueued" and "succeeded" in kinds
+    (message,) = [record for record in story if record.source == "message"]
+    assert json.loads(message.fields["headers"]) == {CRON_HEADER: "hello"}
