@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from streamq.errors import ConfigError, QueueFull
+from streamq.ids import tick_job_id
 from streamq.logging import get_logger
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def decide(schedule: Schedule, state: ScheduleState | None, now_ms: int) -> Deci
 
 def job_id_for(name: str, tick_ms: int) -> str:
     """The one job id a tick may have: enqueueing it twice adds nothing."""
-    return f"cron:{name}:{tick_ms}"
+    return tick_job_id(name, tick_ms)
 
 
 # -- declaring ----------------------------------------------------------------------

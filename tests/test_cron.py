@@ -33,6 +33,7 @@ from streamq.cron import (
 )
 from streamq.envelope import HEADERS_FIELD
 from streamq.errors import ConfigError
+from streamq.ids import job_id_time_ms
 from streamq.replay import Replay
 from tests.apps.cron_app import TICK
 from tests.apps.process import streamq_child
@@ -127,6 +128,14 @@ def test_periodic_ticks_are_multiples_of_every_since_the_epoch() -> None:
     assert every.next_after(30_000) == 60_000
     assert every.latest_at_or_before(59_999) == 30_000
     assert periodic(0.25).next_after(1_000) == 1_250
+
+
+def test_a_tick_job_id_names_its_schedule_and_carries_its_time() -> None:
+    """Replay reads a tick job's story from its tick on, not from the start of history."""
+    assert job_id_for("reports.nightly", 1_795_981_351_000) == "cron:reports.nightly:1795981351000"
+    assert job_id_time_ms("cron:reports.nightly:1795981351000") == 1_795_981_351_000
+    assert job_id_time_ms("cron:x:12") is None
+    assert job_id_time_ms("cron:x:soon") is None
 
 
 # -- pure: what a pass does ------------------------------------------------------------
