@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 import anyio
 from redis.asyncio import Redis
 
 from streamq import chains, embedded
 from streamq.connection import check_server, make_client
+from streamq.cron import CatchUp, Schedule, TaskKeywords, check_handler, make_schedule
 from streamq.envelope import HEADERS_FIELD, encode_headers
 from streamq.errors import (
     ConfigError,
@@ -116,6 +118,8 @@ class App:
         self.keys = Keyspace(settings.prefix, name)
         self.serializer: Serializer = serializer or JSONSerializer()
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
+        """Cron and periodic schedules by task name; the janitor enqueues their ticks."""
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
         self._embedded: embedded.Embedded | None = None
@@ -169,6 +173,11 @@ class App:
         result_ttl: float | None = None,
         limit: Limit | None = None,
         concurrency: int | None = None,
+        cron: str | None = None,
+        tz: str | dt.tzinfo | None = None,
+        every: float | dt.timedelta | None = None,
+        catch_up: CatchUp | None = None,
+        grace: float | dt.timedelta | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -188,6 +197,11 @@ class App:
         result_ttl: float | None = None,
         limit: Limit | None = None,
         concurrency: int | None = None,
+        cron: str | None = None,
+        tz: str | dt.tzinfo | None = None,
+        every: float | dt.timedelta | None = None,
+        catch_up: CatchUp | None = None,
+        grace: float | dt.timedelta | None = None,
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
 
@@ -212,6 +226,8 @@ class App:
             limit: a rate and/or concurrency limit shared by every worker, optionally
                 per value of one handler argument (``streamq.Limit``).
             concurrency: jobs of this task running at once across all workers.
+            cron, tz, every, catch_up, grace: also run the task on a schedule
+                (see ``App.cron`` and ``App.periodic``).
         """
         intervals = schedule_of(retry)
         if max_retries is None:
@@ -229,6 +245,7 @@ class App:
             limit=limit,
             concurrency=concurrency,
         ).validate(self.settings.priorities)
+        schedule = make_schedule(cron=cron, tz=tz, every=every, catch_up=catch_up, grace=grace)
 
         def register(handler: Callable[..., Any]) -> Task[Any, Any, Any]:
             if not callable(handler):
@@ -237,11 +254,61 @@ class App:
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is already registered on {self!r}")
             LimitPolicy.of(task_name, handler, limit, concurrency)  # ConfigError now, not later
+            if schedule is not None:
+                check_handler(task_name, handler)
             registered: Task[Any, Any, Any] = Task(self, handler, task_name, options)
             self.tasks[task_name] = registered
+            if schedule is not None:
+                self.schedules[task_name] = schedule
             return registered
 
         return register if fn is None else register(fn)
+
+    def cron(
+        self,
+        expression: str,
+        /,
+        *,
+        tz: str | dt.tzinfo | None = None,
+        catch_up: CatchUp | None = None,
+        grace: float | dt.timedelta | None = None,
+        **options: Unpack[TaskKeywords],
+    ) -> TaskDecorator:
+        """Register a task that also runs on a cron schedule: ``@app.cron("*/5 * * * *")``.
+
+        The janitor enqueues each tick once, whatever the number of workers
+        (see ``streamq.cron``). The handler takes no arguments (or only ones with
+        defaults); ``options`` are ``App.task``'s.
+
+        Args:
+            expression: five fields (minute to day of week), or six with seconds first.
+            tz: an IANA name (``"Europe/Paris"``) or a tzinfo; UTC by default.
+                Ticks follow its wall clock across DST changes.
+            catch_up: a tick more than ``grace`` late (no janitor ran) is
+                dropped with ``"skip"`` (the default), or run once with ``"once"``;
+                missed ticks never run as a burst.
+            grace: seconds (or a timedelta) a tick may be late and still run;
+                default 60.
+
+        Raises:
+            ConfigError: a bad expression or timezone, or a handler that needs arguments.
+        """
+        return self.task(cron=expression, tz=tz, catch_up=catch_up, grace=grace, **options)
+
+    def periodic(
+        self,
+        *,
+        every: float | dt.timedelta,
+        catch_up: CatchUp | None = None,
+        grace: float | dt.timedelta | None = None,
+        **options: Unpack[TaskKeywords],
+    ) -> TaskDecorator:
+        """Register a task that also runs every ``every`` (seconds or a timedelta).
+
+        Ticks fall on the multiples of ``every`` since the Unix epoch (UTC), so
+        every process agrees on them; ``catch_up`` and ``grace`` as for ``App.cron``.
+        """
+        return self.task(every=every, catch_up=catch_up, grace=grace, **options)
 
     # -- connection ------------------------------------------------------------------
 

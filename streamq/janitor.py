@@ -8,6 +8,8 @@ leader lease makes one janitor per queue do the work at a time:
 - settle chained jobs (``streamq.chains``) whose parents are final, every
   pass, in bounded steps: queued when every parent succeeded, to the DLQ
   naming the parent otherwise;
+- enqueue the due ticks of cron and periodic schedules (``streamq.cron``),
+  every ``janitor_interval_s``;
 - remove consumers idle for ``consumer_idle_s`` with nothing pending (a fresh
   consumer name per process would otherwise leave dead ones behind);
 - trim history older than ``retention_s`` (or beyond ``retention_maxlen``)
@@ -42,7 +44,7 @@ from typing import cast
 import anyio
 from redis.exceptions import RedisError
 
-from streamq import chains, unique
+from streamq import chains, cron, unique
 from streamq.app import App
 from streamq.archive import Archive, archive_before_trim
 from streamq.archive.format import id_key as _id_key
@@ -110,6 +112,7 @@ class Janitor:
     async def run_once(self) -> None:
         """One pass of every duty (the caller holds the lease)."""
         await self.promote_due()
+        await cron.run_due(self.app, self._log)
         await self.release_children()
         now = time.monotonic()
         if now - self._last_cleanup >= min(60.0, self.app.settings.consumer_idle_s):

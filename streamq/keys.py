@@ -54,6 +54,11 @@ class Keyspace:
     def children(self, parent_id: str) -> str:
         return f"{self._base}:children:{parent_id}"
 
+    @property
+    def cron(self) -> str:
+        """The hash of cron and periodic schedules: name -> the last tick handled (``cron.py``)."""
+        return f"{self._base}:cron"
+
     def unique(self, key: str) -> str:
         return f"{self._base}:unique:{key}"
 

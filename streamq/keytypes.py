@@ -34,9 +34,13 @@ KEY_TYPES: dict[str, str] = {
     "limit": "string",
     "slots": "zset",
     "parked": "zset",
+    "cron": "hash",
+    "deferred": "hash",
+    "parents": "zset",
+    "children": "set",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
-_SINGLE = frozenset({"events", "dlq", "delayed"})
+_SINGLE = frozenset({"events", "dlq", "delayed", "cron", "deferred", "parents"})
 """Kinds that are one key each; the others are followed by a name."""
 _BATCH = 1000
 

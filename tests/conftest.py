@@ -22,7 +22,7 @@ from streamq.embedded import Embedded, ValkeyServer
 from streamq.keys import GROUP
 
 # Keys that legitimately live without a TTL (the audit history and queues).
-PERMANENT_KINDS = {"stream", "events", "dlq", "delayed"}
+PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron"}
 NOT_FINAL = {b"scheduled", b"queued", b"running", b"retrying"}
 
 

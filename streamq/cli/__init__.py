@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import streamq
 from streamq.cli import archive, demo, doctor, janitor, replay, stats, worker
+from streamq.cli.cron import cron_cli
 from streamq.cli.dlq import dlq_cli
 from streamq.cli.server import server_cli
 from streamq.errors import ConfigError, JobNotFound, ServerError, WrongKeyType
@@ -54,6 +55,7 @@ cli.add_typer(server_cli, name="server")
 cli.command("demo")(demo.demo)
 cli.command("stats")(stats.stats)
 cli.command("doctor")(doctor.doctor)
+cli.add_typer(cron_cli, name="cron")
 
 
 def _print_version(value: bool) -> None:

@@ -43,7 +43,7 @@ class Script:
 NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
-    "bounce", "unique", "chain", "rate", "slot_acquire", "slot_release", "defer",
+    "bounce", "unique", "chain", "rate", "slot_acquire", "slot_release", "defer", "cron_mark",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -512,6 +512,10 @@ class Scripts:
 
     async def release(self, key: str, token: str) -> bool:
         return bool(await self._call("release", [key], [token]))
+
+    async def cron_mark(self, cron: str, name: str, through_ms: int, state: str) -> bool:
+        """Record ``state`` for schedule ``name`` unless a record as far or further is there."""
+        return bool(await self._call("cron_mark", [cron], [name, through_ms, state]))
 
 
 def _pairs(flat: Sequence[Any] | None) -> dict[bytes, bytes]:

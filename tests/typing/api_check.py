@@ -148,3 +148,27 @@ async def wrong_calls() -> None:
     App(42)  # type: ignore[arg-type]
     Worker(app, concurrency="many")  # type: ignore[arg-type]
     del number
+
+
+# -- schedules: the decorators keep the handler's types; options are checked -------------
+
+
+@app.cron("*/5 * * * *", tz="Europe/Paris", name="reports.every5", priority="low")
+async def every_five() -> int:
+    return 5
+
+
+@app.periodic(every=30, catch_up="once", max_retries=0)
+def heartbeat(verbose: bool = False) -> None:
+    return None
+
+
+scheduled_async: Task[..., int, Coroutine[Any, Any, int]] = every_five
+scheduled_sync: Task[..., None, None] = heartbeat
+
+
+def wrong_schedules() -> None:
+    app.cron("* * * * *", catch_up="all")  # type: ignore[arg-type]
+    app.periodic(every="5s")  # type: ignore[arg-type]
+    app.periodic(every=5, retries=2)  # type: ignore[call-arg]
+    app.cron()  # type: ignore[call-arg]
