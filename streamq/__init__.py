@@ -1,6 +1,7 @@
 """streamq: background jobs on Redis Streams consumer groups."""
 
 from streamq.app import App
+from streamq.cancel import CancelResult, empty_queue
 from streamq.dlq import (
     DeadLetter,
     DeadLetterNotFound,
@@ -12,6 +13,7 @@ from streamq.errors import (
     ConfigError,
     EmbeddedServerError,
     EnqueueError,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     JobTimedOut,
@@ -38,6 +40,7 @@ from streamq.worker import Worker
 
 __all__ = (
     "App",
+    "CancelResult",
     "ConfigError",
     "DeadLetter",
     "DeadLetterNotFound",
@@ -46,6 +49,7 @@ __all__ = (
     "EnqueueError",
     "JSONSerializer",
     "Job",
+    "JobCancelled",
     "JobContext",
     "JobFailed",
     "JobIdReused",
@@ -74,6 +78,7 @@ __all__ = (
     "WrongKeyType",
     "configure_logging",
     "current_job",
+    "empty_queue",
     "progress",
     "progress_sync",
 )

@@ -45,6 +45,11 @@ class Keyspace:
     def lock(self, name: str) -> str:
         return f"{self._base}:lock:{name}"
 
+    @property
+    def cancels(self) -> str:
+        """Zset of cancel requests for running jobs: member job id, score the server's ms."""
+        return f"{self._base}:cancels"
+
     def job_pattern(self) -> str:
         """A SCAN pattern matching every job hash of this queue."""
         return self.job("*").replace("{", "\\{").replace("}", "\\}")
