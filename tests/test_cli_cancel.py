@@ -95,7 +95,7 @@ async def test_cancel_of_a_running_job_asks_its_worker(cli_app: tuple[App, str])
     job = await app.enqueue("a")
     async with running_worker(app):
         with anyio.fail_after(10):
-            await module.started.wait()  # type: ignore[attr-defined]
+            await module.started.wait()
         result = await run(["cancel", path, job.id])
         assert result.exit_code == 0, result.output
         assert result.stdout == f"{job.id}: running; its worker was asked to stop it\n"
@@ -112,7 +112,7 @@ async def test_queue_empty_asks_first_removes_waiting_jobs_and_leaves_running_on
     running = await app.enqueue("a")
     async with running_worker(app, concurrency=1):  # holds the running job, reads no more
         with anyio.fail_after(10):
-            await module.started.wait()  # type: ignore[attr-defined]
+            await module.started.wait()
         queued_a = [await app.enqueue("a") for _ in range(2)]
         queued_b = [await app.enqueue("b") for _ in range(3)]
         scheduled_b = await app.tasks["b"].enqueue_in(600)
@@ -139,7 +139,7 @@ async def test_queue_empty_asks_first_removes_waiting_jobs_and_leaves_running_on
         for job in queued_a:
             assert await job.status() == JobStatus.CANCELLED
         assert await running.status() == JobStatus.RUNNING
-        module.release.set()  # type: ignore[attr-defined]
+        module.release.set()
         assert await running.result(timeout=10) == "a"
     nothing = await run(["queue", "empty", path, "-y"])
     assert nothing.stdout == "removed 0 jobs\n"
