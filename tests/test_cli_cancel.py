@@ -141,5 +141,9 @@ async def test_queue_empty_asks_first_removes_waiting_jobs_and_leaves_running_on
         assert await running.status() == JobStatus.RUNNING
         module.release.set()
         assert await running.result(timeout=10) == "a"
+        marker = await app.enqueue("b")  # read after everything enqueued before it
+        assert await marker.result(timeout=10) == "b"
+    for job in [*queued_a, *queued_b, scheduled_b]:
+        assert await job.status() == JobStatus.CANCELLED  # none of them ran after all
     nothing = await run(["queue", "empty", path, "-y"])
     assert nothing.stdout == "removed 0 jobs\n"
