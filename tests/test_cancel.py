@@ -27,6 +27,7 @@ from streamq import (
     empty_queue,
 )
 from streamq.janitor import Janitor
+from streamq.keys import GROUP
 from streamq.replay import Replay
 from tests.conftest import assert_no_key_leak, drop_queue, queue_name, running_worker, wait_until
 
@@ -290,3 +291,40 @@ async def test_empty_queue_removes_waiting_jobs_only(app: App) -> None:
     redis = await app.redis()
     assert await redis.zcard(app.keys.delayed) == 0
     assert await empty_queue(app) == 0
+
+
+async def test_recording_a_cancelled_run_is_fenced_and_idempotent(app: App) -> None:
+    """``cancelled.lua`` acks only the delivery it was given (invariant 3: a worker that
+    lost the message cannot end the job), and a repeated call (redis-py retrying it)
+    answers 2 and writes nothing more (invariant 9)."""
+
+    @app.task(name="t")
+    async def t() -> None:
+        return None
+
+    job = await t.enqueue()
+    stream = app.keys.stream("default")
+    scripts = await app.scripts()
+    ((_, ((msg_id, _),)),) = await scripts.fetch([stream], GROUP, "c1", 1)  # as a worker does
+    assert await job.cancel() == CancelResult.REQUESTED
+
+    async def record(consumer: str, deliveries: int) -> int:
+        return await scripts.cancelled(
+            stream=stream, events=app.keys.events, job_key=app.keys.job(job.id),
+            cancels=app.keys.cancels, group=GROUP, consumer=consumer, msg_id=msg_id,
+            deliveries=deliveries, job_id=job.id, task="t", attempt=1,
+            now_ms=int(time.time() * 1000), result_ttl_ms=60_000, duration_ms=5,
+        )  # fmt: skip
+
+    assert await record("c2", 1) == 0  # not its message
+    assert await record("c1", 2) == 0  # another delivery of it
+    assert await job.status() == JobStatus.QUEUED
+    assert await record("c1", 1) == 1
+    story = await kinds(app, job.id)
+    assert await record("c1", 1) == 2
+    assert await kinds(app, job.id) == story
+    assert story.count("cancelled") == 1 and story.count("lost-ownership") == 2
+    await assert_cancelled(app, job.id)
+    redis = await app.redis()
+    assert await redis.exists(app.keys.cancels) == 0
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
