@@ -111,6 +111,7 @@ class CancelWatcher:
                     "job cancelled on request; stopping it" if watched.is_async
                     else "job cancelled on request; its sync handler was told to stop",
                     job_id=job_id, task=watched.context.task, attempt=watched.context.attempt,
+                    duration_ms=_ms_since(watched.started),
                 )  # fmt: skip
 
     async def record(
