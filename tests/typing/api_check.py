@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any, assert_type
 
-from streamq import App, Job, JobStatus, Settings, Task, Worker
+from streamq import App, CancelResult, Job, JobStatus, Settings, Task, Worker, empty_queue
 
 app = App("emails")
 
@@ -88,6 +88,8 @@ async def right_calls() -> None:
     assert_type(app.job("some-id"), Job[Any])
     assert_type(await app.enqueue("reports.build", month="2026-11"), Job[Any])
     assert_type(JobStatus.SUCCEEDED.final, bool)
+    assert_type(await job.cancel(), CancelResult)
+    assert_type(await empty_queue(app, task="reports.build"), int)
 
     # App and Worker construction.
     assert_type(App("q", redis_url="redis://127.0.0.1:6379/0", priorities=["a", "b"]), App)
