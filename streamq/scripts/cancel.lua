@@ -83,15 +83,22 @@ local function pending(stream, msg_id)
   return ok and found[1] ~= nil
 end
 
+-- Each stream's group's last-delivered-id, read once per call ('' when no group).
+local delivered_up_to = {}
 local function unread(stream, msg_id)
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  if not ok then return true end  -- no stream group: nothing has read it
-  for _, g in ipairs(groups) do
-    local info = {}
-    for f = 1, #g - 1, 2 do info[g[f]] = g[f + 1] end
-    if info['name'] == ARGV[1] then return less(info['last-delivered-id'], msg_id) end
+  if delivered_up_to[stream] == nil then
+    delivered_up_to[stream] = ''
+    local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+    if ok then
+      for _, g in ipairs(groups) do
+        local info = {}
+        for f = 1, #g - 1, 2 do info[g[f]] = g[f + 1] end
+        if info['name'] == ARGV[1] then delivered_up_to[stream] = info['last-delivered-id'] end
+      end
+    end
   end
-  return true
+  local last = delivered_up_to[stream]
+  return last == '' or less(last, msg_id)  -- no group: nothing has read it
 end
 
 -- Where a job's stream message is: 'pending', 'unread' (with the stream and the
