@@ -68,7 +68,8 @@ class JobContext:
     state: Any = field(default=None, compare=False)
     """What the App's lifespan yielded in this worker (None without a lifespan).
     ``state_as(cls)`` returns it typed."""
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _cancelled: list[bool] = field(default_factory=list, repr=False, compare=False)
+    """Non-empty once cancelled (a list, not another Event: one is built per job)."""
 
     def state_as(self, cls: type[S]) -> S:
         """The lifespan's state as a ``cls`` (TypeError if it is not one).
@@ -113,16 +114,16 @@ class JobContext:
         handler that returns a value anyway is recorded as succeeded: its
         work is done.
         """
-        return self._cancel.is_set()
+        return bool(self._cancelled)
 
     def request_cancel(self) -> None:
         """Tell the handler its job was cancelled (the worker's cancel watcher calls this)."""
+        self._cancelled.append(True)
         self.request_stop("cancelled on request")
-        self._cancel.set()
 
     def raise_if_cancelled(self) -> None:
         """Raise ``JobCancelled`` once the job was cancelled: a sync handler's way to stop."""
-        if self._cancel.is_set():
+        if self._cancelled:
             raise JobCancelled(self.job_id)
 
 

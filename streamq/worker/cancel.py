@@ -21,9 +21,7 @@ or the job's next attempt); the janitor drops requests nobody took up.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from types import TracebackType
 
 import anyio
 from redis.exceptions import RedisError
@@ -41,16 +39,35 @@ POLL_S = 0.5
 handler stops within about this long (plus a round trip)."""
 
 
-@dataclass(slots=True)
 class Watched:
-    """One running job under watch."""
+    """One running job under watch: a context manager around the handler's execution.
 
-    context: JobContext
-    is_async: bool
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    started: float = field(default_factory=time.perf_counter)
-    requested: bool = False
-    """A cancel request reached this run."""
+    A plain class, not a generator context manager: it is entered once per job.
+    """
+
+    __slots__ = ("_running", "context", "is_async", "requested", "scope", "started")
+
+    def __init__(self, running: set[Watched], context: JobContext, is_async: bool) -> None:
+        self._running = running
+        self.context = context
+        self.is_async = is_async
+        self.scope = anyio.CancelScope()
+        self.started = time.perf_counter()
+        self.requested = False
+        """A cancel request reached this run."""
+
+    def __enter__(self) -> Watched:
+        self.scope.__enter__()
+        self._running.add(self)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self._running.discard(self)
+        # A run this watcher cancelled ends here quietly (the scope swallows its
+        # own cancellation); any other exception, or cancellation, goes on.
+        return bool(self.scope.__exit__(kind, exc, tb))
 
 
 class CancelWatcher:
@@ -61,25 +78,14 @@ class CancelWatcher:
         self._consumer = consumer
         self._metrics = metrics
         self.poll_s = poll_s
-        self._running: dict[str, list[Watched]] = {}
+        self._running: set[Watched] = set()
         self._log = get_logger(queue=app.name, worker=consumer)
 
-    @contextmanager
-    def watch(self, context: JobContext, is_async: bool) -> Iterator[Watched]:
-        """Run the body (the handler's execution) where a cancel request can stop it.
-
-        A run the watcher cancelled ends here quietly: check ``requested``.
-        """
-        watched = Watched(context, is_async)
-        runs = self._running.setdefault(context.job_id, [])
-        runs.append(watched)
-        try:
-            with watched.scope:
-                yield watched
-        finally:
-            runs.remove(watched)
-            if not runs:
-                del self._running[context.job_id]
+    def watch(self, context: JobContext, is_async: bool) -> Watched:
+        """Run the body (the handler's execution) where a cancel request can stop it:
+        ``with watcher.watch(context, is_async) as watched: ...``, then check
+        ``watched.requested``."""
+        return Watched(self._running, context, is_async)
 
     async def run(self) -> None:
         while True:
@@ -90,7 +96,10 @@ class CancelWatcher:
         """Stop every run of a job that has a cancel request."""
         if not self._running:
             return
-        ids = list(self._running)
+        runs: dict[str, list[Watched]] = {}
+        for watched in self._running:
+            runs.setdefault(watched.context.job_id, []).append(watched)
+        ids = list(runs)
         try:
             redis = await self._app.redis()
             scores = await redis.zmscore(self._app.keys.cancels, ids)
@@ -100,9 +109,9 @@ class CancelWatcher:
         for job_id, score in zip(ids, scores, strict=True):
             if score is None:
                 continue
-            for watched in self._running.get(job_id, ()):
-                if watched.requested:
-                    continue
+            for watched in runs[job_id]:
+                if watched.requested or watched not in self._running:
+                    continue  # already told, or ended during the round trip
                 watched.requested = True
                 watched.context.request_cancel()
                 if watched.is_async:
