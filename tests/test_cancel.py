@@ -114,6 +114,7 @@ async def test_a_scheduled_job_cancelled_never_runs_after_its_due_time(fast_app:
 
 
 async def test_a_job_waiting_for_its_retry_is_cancelled_in_the_delayed_set(app: App) -> None:
+    """A failed attempt's retry waits in the delayed set: cancelling removes it there."""
     attempts: list[int] = []
 
     @app.task(name="flaky", max_retries=3, backoff_base=60)
@@ -139,6 +140,8 @@ def _status_is(app: App, job_id: str, status: JobStatus) -> Callable[[], Awaitab
 
 
 async def test_a_running_async_job_stops_within_a_second_and_is_not_retried(app: App) -> None:
+    """The worker's watcher cancels the handler's scope; the job is acked as cancelled
+    (no retry, no DLQ, the request consumed) and the worker runs the next job."""
     started = anyio.Event()
     stopped: list[str] = []
 
@@ -237,6 +240,8 @@ async def test_a_sync_handler_that_ignores_the_request_records_its_real_outcome(
 
 
 async def test_cancelling_a_finished_or_unknown_job_changes_nothing(app: App) -> None:
+    """No status, event, TTL or request is written for a final or unknown job."""
+
     @app.task(name="add")
     async def add(a: int, b: int) -> int:
         return a + b
