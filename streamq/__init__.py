@@ -1,6 +1,7 @@
 """streamq: background jobs on Redis Streams consumer groups."""
 
 from streamq.app import App
+from streamq.cancel import CancelResult, empty_queue
 from streamq.details import JobDetails
 from streamq.dlq import (
     DeadLetter,
@@ -13,6 +14,7 @@ from streamq.errors import (
     ConfigError,
     EmbeddedServerError,
     EnqueueError,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     JobTimedOut,
@@ -40,6 +42,7 @@ from streamq.worker import Worker
 
 __all__ = (
     "App",
+    "CancelResult",
     "ConfigError",
     "DeadLetter",
     "DeadLetterNotFound",
@@ -48,6 +51,7 @@ __all__ = (
     "EnqueueError",
     "JSONSerializer",
     "Job",
+    "JobCancelled",
     "JobContext",
     "JobDetails",
     "JobFailed",
@@ -78,6 +82,7 @@ __all__ = (
     "WrongKeyType",
     "configure_logging",
     "current_job",
+    "empty_queue",
     "progress",
     "progress_sync",
 )

@@ -18,7 +18,8 @@
     │                          (also a redis ResponseError, as the WRONGTYPE it replaces)
     ├── JobNotFound            no job hash for that id (never enqueued, or expired)
     └── JobFailed              the handler failed; carries its error type, message, traceback
-        └── JobTimedOut        the handler ran past its timeout
+        ├── JobTimedOut        the handler ran past its timeout
+        └── JobCancelled       the job was cancelled (``Job.cancel``, ``streamq cancel``)
 
 ``TimeoutError`` (the builtin) is raised by ``Job.result(timeout)`` when the job
 is not finished in time, so callers can use one ``except`` for every timeout.
@@ -166,3 +167,14 @@ class JobFailed(StreamqError):
 
 class JobTimedOut(JobFailed):
     """Raised by ``Job.result()`` when the handler ran past its timeout."""
+
+
+class JobCancelled(JobFailed):
+    """Raised by ``Job.result()`` for a cancelled job.
+
+    A sync handler may raise it too, to stop cooperatively once its context
+    says ``cancel_requested`` (``JobContext.raise_if_cancelled`` does that).
+    """
+
+    def __init__(self, job_id: str, message: str = "cancelled on request") -> None:
+        super().__init__(job_id, "JobCancelled", message, "")

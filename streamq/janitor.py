@@ -26,7 +26,10 @@ leader lease makes one janitor per queue do the work at a time:
   each one whose message is provably gone, and whose last change is older
   than ``lost_job_age_s``, as ``dead`` (``MessageLost``) with a TTL and an
   event, in one step. A live job is never marked: the check is exact, the
-  age only a margin.
+  age only a margin;
+- drop cancel requests older than a day on the same cadence
+  (``streamq.cancel.drop_stale_requests``): a job that ended before its
+  worker saw the request leaves it behind.
 
 - expire unique keys (``streamq.unique``) whose job is final, on the same
   cadence and in the same bounded SCAN steps: a key has no TTL while its job
@@ -48,6 +51,7 @@ from streamq import chains, cron, unique
 from streamq.app import App
 from streamq.archive import Archive, archive_before_trim
 from streamq.archive.format import id_key as _id_key
+from streamq.cancel import drop_stale_requests
 from streamq.keys import GROUP
 from streamq.lease import Lease
 from streamq.logging import get_logger
@@ -123,6 +127,7 @@ class Janitor:
             await self.trim()
             await self.bound_lost_jobs()
             await self.sweep_unique_keys()
+            await drop_stale_requests(self.app)  # cancel requests nobody took up (a day old)
 
     async def promote_due(self) -> int:
         """Move every due delayed job into its stream; returns how many.

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from streamq.errors import JobFailed, JobNotFound, JobTimedOut
+from streamq.cancel import CancelResult, cancel_jobs
+from streamq.errors import JobCancelled, JobFailed, JobNotFound, JobTimedOut
 from streamq.typed import conversions, convert
 
 if TYPE_CHECKING:
@@ -60,13 +61,15 @@ class JobStatus(enum.StrEnum):
     """Final: the handler failed and no retry is left."""
     DEAD = "dead"
     """Final: moved to the DLQ (a message that could not run)."""
+    CANCELLED = "cancelled"
+    """Final: cancelled on request (``Job.cancel``) before it ran, or stopped while it ran."""
 
     @property
     def final(self) -> bool:
         return self in _FINAL
 
 
-_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
+_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,8 @@ class Job(Generic[R]):
                     ) from None
                 return converted
             return value
+        if status == JobStatus.CANCELLED:
+            raise JobCancelled(self.id)
         error_type = fields.get(b"error_type", b"").decode(errors="replace")
         message = fields.get(b"error", b"").decode(errors="replace")
         tb = fields.get(b"traceback", b"").decode(errors="replace")
@@ -263,6 +268,20 @@ class Job(Generic[R]):
         from streamq.details import read_details  # details builds on this module
 
         return await read_details(self._app, self.id)
+
+    async def cancel(self) -> CancelResult:
+        """Cancel the job: one that has not started never will; a running one is stopped.
+
+        Returns ``CancelResult.CANCELLED`` when the job was waiting (queued,
+        scheduled, or waiting for a retry): its message is gone and its status
+        is ``cancelled``, in one step. ``REQUESTED`` when a worker already holds
+        it: the worker stops it within about a second (an async handler is
+        cancelled; a sync one is told through its context, see
+        ``JobContext.cancel_requested``) and records ``cancelled``.
+        ``ALREADY_FINAL`` changes nothing; ``NOT_FOUND``: no such job.
+        Safe to call twice.
+        """
+        return (await cancel_jobs(self._app, [self.id]))[self.id]
 
     async def wait(self, timeout: float | None = None) -> JobStatus:
         """Wait until the job is final and return its status, never raising its failure."""

@@ -81,6 +81,11 @@ class Keyspace:
         """Jobs deferred for a full ``slots`` zset, woken when a slot is released."""
         return f"{self._base}:parked:{_limited(task, value)}"
 
+    @property
+    def cancels(self) -> str:
+        """Zset of cancel requests for running jobs: member job id, score the server's ms."""
+        return f"{self._base}:cancels"
+
     def job_pattern(self) -> str:
         """A SCAN pattern matching every job hash of this queue."""
         return self.job("*").replace("{", "\\{").replace("}", "\\}")

@@ -38,9 +38,10 @@ KEY_TYPES: dict[str, str] = {
     "deferred": "hash",
     "parents": "zset",
     "children": "set",
+    "cancels": "zset",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
-_SINGLE = frozenset({"events", "dlq", "delayed", "cron", "deferred", "parents"})
+_SINGLE = frozenset({"events", "dlq", "delayed", "cron", "deferred", "parents", "cancels"})
 """Kinds that are one key each; the others are followed by a name."""
 _BATCH = 1000
 

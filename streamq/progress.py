@@ -27,6 +27,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from streamq.envelope import EMPTY_HEADERS
+from streamq.errors import JobCancelled
 from streamq.keys import GROUP
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class JobContext:
     state: Any = field(default=None, compare=False)
     """What the App's lifespan yielded in this worker (None without a lifespan).
     ``state_as(cls)`` returns it typed."""
+    _cancelled: list[bool] = field(default_factory=list, repr=False, compare=False)
+    """Non-empty once cancelled (a list, not another Event: one is built per job)."""
 
     def state_as(self, cls: type[S]) -> S:
         """The lifespan's state as a ``cls`` (TypeError if it is not one).
@@ -84,7 +87,8 @@ class JobContext:
 
     @property
     def stop_requested(self) -> bool:
-        """True once the worker wants this handler to stop (it ran past its timeout).
+        """True once the worker wants this handler to stop (it ran past its timeout,
+        or its job was cancelled: ``cancel_requested``).
 
         Async handlers are cancelled; a sync handler cannot be, so a long one
         should check this between steps and return.
@@ -99,6 +103,28 @@ class JobContext:
         if not self._stop.is_set():
             self._stop_reason.append(reason)
             self._stop.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the job was cancelled while it runs (``Job.cancel``).
+
+        Async handlers are cancelled at their next await. A sync handler
+        cannot be: it should check this (or ``stop_requested``, which is set
+        too) between steps and stop by raising (``raise_if_cancelled``). A
+        handler that returns a value anyway is recorded as succeeded: its
+        work is done.
+        """
+        return bool(self._cancelled)
+
+    def request_cancel(self) -> None:
+        """Tell the handler its job was cancelled (the worker's cancel watcher calls this)."""
+        self._cancelled.append(True)
+        self.request_stop("cancelled on request")
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelled`` once the job was cancelled: a sync handler's way to stop."""
+        if self._cancelled:
+            raise JobCancelled(self.job_id)
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

@@ -34,7 +34,7 @@ from streamq.scripts import Scripts
 __all__ = ["Bound", "HistoryRecord", "Replay", "bound_key", "parse_bound"]
 
 _PAGE = 2000
-_FINAL = ("succeeded", "failed", "dead")
+_FINAL = ("succeeded", "failed", "dead", "cancelled")
 CLOCK_SKEW_MS = 60_000
 """How far a producer's clock (which a job id's time comes from) may run ahead of
 the server's (which stream ids come from) for a story read from the id's time."""

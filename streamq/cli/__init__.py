@@ -1,7 +1,8 @@
 """The ``streamq`` command line.
 
 Exit codes: 0 success; 1 a job or check failed (the demo saw failures it did
-not plan, doctor found a problem, no such job or DLQ entry, the App's lifespan
+not plan, doctor found a problem, no such job or DLQ entry, a job to cancel
+had already finished, the App's lifespan
 raised in a worker: its traceback is in the worker's log); 2 bad usage or
 configuration (unknown app path, bad option or URL, an App module that raises
 ConfigError); 3 the Redis server cannot be used (unreachable, silent, wrong or
@@ -28,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import streamq
 from streamq.cli import archive, demo, doctor, janitor, replay, stats, worker
+from streamq.cli.cancel import cancel, queue_cli
 from streamq.cli.cron import cron_cli
 from streamq.cli.dlq import dlq_cli
 from streamq.cli.server import server_cli
@@ -56,6 +58,8 @@ cli.command("demo")(demo.demo)
 cli.command("stats")(stats.stats)
 cli.command("doctor")(doctor.doctor)
 cli.add_typer(cron_cli, name="cron")
+cli.command("cancel")(cancel)
+cli.add_typer(queue_cli, name="queue")
 
 
 def _print_version(value: bool) -> None:

@@ -44,6 +44,7 @@ NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
     "bounce", "unique", "chain", "rate", "slot_acquire", "slot_release", "defer", "cron_mark",
+    "cancel", "cancelled",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -506,6 +507,41 @@ class Scripts:
         )  # fmt: skip
         values = [int(v) for v in reply] + [0, 0]
         return values[0], values[1], values[2]
+
+    async def cancel(
+        self, *, events: str, delayed: str, cancels: str, streams: Sequence[str], group: str,
+        result_ttl_ms: int, requests_ttl_ms: int, waiting_only: bool, by: str,
+        jobs: Sequence[tuple[str, str]],
+    ) -> list[str]:  # fmt: skip
+        """Cancel ``jobs`` (job id, job hash key); per job 'cancelled', 'requested',
+        'skipped', 'final/<status>' or 'missing' (see ``cancel.lua``).
+
+        ``waiting_only`` leaves delivered jobs alone instead of asking their
+        worker to stop them (``queue empty``).
+        """
+        if not jobs:
+            return []
+        keys = [events, delayed, cancels, *streams, *(key for _, key in jobs)]
+        args: list[Arg] = [
+            group, result_ttl_ms, requests_ttl_ms, len(streams),
+            "waiting" if waiting_only else "cancel", by, *(job_id for job_id, _ in jobs),
+        ]  # fmt: skip
+        reply = await self._call("cancel", keys, args)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
+
+    async def cancelled(
+        self, *, stream: str, events: str, job_key: str, cancels: str, group: str,
+        consumer: str, msg_id: bytes, deliveries: int, job_id: str, task: str, attempt: int,
+        now_ms: int, result_ttl_ms: int, duration_ms: int,
+    ) -> int:  # fmt: skip
+        """Record a running job stopped on request: 1 recorded, 2 recorded by an
+        earlier run, 0 the message is no longer ours (fenced like ``complete``)."""
+        reply = await self._call(
+            "cancelled", [stream, events, job_key, cancels],
+            [group, consumer, msg_id, deliveries, job_id, task, attempt, now_ms,
+             result_ttl_ms, duration_ms],
+        )  # fmt: skip
+        return int(reply)
 
     async def lease(self, key: str, token: str, ttl_ms: int) -> bool:
         return bool(await self._call("lease", [key], [token, ttl_ms]))

@@ -44,6 +44,7 @@ from streamq.middleware import JobHooks
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
+from streamq.worker.cancel import CancelWatcher
 from streamq.worker.execute import (
     Execution,
     describe_message,
@@ -132,6 +133,7 @@ class Worker:
         self._hooks = JobHooks.of(app.middleware)
         self._state: Any = None  # what the App's lifespan yielded
         self._limits = Limiter(app, self.consumer, self._log)
+        self._cancels = CancelWatcher(app, self.consumer, metrics)
 
     _writer: OutcomeWriter  # set by run()
 
@@ -201,6 +203,7 @@ class Worker:
         async with anyio.create_task_group() as services:
             services.start_soon(heartbeat.run)
             services.start_soon(self._limits.run)
+            services.start_soon(self._cancels.run)
             if self.run_janitor:
                 await services.start(Janitor(app, self.consumer).run)
             if self.handle_signals:
@@ -424,16 +427,23 @@ class Worker:
                 return False  # deferred until its limit allows it
             self._writer.start([self._limits.started(message, env)])
         token = set_current(context)  # nothing that may raise between admit and the try
+        result: Execution | None = None
         try:
-            result: Execution = await execute(
-                task, args, kwargs, app.serializer, self._threads, timeout_s,
-                app.settings.max_result_bytes, overran, self._hooks, context,
-            )  # fmt: skip
+            with self._cancels.watch(context, task.is_async) as watched:
+                result = await execute(
+                    task, args, kwargs, app.serializer, self._threads, timeout_s,
+                    app.settings.max_result_bytes, overran, self._hooks, context,
+                )  # fmt: skip
         finally:
             reset_current(token)
             if held is not None:
                 await self._limits.release(held)
         self.processed += 1
+        if watched.requested and (result is None or not result.ok):  # cancelled: not retried
+            duration_ms = None if result is None else result.duration_ms
+            await self._cancels.record(message, env, watched, duration_ms)
+            return False
+        assert result is not None  # only a cancel request's scope ends a run without one
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)
         decision = decide(
             result, attempt=env.attempt, max_retries=max_retries, options=task.options,

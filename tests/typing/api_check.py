@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any, assert_type
 
-from streamq import App, Job, JobDetails, JobStatus, Limit, Retry, Settings, Task, Worker
+from streamq import (
+    App,
+    CancelResult,
+    Job,
+    JobDetails,
+    JobStatus,
+    Limit,
+    Retry,
+    Settings,
+    Task,
+    Worker,
+    empty_queue,
+)
 
 app = App("emails")
 
@@ -106,6 +118,8 @@ async def right_calls() -> None:
         await scheduled.with_options(retry=Retry(intervals=[1.5]), result_ttl=5).enqueue(1),
         Job[int],
     )
+    assert_type(await job.cancel(), CancelResult)
+    assert_type(await empty_queue(app, task="reports.build"), int)
 
     # App and Worker construction.
     assert_type(App("q", redis_url="redis://127.0.0.1:6379/0", priorities=["a", "b"]), App)
