@@ -148,3 +148,29 @@ async def test_a_chained_job_cannot_also_be_delayed_or_unique(app: App) -> None:
         await work.with_options(after=[parent], key="k").enqueue()
     async with running_worker(app):
         await parent.wait(timeout=10)
+
+
+async def test_cancelling_a_waiting_child_or_its_parent(fast: App) -> None:
+    """A cancelled child never runs; a cancelled parent sends its children to the DLQ."""
+    ran: list[int] = []
+
+    @fast.task
+    async def work(n: int) -> int:
+        ran.append(n)
+        return n
+
+    parent = await work.enqueue_in(60, 1)
+    child = await work.with_options(after=[parent]).enqueue(2)
+    orphan = await work.with_options(after=[parent]).enqueue(3)
+    assert (await child.cancel()).value == "cancelled"
+    assert await child.status() == JobStatus.CANCELLED
+    assert (await parent.cancel()).value == "cancelled"
+    async with running_worker(fast):
+        await wait_until(
+            lambda: _status_is(orphan.id, fast, "dead"), description="the orphan dead-lettered"
+        )
+    assert "ended cancelled" in (await orphan.info())["error"]
+    assert ran == []
+    assert await child.status() == JobStatus.CANCELLED
+    redis = await fast.redis()
+    assert not await redis.exists(fast.keys.deferred, fast.keys.parents)
