@@ -38,7 +38,8 @@ keeps one running for a block.
 
 When is a queue idle (``run_until_idle``)? When no job is waiting in a
 stream, none is delivered and not yet recorded (at this worker or any other),
-and the delayed set holds nothing it would run. Waiting jobs in the delayed
+and the delayed set holds nothing it would run; chained jobs whose parents
+are final are released at once (``streamq.chains``). Waiting jobs in the delayed
 set are run *now*, without waiting for their time: every retry, whatever its
 backoff (a test wants the retry policy's outcome, not its delays), and every
 job scheduled (``enqueue_in``, ``enqueue_at``) to become due within
@@ -405,9 +406,11 @@ class RunningWorker:
             while True:
                 self._check()
                 backlog = await _backlog(self.app, scheduled_within)
+                # Chained jobs whose parents are final: queued now, not at the next pass.
+                released = await janitor.release_children()
                 if backlog.runnable:
                     await _run_now(self.app, janitor, backlog)
-                elif backlog.idle:
+                elif backlog.idle and not released:
                     return
                 await anyio.sleep(_POLL_S)
         raise TimeoutError(

@@ -174,3 +174,23 @@ async def test_cancelling_a_waiting_child_or_its_parent(fast: App) -> None:
     assert await child.status() == JobStatus.CANCELLED
     redis = await fast.redis()
     assert not await redis.exists(fast.keys.deferred, fast.keys.parents)
+
+
+async def test_run_until_idle_runs_a_chain_to_its_end(redis_url: str) -> None:
+    """The testing helper releases children itself: a whole chain runs in one call,
+    even with a janitor that would pass only once a minute."""
+    from streamq.testing import run_until_idle
+
+    app = App(queue_name(), settings=Settings(redis_url=redis_url, janitor_interval_s=60))
+    async with app:
+
+        @app.task
+        async def step(n: int) -> int:
+            return n
+
+        first = await step.enqueue(1)
+        second = await step.with_options(after=[first]).enqueue(2)
+        third = await step.with_options(after=[second]).enqueue(3)
+        await run_until_idle(app, timeout=20)
+        assert await third.result(timeout=1) == 3
+        await drop_queue(app)
