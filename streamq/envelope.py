@@ -73,6 +73,10 @@ def encode(
     ]  # fmt: skip
 
 
+_RETRY_INTERVALS = RETRY_INTERVALS_FIELD.encode()
+_RESULT_TTL = RESULT_TTL_FIELD.encode()
+
+
 def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
     """Turn raw entry fields into an Envelope, or raise PoisonMessage with a reason."""
     if not fields:
@@ -107,8 +111,8 @@ def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
         raise PoisonMessage("max_retries or timeout is out of range", job_id, task)
     raw_headers = fields.get(b"headers")
     headers = EMPTY_HEADERS if raw_headers is None else _headers(raw_headers, job_id, task)
-    raw_intervals = fields.get(RETRY_INTERVALS_FIELD.encode())
-    raw_ttl = fields.get(RESULT_TTL_FIELD.encode())
+    raw_intervals = fields.get(_RETRY_INTERVALS)
+    raw_ttl = fields.get(_RESULT_TTL)
     try:
         intervals = None if raw_intervals is None else parse_intervals(raw_intervals)
         result_ttl_s = None if raw_ttl is None else parse_result_ttl(raw_ttl)

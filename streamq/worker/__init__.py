@@ -133,6 +133,7 @@ class Worker:
         self._hooks = JobHooks.of(app.middleware)
         self._state: Any = None  # what the App's lifespan yielded
         self._limits = Limiter(app, self.consumer, self._log)
+        self._task_ttl_ms: dict[str, int] = {}  # result TTL of jobs that carry no override
         self._cancels = CancelWatcher(app, self.consumer, metrics)
 
     _writer: OutcomeWriter  # set by run()
@@ -432,7 +433,7 @@ class Worker:
             with self._cancels.watch(context, task.is_async) as watched:
                 result = await execute(
                     task, args, kwargs, app.serializer, self._threads, timeout_s,
-                    app.settings.max_result_bytes, overran, self._hooks, context,
+                    app.settings.max_result_bytes, overran, self._hooks, context, watched,
                 )  # fmt: skip
         finally:
             reset_current(token)
@@ -447,7 +448,7 @@ class Worker:
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)
         decision = decide(
             result, attempt=env.attempt, max_retries=max_retries, options=task.options,
-            intervals_s=retry_intervals_for(env, task.options),
+            intervals_s=() if result.ok else retry_intervals_for(env, task.options),
         )  # fmt: skip
         self._writer.put(self._outcome(message, env, decision, result))
         return True
@@ -475,12 +476,20 @@ class Worker:
         )
 
     def _result_ttl_ms(self, env: Envelope | None) -> int:
-        """The job's result TTL: its entry's override, its task's option, the App's."""
+        """The job's result TTL: its entry's override, its task's option, the App's
+        (worked out once per task: this runs for every job)."""
+        if env is not None and env.result_ttl_s is None:
+            cached = self._task_ttl_ms.get(env.task)
+            if cached is not None:
+                return cached
         task = self.app.tasks.get(env.task) if env is not None else None
         seconds = result_ttl_for(
             env, task.options if task is not None else None, self.app.settings.result_ttl_s
         )
-        return max(1, int(seconds * 1000))
+        ms = max(1, int(seconds * 1000))
+        if env is not None and env.result_ttl_s is None:
+            self._task_ttl_ms[env.task] = ms
+        return ms
 
     async def _unknown_task(self, message: Message, env: Envelope) -> None:
         reason = await hand_back(self.app, self.consumer, message, env, self._log)

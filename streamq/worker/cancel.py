@@ -4,10 +4,11 @@
 cancels zset (``scripts/cancel.lua``); a script cannot stop a handler. Each
 worker's watcher asks, every ``POLL_S`` while it runs jobs, whether any of
 them was asked to stop: one ``ZMSCORE`` with their ids, never a scan. A
-matched async handler's run is cancelled (the cancel scope ``watch`` puts
-around it, as a shutdown would: the middleware sees a cancellation, not an
-error); a sync handler, which cannot be interrupted, is told through its
-context (``JobContext.cancel_requested`` and ``stop_requested``).
+matched async handler's run is cancelled through the scope that already
+bounds it by its timeout (``execute`` attaches it: no second cancel scope
+per job), so middleware's ``on_error`` sees ``HandlerCancelled``; a sync
+handler, which cannot be interrupted, is told through its context
+(``JobContext.cancel_requested`` and ``stop_requested``).
 
 The worker then records the job ``cancelled`` through a fenced script
 (``scripts/cancelled.lua``: acked, never retried, never dead-lettered) when
@@ -51,23 +52,34 @@ class Watched:
         self._running = running
         self.context = context
         self.is_async = is_async
-        self.scope = anyio.CancelScope()
+        self.scope: anyio.CancelScope | None = None
+        """The scope that bounds the handler by its timeout (``attach``): cancelling
+        it stops the run, with no second cancel scope per job."""
         self.started = time.perf_counter()
         self.requested = False
         """A cancel request reached this run."""
 
+    def attach(self, scope: anyio.CancelScope) -> None:
+        """Called by ``execute`` with the run's timeout scope (``RunControl``)."""
+        self.scope = scope
+        if self.requested and self.is_async:
+            scope.cancel()  # the request came before the handler started
+
+    def stop(self) -> None:
+        """Cancel an async run (at its next await); a sync one is told by its context."""
+        self.requested = True
+        self.context.request_cancel()
+        if self.is_async and self.scope is not None:
+            self.scope.cancel()
+
     def __enter__(self) -> Watched:
-        self.scope.__enter__()
         self._running.add(self)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> None:
         self._running.discard(self)
-        # A run this watcher cancelled ends here quietly (the scope swallows its
-        # own cancellation); any other exception, or cancellation, goes on.
-        return bool(self.scope.__exit__(kind, exc, tb))
 
 
 class CancelWatcher:
@@ -112,10 +124,7 @@ class CancelWatcher:
             for watched in runs[job_id]:
                 if watched.requested or watched not in self._running:
                     continue  # already told, or ended during the round trip
-                watched.requested = True
-                watched.context.request_cancel()
-                if watched.is_async:
-                    watched.scope.cancel()
+                watched.stop()
                 self._log.info(
                     "job cancelled on request; stopping it" if watched.is_async
                     else "job cancelled on request; its sync handler was told to stop",

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -104,6 +104,24 @@ class HandlerTimedOut(JobTimedOut):
     """The handler ran past its timeout: what middleware's ``on_error`` is given."""
 
 
+class HandlerCancelled(JobTimedOut):
+    """The job was cancelled while its async handler ran (``Job.cancel``): what
+    middleware's ``on_error`` is given; the worker records ``cancelled``."""
+
+
+class RunControl(Protocol):
+    """A way to stop one run from outside (the worker's cancel watcher).
+
+    ``attach`` is handed the scope that already bounds the handler by its
+    timeout, so a cancel costs no second cancel scope per job; ``requested``
+    says whether a cancellation of that scope was a cancel, not a timeout.
+    """
+
+    requested: bool
+
+    def attach(self, scope: anyio.CancelScope) -> None: ...
+
+
 async def execute(
     task: Task[Any, Any, Any],
     args: list[Any],
@@ -115,6 +133,7 @@ async def execute(
     on_overrun: Callable[[], None] | None = None,
     hooks: JobHooks | None = None,
     context: JobContext | None = None,
+    control: RunControl | None = None,
 ) -> Execution:
     """Run the handler (inside the middleware's ``hooks``, given the job's ``context``);
     every way it ends is an Execution, except our own cancellation.
@@ -127,18 +146,28 @@ async def execute(
     started = time.perf_counter()
     try:
         if hooks is None:
-            value = await _call(task, args, kwargs, threads, timeout_s, on_overrun, "")
+            value = await _call(task, args, kwargs, threads, timeout_s, on_overrun, "", control)
         else:
             assert context is not None, "middleware hooks need the job's context"
             value = await hooks.run(
                 context,
                 functools.partial(
-                    _call, task, args, kwargs, threads, timeout_s, on_overrun, context.job_id
+                    _call,
+                    task,
+                    args,
+                    kwargs,
+                    threads,
+                    timeout_s,
+                    on_overrun,
+                    context.job_id,
+                    control,
                 ),
             )
             # An ``around`` that swallowed our cancellation (shutdown) must not
             # turn a job that was cut off into a recorded one.
             await anyio.lowlevel.checkpoint_if_cancelled()
+    except HandlerCancelled as exc:
+        return _not_retryable("JobCancelled", exc.message, started)
     except HandlerTimedOut as exc:
         return Execution(
             ok=False, duration_ms=_ms_since(started), error_type="JobTimedOut", error=exc.message
@@ -174,13 +203,17 @@ async def _call(
     timeout_s: float | None,
     on_overrun: Callable[[], None] | None,
     job_id: str,
+    control: RunControl | None = None,
 ) -> Any:
-    """The handler's value; raises what it raises, or HandlerTimedOut past its timeout."""
+    """The handler's value; raises what it raises, HandlerTimedOut past its timeout,
+    or HandlerCancelled when ``control`` cancelled the run."""
     started = time.perf_counter()
     value: Any = None
     # move_on_after, not fail_after: a TimeoutError the handler raises itself
     # (a socket timeout) is its own failure, subject to retry_on, not ours.
     with anyio.move_on_after(timeout_s) as scope:
+        if control is not None:
+            control.attach(scope)
         if task.is_async:
             value = await task.fn(*args, **kwargs)
         else:
@@ -194,6 +227,8 @@ async def _call(
         if call.error is not None:
             raise call.error
         value = call.value
+    if scope.cancelled_caught and task.is_async and control is not None and control.requested:
+        raise HandlerCancelled(job_id, "JobCancelled", "cancelled on request", "")
     if scope.cancelled_caught:
         overran = "" if task.is_async else f"; it returned after {_ms_since(started)} ms"
         message = f"handler ran past its timeout of {timeout_s} s{overran}"
