@@ -14,10 +14,10 @@ dropped by the janitor after ``REQUEST_MAX_AGE_S``.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from streamq.envelope import delayed_fields
 from streamq.keys import GROUP
 
 if TYPE_CHECKING:
@@ -155,14 +155,8 @@ async def _cancel_waiting(app: App, job_ids: list[str]) -> int:
 
 
 def _member_job(member: bytes, task: str | None) -> str | None:
-    """The job id of a delayed member ([priority, field, value, ...]) of ``task``."""
-    try:
-        entry = json.loads(member)
-    except ValueError:
-        return None
-    if not isinstance(entry, list):
-        return None
-    fields = dict(zip(entry[1::2], entry[2::2], strict=False))
+    """The job id of a delayed member of ``task`` (any task when None)."""
+    fields = delayed_fields(member) or {}
     job_id = fields.get("id")
     if not isinstance(job_id, str) or (task is not None and fields.get("task") != task):
         return None

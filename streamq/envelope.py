@@ -161,6 +161,18 @@ def _headers(raw: bytes, job_id: str, task: str) -> Mapping[str, str]:
     return MappingProxyType(value)
 
 
+def delayed_fields(member: bytes) -> dict[str, Any] | None:
+    """The entry fields of a delayed-set member (JSON ``[priority, field, value, ...]``,
+    as the scripts write it), or None when the member is not one."""
+    try:
+        entry = json.loads(member)
+    except ValueError:
+        return None
+    if not isinstance(entry, list):
+        return None
+    return dict(zip(entry[1::2], entry[2::2], strict=False))
+
+
 def decode_arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
     """Check the decoded payload has the ``{"args": [...], "kwargs": {...}}`` shape."""
     if not isinstance(value, dict) or set(value) != {"args", "kwargs"}:

@@ -63,7 +63,6 @@ fixture or test: ``async with bind(app, redis_url=..., prefix=...):`` and
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import shutil
@@ -82,6 +81,7 @@ from redis.exceptions import ResponseError
 
 from streamq.app import App
 from streamq.embedded import ValkeyServer
+from streamq.envelope import delayed_fields
 from streamq.janitor import Janitor
 from streamq.keys import GROUP
 from streamq.settings import check_name, check_redis_url
@@ -273,14 +273,8 @@ def _text(value: Any) -> str:
 
 def _member_job_id(member: bytes) -> str | None:
     """The job id in a delayed member (``[priority, field, value, ...]`` as JSON)."""
-    try:
-        entry = json.loads(member)
-    except ValueError:
-        return None
-    if not isinstance(entry, list):
-        return None
-    fields = dict(zip(entry[1::2], entry[2::2], strict=False))
-    job_id = fields.get("id")
+    fields = delayed_fields(member)
+    job_id = fields.get("id") if fields is not None else None
     return job_id if isinstance(job_id, str) and job_id else None
 
 

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from streamq import (
     App,
     CancelResult,
+    Job,
     JobCancelled,
     JobStatus,
     Settings,
@@ -279,6 +281,8 @@ async def test_empty_queue_removes_waiting_jobs_only(app: App) -> None:
     async with running_worker(app, concurrency=1):
         with anyio.fail_after(10):
             await started.wait()
+        # The worker writes 'running' lazily (within 10 ms of the start).
+        await wait_until(lambda: _is_running(running), description="the first job marked running")
         queued_a = [await a.enqueue() for _ in range(3)]
         queued_b = [await b.enqueue() for _ in range(2)]
         later_a, later_b = await a.enqueue_in(600), await b.enqueue_in(600)
@@ -296,6 +300,10 @@ async def test_empty_queue_removes_waiting_jobs_only(app: App) -> None:
     redis = await app.redis()
     assert await redis.zcard(app.keys.delayed) == 0
     assert await empty_queue(app) == 0
+
+
+async def _is_running(job: Job[Any]) -> bool:
+    return await job.status() == JobStatus.RUNNING
 
 
 async def test_recording_a_cancelled_run_is_fenced_and_idempotent(app: App) -> None:
