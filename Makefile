@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit fmt clean bench
+.PHONY: demo test lint typecheck unit fmt clean bench screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The README's screenshots: the browser tests write docs/screenshots/*.png.
+screenshots: $(STAMP)
+	STREAMQ_SCREENSHOTS=1 STREAMQ_REQUIRE_BROWSER=1 $(BIN)/pytest -m browser -q
 
 fmt: $(STAMP)
 	$(BIN)/ruff format streamq tests examples

@@ -21,6 +21,9 @@ from streamq import App, Worker
 from streamq.embedded import Embedded, ValkeyServer
 from streamq.keys import GROUP
 
+# Browser tests: run, or reported as NOT RUN loudly (tests/browser/plugin.py).
+pytest_plugins = ("tests.browser.plugin",)
+
 # Keys that legitimately live without a TTL (the audit history and queues).
 PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron"}
 NOT_FINAL = {b"scheduled", b"queued", b"running", b"retrying"}
