@@ -34,6 +34,7 @@ XSS_PAYLOAD = (
 )
 
 ASGIApp = Callable[..., Any]
+LOAD_FAILED = "Failed to load resource"
 
 
 class PageErrorsFound(AssertionError):
@@ -69,6 +70,9 @@ class PageErrors:
         url = message.location.get("url", "")
         if url.endswith("/favicon.ico"):  # the browser asks on its own; not the page's fault
             return
+        page = message.page
+        if message.text.startswith(LOAD_FAILED) and page is not None and url == page.url:
+            return  # the navigation's own status (a 404 page): the test checks the response
         self._add(f"console.error: {message.text} ({url})")
 
     async def wait_for(self, fragment: str, timeout: float = TIMEOUT_MS / 1000) -> str:

@@ -66,8 +66,12 @@ def tiny_app() -> tuple[Starlette, dict[str, int]]:
         shown = text if request.query_params.get("raw") else html.escape(text)
         return HTMLResponse(f"<!doctype html><body><p id='note'>{shown}</p></body>")
 
+    async def broken_asset(request: Request) -> HTMLResponse:
+        return HTMLResponse('<!doctype html><body><script src="/static/missing.js"></script>')
+
     routes = [
         Route("/", home),
+        Route("/broken-asset", broken_asset),
         Route("/count", count),
         Route("/bump", bump, methods=["POST"]),
         Route("/note", note),
@@ -123,6 +127,18 @@ async def test_page_js_error_is_caught(
     with pytest.raises(PageErrorsFound, match="boom from the page"):
         page_errors.check()
     page_errors.take()  # claimed: the fixture's own check at teardown passes
+
+
+async def test_missing_asset_is_caught_but_not_a_404_page(
+    serve_asgi: AsgiServers, page: Page, page_errors: PageErrors
+) -> None:
+    app, _ = tiny_app()
+    base = await serve_asgi(app)
+    response = await page.goto(base + "/no-such-page")
+    assert response is not None and response.status == 404  # the test's to check, not an error
+    await page.goto(base + "/broken-asset")
+    assert "/static/missing.js" in await page_errors.wait_for("status of 404")
+    page_errors.take()
 
 
 async def test_console_error_is_caught(browser: Browser) -> None:
