@@ -102,3 +102,19 @@ class DemoControl(Protocol):
 
     async def reset(self) -> None:
         """Delete the demo queue's keys; the counters start from zero."""
+
+
+from streamq.demo_web.pool import DemoPool  # noqa: E402 - it builds on the types above
+
+__all__ = [
+    "KINDS",
+    "PRIORITIES",
+    "DemoConfig",
+    "DemoControl",
+    "DemoCounters",
+    "DemoJob",
+    "DemoPool",
+    "DemoSnapshot",
+    "DemoWorker",
+    "JobState",
+]
