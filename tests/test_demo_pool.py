@@ -10,9 +10,11 @@ from dataclasses import replace
 import anyio
 import pytest
 
+from streamq.app import App
 from streamq.demo_pool import DemoConfig, DemoControl, DemoPool, DemoSnapshot
 from streamq.demo_web.pool import process_state
 from streamq.errors import ConfigError
+from streamq.keys import GROUP
 from tests.conftest import queue_name
 
 pytestmark = pytest.mark.anyio
@@ -176,3 +178,71 @@ async def test_bad_controls_are_refused(redis_url: str) -> None:
         with pytest.raises(ConfigError):
             await pool.configure(replace(QUIET, failure_rate=1.5))
         await pool.reset()
+
+
+async def test_resizing_starts_and_stops_processes(redis_url: str) -> None:
+    async with demo(redis_url, replace(QUIET, workers=1)) as (pool, _balance):
+        await pool.configure(replace(QUIET, workers=3))
+        snap = await until(pool, lambda s: [w.state for w in s.workers] == ["running"] * 3)
+        first = [w.pid for w in snap.workers]
+        await pool.configure(replace(QUIET, workers=1))
+        await until(pool, lambda s: len(s.workers) == 1)
+        assert sum(alive(pid) for pid in first) == 1  # SIGTERM: two stopped and were reaped
+
+
+async def test_flow_with_failures_and_hangs_stays_balanced(redis_url: str) -> None:
+    """Every snapshot balances while jobs fail, retry, hang and get reclaimed."""
+    busy = DemoConfig(
+        workers=3, latency_ms=5, failure_rate=0.3, hang_rate=0.05, visibility_timeout_s=0.5
+    )
+    async with demo(redis_url, busy) as (pool, balance):
+        for kind in pool.kinds:
+            await pool.enqueue(kind, 10, "default")
+
+        def done(s: DemoSnapshot) -> bool:
+            c = s.counters
+            return c.succeeded + c.dead == 40 and not c.waiting and not c.in_flight
+
+        snap = await until(pool, done, timeout=25)
+        assert snap.counters.retried > 0
+        assert balance.taken > 20
+
+
+async def test_handover_moves_only_what_the_dead_consumer_still_owns(app: App) -> None:
+    """reclaim_now's script: a live worker that reclaimed the entry first keeps it."""
+
+    @app.task(name="noop")
+    async def noop() -> None: ...
+
+    await noop.enqueue()
+    await noop.enqueue()
+    redis = await app.redis()
+    stream = app.keys.stream(app.settings.priorities[1])
+    got = await redis.xreadgroup(GROUP, "dead", {stream: ">"}, count=2)
+    (first, f1), (second, f2) = got[0][1]
+    await redis.xclaim(stream, GROUP, "live", 0, [second], justid=True)  # reclaimed meanwhile
+    scripts = await app.scripts()
+
+    async def handover() -> list[bytes]:
+        return await scripts.handover(
+            stream=stream, events=app.keys.events, job_prefix=app.keys.job(""), group=GROUP,
+            dead="dead", to="fresh", now_ms=0, messages=[(first, f1[b"id"]), (second, f2[b"id"])],
+        )  # fmt: skip
+
+    assert await handover() == [first]
+    assert await handover() == []  # a retried call changes nothing
+    owners = {
+        p["message_id"]: p["consumer"]
+        for p in await redis.xpending_range(stream, GROUP, "-", "+", 10)
+    }
+    assert owners == {first: b"fresh", second: b"live"}
+    assert [
+        p["times_delivered"] for p in await redis.xpending_range(stream, GROUP, first, first, 1)
+    ] == [1]
+    events = await redis.xrange(app.keys.events)
+    reclaimed = [f for _, f in events if f[b"kind"] == b"reclaimed"]
+    assert [(f[b"from"], f[b"worker"], f[b"job"]) for f in reclaimed] == [
+        (b"dead", b"fresh", f1[b"id"])
+    ]
+    job_hash = await redis.hgetall(app.keys.job(f1[b"id"].decode()))
+    assert b"reclaimed" in job_hash.values()
