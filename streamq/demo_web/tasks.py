@@ -85,7 +85,10 @@ def demo_app(
     prefix: str | None = None,
 ) -> App:
     """The demo App: the same in the pool (which enqueues) and in every worker process."""
-    settings = Settings.from_env(redis_url=redis_url, janitor_interval_s=JANITOR_INTERVAL_S)
+    # Every replaced worker leaves a consumer behind: prune the idle ones within a minute.
+    settings = Settings.from_env(
+        redis_url=redis_url, janitor_interval_s=JANITOR_INTERVAL_S, consumer_idle_s=60.0
+    )
     app = App(
         queue,
         redis_url=redis_url,
