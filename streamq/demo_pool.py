@@ -13,7 +13,10 @@ in flight. The dashboard (``streamq.dashboard``) renders a ``DemoControl``;
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from streamq.demo_web.pool import DemoPool
 
 JobState = Literal["waiting", "running", "succeeded", "retrying", "dead", "reclaimed"]
 KINDS = ("email", "webhook", "thumbnail", "invoice")
@@ -102,3 +105,26 @@ class DemoControl(Protocol):
 
     async def reset(self) -> None:
         """Delete the demo queue's keys; the counters start from zero."""
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: streamq.demo_web.pool builds on the types above (no import cycle).
+    if name == "DemoPool":
+        from streamq.demo_web.pool import DemoPool
+
+        return DemoPool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "KINDS",
+    "PRIORITIES",
+    "DemoConfig",
+    "DemoControl",
+    "DemoCounters",
+    "DemoJob",
+    "DemoPool",
+    "DemoSnapshot",
+    "DemoWorker",
+    "JobState",
+]

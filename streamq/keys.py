@@ -90,6 +90,10 @@ class Keyspace:
         """A SCAN pattern matching every job hash of this queue."""
         return self.job("*").replace("{", "\\{").replace("}", "\\}")
 
+    def demo(self, name: str) -> str:
+        """A key of the live demo (``streamq.demo_web``): its config and worker marks."""
+        return f"{self._base}:demo:{_part(name)}"
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue (tests and ops)."""
         return f"{self._base}:*".replace("{", "\\{").replace("}", "\\}")

@@ -44,7 +44,7 @@ NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
     "bounce", "unique", "chain", "rate", "slot_acquire", "slot_release", "defer", "cron_mark",
-    "cancel", "cancelled",
+    "cancel", "cancelled", "handover",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -552,6 +552,23 @@ class Scripts:
     async def cron_mark(self, cron: str, name: str, through_ms: int, state: str) -> bool:
         """Record ``state`` for schedule ``name`` unless a record as far or further is there."""
         return bool(await self._call("cron_mark", [cron], [name, through_ms, state]))
+
+    async def handover(
+        self, *, stream: str, events: str, job_prefix: str, group: str, dead: str, to: str,
+        now_ms: int, messages: Sequence[tuple[bytes, bytes]],
+    ) -> list[bytes]:  # fmt: skip
+        """Give ``dead``'s pending ``messages`` ((id, job id), job id b'' for none) to ``to``.
+
+        Only entries ``dead`` still owns move (handover.lua); returns their ids.
+        """
+        keys: list[str | bytes] = [stream, events]
+        args: list[Arg] = [group, dead, to, now_ms]
+        prefix = job_prefix.encode()
+        for msg_id, job_id in messages:
+            args += [msg_id, job_id]
+            if job_id:
+                keys.append(prefix + job_id)
+        return list(await self._call("handover", keys, args))
 
 
 def _pairs(flat: Sequence[Any] | None) -> dict[bytes, bytes]:
