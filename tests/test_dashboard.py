@@ -287,3 +287,42 @@ def test_static_js_is_ours_and_small() -> None:
     js = (STATIC / "dashboard.js").read_text()
     assert "data-refresh" in js or "dataset.refresh" in js
     assert len(js) < 4000
+
+
+def test_cli_serves_the_dashboard_and_stops_on_sigint(redis_url: str) -> None:
+    """`streamq dashboard` really serves (uvicorn) on loopback, and Ctrl-C ends it cleanly."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import subprocess_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=queue_name())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamq", "dashboard", "tests.apps.slow:app", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=True, timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the dashboard never answered"
+                time.sleep(0.05)
+        assert page.status_code == 200 and 'data-testid="overview-live"' in page.text
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import anyio
@@ -51,4 +52,6 @@ def dashboard(
                     await app.close()
 
     typer.echo(f"streamq dashboard on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    anyio.run(main)
+    # uvicorn shuts down gracefully, then raises the signal again: Ctrl-C is how this ends.
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(main)

@@ -20,8 +20,10 @@ from streamq.app import App
 from streamq.cron import ScheduleInfo, list_schedules
 from streamq.dlq import DeadLetter
 from streamq.envelope import delayed_fields
+from streamq.ids import job_id_time_ms
 from streamq.keys import GROUP
-from streamq.records import parse_bound
+from streamq.records import HistoryRecord, parse_bound, record_of
+from streamq.replay import NEAR_SKEW_MS, Replay
 
 PAGE = 50
 """Rows per page."""
@@ -393,3 +395,39 @@ def when(ms: int | None) -> str:
     if ms is None:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- one job's story --------------------------------------------------------------------------
+
+STORY_SCAN_MAX = 5_000
+"""Events read for the story of a job whose hash expired (no index of its events left)."""
+
+
+async def story(app: App, job_id: str) -> tuple[list[HistoryRecord], bool]:
+    """The job's story and whether it is complete.
+
+    While the job hash lives, ``Replay.story`` reads exactly the job's events
+    (the hash indexes them). Once it expired, ``Replay.story`` would scan the
+    events stream from the job's enqueue time on, which a busy queue makes
+    long: here only ``STORY_SCAN_MAX`` events from that time are read (none for
+    an id that carries no time); ``streamq replay --job`` reads the rest.
+    """
+    redis = await app.redis()
+    if await redis.exists(app.keys.job(job_id)):
+        return await Replay(app).story(job_id), True
+    enqueued_ms = job_id_time_ms(job_id)
+    if enqueued_ms is None:
+        return [], False
+    start = f"{max(0, enqueued_ms - NEAR_SKEW_MS)}-0"
+    page = cast(
+        list[tuple[bytes, dict[bytes, bytes]]],
+        await redis.xrange(app.keys.events, start, "+", count=STORY_SCAN_MAX),
+    )
+    wanted = job_id.encode()
+    found = [
+        record_of("event", entry_id, fields)
+        for entry_id, fields in page
+        if fields.get(b"job") == wanted
+    ]
+    final = any(r.kind in ("succeeded", "failed", "dead", "cancelled") for r in found)
+    return found, final or len(page) < STORY_SCAN_MAX

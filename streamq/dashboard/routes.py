@@ -23,7 +23,6 @@ from streamq.dashboard.security import CsrfRefused
 from streamq.dlq import DeadLetterNotFound, DeadLetters
 from streamq.errors import ConfigError, JobNotFound
 from streamq.job import JobStatus
-from streamq.replay import Replay
 from streamq.stats import collect
 
 if TYPE_CHECKING:
@@ -102,7 +101,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
             details = await handle.details()
         except JobNotFound:
             details = None
-        story = await Replay(app).story(job_id)
+        story, story_complete = await data.story(app, job_id)
         if details is None and not story:
             raise HTTPException(404, f"no job {job_id!r} (never enqueued, or its hash expired)")
         progress = await handle.progress() if details is not None else None
@@ -119,8 +118,8 @@ def routes(dashboard: Dashboard) -> list[Route]:
         )
         return _page(
             dashboard, request, "job.html", "_job.html", queue=app.name, job_id=job_id,
-            details=details, story=story, progress=progress, final=final,
-            arguments=arguments, result=result, refresh_ms=dashboard.refresh_ms,
+            details=details, story=story, story_complete=story_complete, progress=progress,
+            final=final, arguments=arguments, result=result, refresh_ms=dashboard.refresh_ms,
         )  # fmt: skip
 
     async def job_events(request: Request) -> Response:

@@ -10,7 +10,14 @@
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) { if (html !== null) el.innerHTML = html; })
       .catch(function () {})
-      .finally(function () { delete el.dataset.busy; el.dispatchEvent(new Event("refreshed")); });
+      .finally(function () {
+        delete el.dataset.busy;
+        // A finished job's page stops refreshing.
+        if (el.querySelector('[data-final="true"]') && el.dataset.timer) {
+          clearInterval(parseInt(el.dataset.timer, 10));
+        }
+        el.dispatchEvent(new Event("refreshed"));
+      });
   }
   function start(el) {
     var every = parseInt(el.dataset.interval || "2000", 10);
@@ -21,7 +28,7 @@
       source.addEventListener("final", function () { source.close(); refresh(el); });
       every = Math.max(every, 5000);
     }
-    setInterval(function () { refresh(el); }, every);
+    el.dataset.timer = String(setInterval(function () { refresh(el); }, every));
   }
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-refresh]").forEach(start);
