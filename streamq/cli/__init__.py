@@ -28,7 +28,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import streamq
-from streamq.cli import archive, demo, doctor, janitor, replay, stats, worker
+from streamq.cli import archive, dashboard, demo, doctor, janitor, replay, stats, worker
 from streamq.cli.cancel import cancel, queue_cli
 from streamq.cli.cron import cron_cli
 from streamq.cli.dlq import dlq_cli
@@ -60,6 +60,7 @@ cli.command("doctor")(doctor.doctor)
 cli.add_typer(cron_cli, name="cron")
 cli.command("cancel")(cancel)
 cli.add_typer(queue_cli, name="queue")
+cli.command("dashboard")(dashboard.dashboard)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,141 @@
+"""The dashboard's actions (POST, CSRF-checked): DLQ requeue and purge, delayed jobs.
+
+Each action first renders a confirmation page that says what it will do; the
+confirmation's own form (with ``confirm=1``) does it, then redirects back with
+a one-line message (POST/redirect/GET, so a reload repeats nothing).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from streamq.cancel import CancelResult, cancel_jobs
+from streamq.dashboard.render import render, url
+from streamq.dashboard.routes import queue_of
+from streamq.dashboard.security import checked_form
+from streamq.dlq import DeadLetterNotFound, DeadLetters, RequeueRefused, check_entry_id
+from streamq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from streamq.app import App
+    from streamq.dashboard import Dashboard
+
+_DELETE_BATCH = 500
+
+
+def _field(form: dict[str, str], name: str) -> str:
+    return form.get(name, "").strip()
+
+
+def _entry(form: dict[str, str]) -> str:
+    entry = _field(form, "entry")
+    try:
+        return check_entry_id(entry)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _confirm(
+    dashboard: Dashboard, request: Request, form: dict[str, str], question: str, back: str
+) -> Response:
+    hidden = {k: v for k, v in form.items() if k not in ("csrf", "confirm")}
+    return render(
+        dashboard, request, "confirm.html", question=question, action=request.url.path,
+        hidden=hidden, back=back,
+    )  # fmt: skip
+
+
+def _done(request: Request, name: str, message: str, **query: Any) -> Response:
+    target = url(request, name, {"done": message, **query}, queue=request.path_params["queue"])
+    return RedirectResponse(target, status_code=303)
+
+
+def routes(dashboard: Dashboard) -> list[Route]:
+    async def dlq_requeue(request: Request) -> Response:
+        app = queue_of(dashboard, request)
+        form = await checked_form(request)
+        letters = DeadLetters(app)
+        task = _field(form, "task") or None
+        back = url(request, "dlq", {"task": task}, queue=app.name)
+        if _field(form, "all"):
+            if not _field(form, "confirm"):
+                what = f"of task {task}" if task else "in the DLQ"
+                return _confirm(dashboard, request, form, f"Requeue every entry {what}?", back)
+            ids = await letters.requeue_all(task=task)
+            return _done(request, "dlq", f"requeued {len(ids)} job(s)", task=task)
+        entry = _entry(form)
+        if not _field(form, "confirm"):
+            return _confirm(dashboard, request, form, f"Requeue DLQ entry {entry}?", back)
+        try:
+            job_id = await letters.requeue(entry)
+        except DeadLetterNotFound as exc:
+            return _done(request, "dlq", str(exc))
+        except RequeueRefused as exc:
+            return _done(request, "dlq", str(exc))
+        return _done(request, "dlq", f"requeued job {job_id}")
+
+    async def dlq_purge(request: Request) -> Response:
+        app = queue_of(dashboard, request)
+        form = await checked_form(request)
+        task = _field(form, "task") or None
+        back = url(request, "dlq", {"task": task}, queue=app.name)
+        if _field(form, "all"):
+            if not _field(form, "confirm"):
+                what = f"of task {task}" if task else "in the DLQ"
+                return _confirm(
+                    dashboard, request, form, f"Delete every entry {what}? This cannot be undone.",
+                    back,
+                )  # fmt: skip
+            removed = await _purge_all(app, task)
+            return _done(request, "dlq", f"purged {removed} entr{'y' if removed == 1 else 'ies'}")
+        entry = _entry(form)
+        if not _field(form, "confirm"):
+            return _confirm(
+                dashboard, request, form, f"Delete DLQ entry {entry}? This cannot be undone.", back
+            )
+        redis = await app.redis()
+        removed = int(await redis.xdel(app.keys.dlq, entry))
+        return _done(request, "dlq", f"purged entry {entry}" if removed else f"no entry {entry}")
+
+    async def delayed_cancel(request: Request) -> Response:
+        app = queue_of(dashboard, request)
+        form = await checked_form(request)
+        job_id = _field(form, "job")
+        if not job_id:
+            raise ConfigError("no job id given")
+        back = url(request, "delayed", queue=app.name)
+        if not _field(form, "confirm"):
+            return _confirm(
+                dashboard, request, form, f"Cancel job {job_id}? It will not run.", back
+            )
+        result = (await cancel_jobs(app, [job_id], by="dashboard"))[job_id]
+        message = {
+            CancelResult.CANCELLED: f"cancelled job {job_id}",
+            CancelResult.REQUESTED: f"job {job_id} is running: asked its worker to stop it",
+            CancelResult.ALREADY_FINAL: f"job {job_id} had already finished",
+            CancelResult.NOT_FOUND: f"no job {job_id}",
+        }[result]
+        return _done(request, "delayed", message)
+
+    return [
+        Route("/q/{queue}/dlq/requeue", dlq_requeue, methods=["POST"], name="dlq_requeue"),
+        Route("/q/{queue}/dlq/purge", dlq_purge, methods=["POST"], name="dlq_purge"),
+        Route("/q/{queue}/delayed/cancel", delayed_cancel, methods=["POST"], name="delayed_cancel"),
+    ]
+
+
+async def _purge_all(app: App, task: str | None) -> int:
+    """Delete every DLQ entry (of one task): an explicit action, so it may walk the DLQ."""
+    letters = DeadLetters(app)
+    if task is None:
+        return await letters.purge()
+    redis = await app.redis()
+    ids = [letter.id async for letter in letters.iter(task=task)]
+    removed = 0
+    for i in range(0, len(ids), _DELETE_BATCH):
+        removed += int(await redis.xdel(app.keys.dlq, *ids[i : i + _DELETE_BATCH]))
+    return removed
