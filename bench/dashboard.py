@@ -33,6 +33,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+
 from streamq import App
 from streamq.dashboard import create_dashboard
 from streamq.embedded import ValkeyServer
