@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from streamq.cancel import CancelResult, cancel_jobs
+from streamq.delayed import RunNowResult, run_now
 from streamq.errors import JobCancelled, JobFailed, JobNotFound, JobTimedOut
 from streamq.typed import conversions, convert
 
@@ -282,6 +283,14 @@ class Job(Generic[R]):
         Safe to call twice.
         """
         return (await cancel_jobs(self._app, [self.id]))[self.id]
+
+    async def run_now(self) -> RunNowResult:
+        """Run a delayed job (scheduled, or a retry waiting out its backoff) now.
+
+        ``MOVED``: it is in its stream and the next free worker runs it;
+        otherwise nothing changed (see ``streamq.delayed.RunNowResult``).
+        """
+        return (await run_now(self._app, [self.id]))[self.id]
 
     async def wait(self, timeout: float | None = None) -> JobStatus:
         """Wait until the job is final and return its status, never raising its failure."""

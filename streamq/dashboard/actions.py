@@ -1,4 +1,5 @@
-"""The dashboard's actions (POST, CSRF-checked): DLQ requeue and purge, delayed jobs.
+"""The dashboard's actions (POST, CSRF-checked): DLQ requeue and purge, delayed jobs
+(run now, delete).
 
 Each action first renders a confirmation page that says what it will do; the
 confirmation's own form (with ``confirm=1``) does it, then redirects back with
@@ -17,6 +18,7 @@ from streamq.cancel import CancelResult, cancel_jobs
 from streamq.dashboard.render import render, url
 from streamq.dashboard.routes import queue_of
 from streamq.dashboard.security import checked_form
+from streamq.delayed import RunNowResult, run_now
 from streamq.dlq import DeadLetterNotFound, DeadLetters, RequeueRefused, check_entry_id
 from streamq.errors import ConfigError
 
@@ -121,10 +123,34 @@ def routes(dashboard: Dashboard) -> list[Route]:
         }[result]
         return _done(request, "delayed", message)
 
+    async def delayed_run_now(request: Request) -> Response:
+        app = queue_of(dashboard, request)
+        form = await checked_form(request)
+        job_id = _field(form, "job")
+        if not job_id:
+            raise ConfigError("no job id given")
+        back = url(request, "delayed", queue=app.name)
+        if not _field(form, "confirm"):
+            return _confirm(
+                dashboard, request, form, f"Run job {job_id} now, before its due time?", back
+            )
+        result = (await run_now(app, [job_id], by="dashboard"))[job_id]
+        message = {
+            RunNowResult.MOVED: f"job {job_id} queued to run now",
+            RunNowResult.NOT_DELAYED: f"job {job_id} was not delayed any more",
+            RunNowResult.ALREADY_FINAL: f"job {job_id} had already finished",
+            RunNowResult.NOT_FOUND: f"no job {job_id}",
+            RunNowResult.CORRUPT: f"job {job_id}'s delayed entry is corrupt: left to the janitor",
+        }[result]
+        return _done(request, "delayed", message)
+
     return [
         Route("/q/{queue}/dlq/requeue", dlq_requeue, methods=["POST"], name="dlq_requeue"),
         Route("/q/{queue}/dlq/purge", dlq_purge, methods=["POST"], name="dlq_purge"),
         Route("/q/{queue}/delayed/cancel", delayed_cancel, methods=["POST"], name="delayed_cancel"),
+        Route(
+            "/q/{queue}/delayed/run-now", delayed_run_now, methods=["POST"], name="delayed_run_now"
+        ),
     ]
 
 

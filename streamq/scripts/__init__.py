@@ -44,7 +44,7 @@ NAMES = (
     "enqueue", "fetch", "start", "complete", "dead", "promote", "heartbeat", "reclaim",
     "drain", "prune_consumers", "requeue", "lease", "release", "trim", "progress", "lost",
     "bounce", "unique", "chain", "rate", "slot_acquire", "slot_release", "defer", "cron_mark",
-    "cancel", "cancelled", "handover",
+    "cancel", "cancelled", "handover", "run_now",
 )  # fmt: skip
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
@@ -527,6 +527,19 @@ class Scripts:
             "waiting" if waiting_only else "cancel", by, *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         reply = await self._call("cancel", keys, args)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
+
+    async def run_now(
+        self, *, delayed: str, events: str, streams: Sequence[str], priorities: Sequence[str],
+        group: str, by: str, jobs: Sequence[tuple[str, str]],
+    ) -> list[str]:  # fmt: skip
+        """Move delayed ``jobs`` (job id, job hash key) into their streams now; per job
+        'moved', 'missing', 'final/<status>', 'not-delayed' or 'corrupt' (run_now.lua)."""
+        if not jobs:
+            return []
+        keys = [delayed, events, *streams, *(key for _, key in jobs)]
+        args: list[Arg] = [group, len(streams), by, *priorities, *(job_id for job_id, _ in jobs)]
+        reply = await self._call("run_now", keys, args)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
 
     async def cancelled(
