@@ -2,6 +2,7 @@
 
 from streamq.app import App
 from streamq.cancel import CancelResult, empty_queue
+from streamq.delayed import RunNowResult
 from streamq.details import JobDetails
 from streamq.dlq import (
     DeadLetter,
@@ -68,6 +69,7 @@ __all__ = (
     "QueueFull",
     "RequeueRefused",
     "Retry",
+    "RunNowResult",
     "SerializationError",
     "Serializer",
     "ServerError",

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamq import App, Job, JobStatus, Settings
+from streamq import App, ConfigError, Job, JobStatus, RunNowResult, Settings
 from streamq.dashboard import create_dashboard
-from streamq.delayed import RunNowResult, run_now
+from streamq.delayed import run_now
 from streamq.progress import current_job
 from streamq.retry import Retry
 from tests.conftest import assert_no_key_leak, queue_name, running_worker, wait_until
@@ -147,6 +147,9 @@ async def test_a_job_no_longer_delayed_is_reported_and_nothing_is_written(
     }
     assert await snapshot() == before
     assert len(await promoted_events(fast_app, moved.id)) == 1
+    with pytest.raises(ConfigError, match="non-empty string"):
+        await run_now(fast_app, [moved.id, ""])
+    assert await snapshot() == before
     await moved.cancel()
 
 

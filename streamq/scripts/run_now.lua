@@ -18,6 +18,8 @@
 -- skipped, never an error half way through the call.
 -- Idempotent (invariant 9): a repeated run finds msg_id is a stream id now and
 -- reports 'not-delayed', writing nothing.
+-- A job under a rate or concurrency limit may be deferred again by its limit
+-- when a worker fetches it early (defer.lua): run now does not bypass limits.
 --
 -- KEYS[1] delayed zset   KEYS[2] events stream   KEYS[3..2+p] priority streams
 -- KEYS[3+p..] job hashes
