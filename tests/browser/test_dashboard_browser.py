@@ -257,6 +257,8 @@ async def test_screenshots_of_every_page_with_realistic_data(
         await expect(page.get_by_test_id("dlq-count")).to_have_text("2")
         await expect(page.get_by_test_id("delayed-count")).to_have_text("1")
         await expect(priority_row(page, "low").get_by_test_id("pending")).to_have_text("1")
+        # Failures in a single minute still draw the failure rate (a one-point line would not).
+        await expect(page.get_by_test_id("failure-chart").locator("circle").first).to_be_visible()
         await screenshot(page, "overview")
 
         await page.goto(f"{q}/workers")
