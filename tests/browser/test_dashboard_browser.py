@@ -10,7 +10,7 @@ server have stopped: a page still refreshing must never reach a closed App.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -23,11 +23,29 @@ from streamq.dashboard import create_dashboard
 from streamq.dlq import DeadLetters
 from tests.apps.process import streamq_child
 from tests.browser.harness import XSS_PAYLOAD, AsgiServers, PageErrors
-from tests.conftest import queue_name, running_worker, subprocess_env, wait_until
+from tests.conftest import (
+    assert_no_key_leak,
+    drop_queue,
+    queue_name,
+    running_worker,
+    subprocess_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 browser = pytest.mark.browser
 Shoot = Callable[[Page, str], Awaitable[Path]]
+
+
+@pytest.fixture
+async def shop(redis_url: str) -> AsyncIterator[App]:
+    """The screenshots' queue, with a readable name (each test session runs its own valkey)."""
+    application = App("shop", redis_url=redis_url)
+    async with application:
+        await drop_queue(application)
+        yield application
+        await assert_no_key_leak(application)
+        await drop_queue(application)
 
 
 def priority_row(page: Page, priority: str) -> Locator:
@@ -206,11 +224,14 @@ async def test_the_cli_refuses_a_public_bind_without_auth(redis_url: str) -> Non
 
 @browser
 async def test_screenshots_of_every_page_with_realistic_data(
-    app: App, serve_asgi: AsgiServers, page: Page, screenshot: Shoot
+    shop: App, serve_asgi: AsgiServers, page: Page, screenshot: Shoot
 ) -> None:
     """Several priorities, successes and failures, a DLQ entry, a delayed job, a
     cron schedule, a rate limit and a job running with progress: each page shows
-    them and is shot (docs/screenshots/ under ``make screenshots``)."""
+    them and is shot (docs/screenshots/ under ``make screenshots``). Then the
+    delayed job is run now from its page, and the running job's page follows it
+    to success."""
+    app = shop
     release = anyio.Event()
     running = anyio.Event()
 
@@ -242,56 +263,73 @@ async def test_screenshots_of_every_page_with_realistic_data(
         await thumbnail.enqueue(f"/photos/{n}.jpg")
     failing = [await charge.enqueue(order) for order in (1041, 1042)]
     async with running_worker(app, grace_s=1.0):
-        for job in failing:
-            assert await job.wait(timeout=10) == JobStatus.FAILED
-        await wait_until(_drained(app), 10, "the quick jobs done")
-        report = await build_report.enqueue("2026-01")
-        with anyio.fail_after(10):
-            await running.wait()
-        # Waiting work on two priorities while the worker is busy: enqueued now.
-        later = await thumbnail.enqueue_in(1800, "/photos/later.jpg", size=1024)
-        base = await serve_asgi(create_dashboard(app))
-        q = f"{base}/q/{app.name}"
+        try:
+            for job in failing:
+                assert await job.wait(timeout=10) == JobStatus.FAILED
+            await wait_until(_drained(app), 10, "the quick jobs done")
+            report = await build_report.enqueue("2026-01")
+            with anyio.fail_after(10):
+                await running.wait()
+            # Waiting work on two priorities while the worker is busy: enqueued now.
+            later = await thumbnail.enqueue_in(1800, "/photos/later.jpg", size=1024)
+            base = await serve_asgi(create_dashboard(app))
+            q = f"{base}/q/{app.name}"
 
-        await page.goto(f"{q}/")
-        await expect(page.get_by_test_id("dlq-count")).to_have_text("2")
-        await expect(page.get_by_test_id("delayed-count")).to_have_text("1")
-        await expect(priority_row(page, "low").get_by_test_id("pending")).to_have_text("1")
-        # Failures in a single minute still draw the failure rate (a one-point line would not).
-        await expect(page.get_by_test_id("failure-chart").locator("circle").first).to_be_visible()
-        await screenshot(page, "overview")
+            await page.goto(f"{q}/")
+            await expect(page.get_by_test_id("dlq-count")).to_have_text("2")
+            await expect(page.get_by_test_id("delayed-count")).to_have_text("1")
+            await expect(priority_row(page, "low").get_by_test_id("pending")).to_have_text("1")
+            # Failures in a single minute still draw the failure rate (a one-point line would not).
+            await expect(
+                page.get_by_test_id("failure-chart").locator("circle").first
+            ).to_be_visible()
+            await screenshot(page, "overview")
 
-        await page.goto(f"{q}/workers")
-        await expect(page.get_by_test_id("worker-row")).to_contain_text("reports.build")
-        await screenshot(page, "workers")
+            await page.goto(f"{q}/workers")
+            await expect(page.get_by_test_id("worker-row")).to_contain_text("reports.build")
+            await screenshot(page, "workers")
 
-        await page.goto(f"{q}/jobs")
-        await expect(page.get_by_test_id("job-row")).to_have_count(14)
-        await screenshot(page, "jobs")
+            await page.goto(f"{q}/jobs")
+            await expect(page.get_by_test_id("job-row")).to_have_count(14)
+            await screenshot(page, "jobs")
 
-        await page.goto(f"{q}/jobs/{report.id}")
-        await expect(page.get_by_test_id("job-status")).to_have_text("running")
-        await expect(page.get_by_test_id("job-progress")).to_contain_text("40 %")
-        await screenshot(page, "job")
+            await page.goto(f"{q}/jobs/{report.id}")
+            await expect(page.get_by_test_id("job-status")).to_have_text("running")
+            await expect(page.get_by_test_id("job-progress")).to_contain_text("40 %")
+            await screenshot(page, "job")
 
-        await page.goto(f"{q}/dlq")
-        await expect(page.get_by_test_id("dlq-row")).to_have_count(2)
-        await screenshot(page, "dlq")
+            await page.goto(f"{q}/dlq")
+            await expect(page.get_by_test_id("dlq-row")).to_have_count(2)
+            await screenshot(page, "dlq")
 
-        await page.goto(f"{q}/delayed")
-        await expect(page.get_by_test_id("delayed-row")).to_have_count(1)
-        await screenshot(page, "delayed")
+            await page.goto(f"{q}/delayed")
+            await expect(page.get_by_test_id("delayed-row")).to_have_count(1)
+            await screenshot(page, "delayed")
 
-        await page.goto(f"{q}/schedules")
-        await expect(page.get_by_test_id("schedule-row")).to_contain_text("cron 0 6 * * *")
-        await expect(page.get_by_test_id("limit-row")).to_contain_text("payments.charge")
-        await screenshot(page, "schedules")
+            await page.goto(f"{q}/schedules")
+            await expect(page.get_by_test_id("schedule-row")).to_contain_text("cron 0 6 * * *")
+            await expect(page.get_by_test_id("limit-row")).to_contain_text("payments.charge")
+            await screenshot(page, "schedules")
 
-        # The running job's page follows it to the end, live.
-        await page.goto(f"{q}/jobs/{report.id}")
-        release.set()
-        await expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
-    await later.cancel()
+            # Run the delayed job now, clicked through; the worker runs it at once.
+            await page.goto(f"{q}/delayed")
+            await page.get_by_test_id("delayed-run-now").click()
+            await expect(page.get_by_test_id("confirm-question")).to_contain_text("Run job")
+            await page.get_by_test_id("confirm").click()
+            await expect(page.get_by_test_id("flash")).to_have_text(
+                f"job {later.id} queued to run now"
+            )
+            await expect(page.get_by_test_id("delayed-row")).to_have_count(0)
+            assert await later.result(timeout=10) == {"path": "/photos/later.jpg", "size": 1024}
+
+            # The running job's page follows it to the end, live.
+            await page.goto(f"{q}/jobs/{report.id}")
+            await expect(page.get_by_test_id("job-progress")).to_contain_text("40 %")
+            release.set()
+            await expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
+
+        finally:
+            release.set()  # a failure above must not leave the worker waiting
 
 
 def _drained(app: App) -> Callable[[], Awaitable[bool]]:

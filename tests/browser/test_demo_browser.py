@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, expect
 
+from streamq import App
 from streamq.dashboard import create_dashboard
 from streamq.demo_pool import DemoConfig, DemoPool
 from tests.browser.harness import AsgiServers
-from tests.conftest import queue_name
+from tests.conftest import drop_queue, queue_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 Shoot = Callable[[Page, str], Awaitable[Path]]
@@ -68,14 +69,23 @@ def alive(pid: int) -> bool:
 
 @asynccontextmanager
 async def demo_page(
-    redis_url: str, serve_asgi: AsgiServers, page: Page, config: DemoConfig
+    redis_url: str,
+    serve_asgi: AsgiServers,
+    page: Page,
+    config: DemoConfig,
+    queue: str | None = None,
 ) -> AsyncIterator[DemoPool]:
     """A DemoPool served with the dashboard, its page open on /demo with the recorder.
 
-    On the way out the page leaves /demo (so it stops polling) before the pool
-    stops, the queue's keys are deleted, and no worker process survives.
+    ``queue``: a fixed name (for the screenshot; each test session runs its own
+    valkey), emptied first. On the way out the page leaves /demo (so it stops
+    polling) before the pool stops, the queue's keys are deleted, and no worker
+    process survives.
     """
-    pool = DemoPool(redis_url, queue=queue_name(), config=config)
+    if queue is not None:
+        async with App(queue, redis_url=redis_url) as stale:
+            await drop_queue(stale)
+    pool = DemoPool(redis_url, queue=queue or queue_name(), config=config)
     seen: set[int] = set()
     try:
         async with pool:
@@ -147,7 +157,7 @@ async def test_hung_jobs_are_reclaimed_after_the_timeout_and_the_counters_balanc
     """Two workers freeze holding their jobs (hang rate 1.0, set in the page); the
     page shows them hung, then the jobs reclaimed after the 1 s visibility timeout
     and every job succeeded; every reading the page rendered balanced."""
-    async with demo_page(redis_url, serve_asgi, page, QUICK):
+    async with demo_page(redis_url, serve_asgi, page, QUICK, queue="streamq-demo"):
         workers = page.get_by_test_id("demo-worker")
         await expect(workers.and_(page.locator('[data-state="running"]'))).to_have_count(2)
         await enqueue(page, "email", "high", 8)
