@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import anyio
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from streamq.demo import PRIORITIES, DemoReport, run_demo
 from streamq.embedded import Embedded, data_dir
+from streamq.errors import ConfigError
 from streamq.logging import configure_logging
 from streamq.settings import check_redis_url
 
@@ -23,10 +25,33 @@ def demo(
         str | None,
         typer.Option(envvar="STREAMQ_REDIS_URL", help="Redis URL; default: the embedded server."),
     ] = None,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Serve the live demo in the dashboard instead: a pool of worker processes "
+            "you size, slow down, fail and hang from the page.",
+        ),
+    ] = False,
+    host: Annotated[
+        str, typer.Option(help="--web: address to bind; anything but loopback needs --auth.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="--web: port.")] = 8080,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STREAMQ_DASHBOARD_AUTH",
+            help="--web: user:password (HTTP Basic) or token:<secret>.",
+        ),
+    ] = None,
 ) -> None:
-    """Enqueue jobs over three priorities, drain them with a worker, print a summary."""
+    """Enqueue jobs over three priorities, drain them with a worker, print a summary;
+    with --web, serve the live demo page instead."""
     if redis_url:
         check_redis_url(redis_url)  # a bad URL is exit 2 before any output
+    if web:
+        _web(redis_url, host, port, auth)
+        return
     console = Console()
     # Job logs would scroll the progress bars away; errors still show.
     configure_logging(json=False, level="error")
@@ -82,3 +107,32 @@ def _summary(console: Console, report: DemoReport) -> None:
         table.add_row(f"{prio} started at positions", f"{first}–{last}")
     table.add_row("strict priority order", "yes" if report.strict_order else "NO")
     console.print(table)
+
+
+def _web(redis_url: str | None, host: str, port: int, auth: str | None) -> None:
+    """Serve the live demo (``streamq.demo_pool``) until Ctrl-C, then stop its workers."""
+    try:
+        from streamq.dashboard.server import check_bind, serve
+    except ImportError as exc:  # the extra is not installed
+        raise ConfigError(
+            f"the web demo needs the dashboard's extra: pip install 'streamq[dashboard]' ({exc})"
+        ) from None
+    from streamq.demo_web.pool import DemoPool
+
+    check_bind(host, auth)
+    configure_logging(json=False, level="warning")
+
+    async def main() -> None:
+        # uvicorn stops on SIGINT/SIGTERM, then raises the signal again once it has
+        # restored the handlers it found: these, so the signal lands here, unheeded,
+        # instead of interrupting (SIGINT) or killing (SIGTERM) the pool's shutdown.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM):
+            async with DemoPool(redis_url) as pool:
+                typer.echo(
+                    f"streamq live demo on http://{host}:{port}/ with {len(pool.pids)} worker "
+                    "processes (Ctrl-C to stop)",
+                    err=True,
+                )
+                await serve([pool.app], host=host, port=port, auth=auth, demo=pool)
+
+    anyio.run(main)

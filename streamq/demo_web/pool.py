@@ -31,6 +31,7 @@ checks the owner), and a retried call changes nothing.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import subprocess
@@ -472,7 +473,7 @@ class DemoPool:
     async def _spawn(self, consumer: str) -> None:
         command = [
             self._python, "-m", "streamq.demo_web.tasks", self.queue, consumer,
-            "--visibility", repr(self.config.visibility_timeout_s),
+            "--visibility", repr(self.config.visibility_timeout_s), "--parent", str(os.getpid()),
         ]  # fmt: skip
         if self._url:
             command += ["--url", self._url]

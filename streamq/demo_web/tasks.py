@@ -162,8 +162,13 @@ def demo_args(n: int, kind: str) -> list[tuple[Any, ...]]:
     return calls
 
 
-def _die_with_parent() -> None:
-    """On Linux, SIGKILL this process when the pool's process dies (even while stopped)."""
+def _die_with_parent(parent: int | None) -> None:
+    """On Linux, SIGKILL this process when the pool's process dies (even while stopped).
+
+    The pool may die between starting this process and the ``prctl`` below (a
+    Python start takes a few hundred ms): then no signal would ever come, so a
+    parent that is already gone (``getppid`` is not the pool's pid) ends it now.
+    """
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -173,6 +178,8 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -198,8 +205,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--visibility", type=float, required=True)
     parser.add_argument("--url", default=None)
     parser.add_argument("--prefix", default=None)
+    parser.add_argument("--parent", type=int, default=None)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    _die_with_parent(args.parent)
     _consumer = args.consumer
     from streamq.logging import configure_logging
 
