@@ -8,6 +8,7 @@ a one-line message (POST/redirect/GET, so a reload repeats nothing).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -103,46 +104,44 @@ def routes(dashboard: Dashboard) -> list[Route]:
         removed = int(await redis.xdel(app.keys.dlq, entry))
         return _done(request, "dlq", f"purged entry {entry}" if removed else f"no entry {entry}")
 
-    async def delayed_cancel(request: Request) -> Response:
+    async def delayed_action(
+        request: Request, question: str, act: Callable[[App, str], Awaitable[str]]
+    ) -> Response:
+        """One delayed job's action: its id from the form, confirmed first, then done."""
         app = queue_of(dashboard, request)
         form = await checked_form(request)
         job_id = _field(form, "job")
         if not job_id:
             raise ConfigError("no job id given")
-        back = url(request, "delayed", queue=app.name)
         if not _field(form, "confirm"):
-            return _confirm(
-                dashboard, request, form, f"Cancel job {job_id}? It will not run.", back
-            )
+            back = url(request, "delayed", queue=app.name)
+            return _confirm(dashboard, request, form, question.format(job=job_id), back)
+        return _done(request, "delayed", await act(app, job_id))
+
+    async def cancel_one(app: App, job_id: str) -> str:
         result = (await cancel_jobs(app, [job_id], by="dashboard"))[job_id]
-        message = {
+        return {
             CancelResult.CANCELLED: f"cancelled job {job_id}",
             CancelResult.REQUESTED: f"job {job_id} is running: asked its worker to stop it",
             CancelResult.ALREADY_FINAL: f"job {job_id} had already finished",
             CancelResult.NOT_FOUND: f"no job {job_id}",
         }[result]
-        return _done(request, "delayed", message)
 
-    async def delayed_run_now(request: Request) -> Response:
-        app = queue_of(dashboard, request)
-        form = await checked_form(request)
-        job_id = _field(form, "job")
-        if not job_id:
-            raise ConfigError("no job id given")
-        back = url(request, "delayed", queue=app.name)
-        if not _field(form, "confirm"):
-            return _confirm(
-                dashboard, request, form, f"Run job {job_id} now, before its due time?", back
-            )
+    async def run_one_now(app: App, job_id: str) -> str:
         result = (await run_now(app, [job_id], by="dashboard"))[job_id]
-        message = {
+        return {
             RunNowResult.MOVED: f"job {job_id} queued to run now",
             RunNowResult.NOT_DELAYED: f"job {job_id} was not delayed any more",
             RunNowResult.ALREADY_FINAL: f"job {job_id} had already finished",
             RunNowResult.NOT_FOUND: f"no job {job_id}",
             RunNowResult.CORRUPT: f"job {job_id}'s delayed entry is corrupt: left to the janitor",
         }[result]
-        return _done(request, "delayed", message)
+
+    async def delayed_cancel(request: Request) -> Response:
+        return await delayed_action(request, "Cancel job {job}? It will not run.", cancel_one)
+
+    async def delayed_run_now(request: Request) -> Response:
+        return await delayed_action(request, "Run job {job} now, before its due time?", run_one_now)
 
     return [
         Route("/q/{queue}/dlq/requeue", dlq_requeue, methods=["POST"], name="dlq_requeue"),
