@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from streamq import App, JobStatus, Settings, Worker
 from streamq.keys import GROUP
 from streamq.worker import BURST_HORIZON_S
-from tests.conftest import drop_queue, queue_name, wait_until
+from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +99,28 @@ async def test_fetch_loop_logs_redis_errors_with_their_message(app: App) -> None
             await redis.delete(app.keys.delayed)
     (first, *_) = [r for r in logs if r["event"] == "fetch failed; retrying"]
     assert "WRONGTYPE" in first["error"]
+
+
+async def test_burst_check_sees_jobs_not_yet_read(app: App) -> None:
+    """An entry nobody has read yet keeps a burst worker running.
+
+    The check used to look only at pending entries and the delayed set: a
+    retry the janitor promoted into its stream between the worker's empty
+    fetch and the check was in neither, and the worker exited without
+    running it (seen as a flaky "job failed" missing from a burst's logs).
+    """
+    from streamq.logging import get_logger
+    from streamq.worker.burst import BurstCheck
+
+    @app.task
+    async def noop() -> None: ...
+
+    check = BurstCheck(app, get_logger())
+    redis = await app.redis()
+    for stream in app.streams:  # as the worker's start makes them
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    assert await check.queue_done()
+    await noop.enqueue()  # unread: not pending, not delayed
+    assert not await check.queue_done()
+    async with running_worker(app, burst=True) as worker:
+        await wait_until(lambda: worker.processed == 1, description="the job ran")

@@ -31,12 +31,17 @@ class BurstCheck:
         redis = await app.redis()
         async with redis.pipeline(transaction=False) as pipe:
             for stream in app.streams:
-                pipe.xpending(stream, GROUP)
+                pipe.xinfo_groups(stream)
             pipe.time()
             pipe.zcard(app.keys.delayed)
             pipe.zrange(app.keys.delayed, 0, 0, withscores=True)
-            *summaries, (seconds, micros), scheduled, first = await pipe.execute()
-        pending = sum(int(s["pending"]) for s in summaries)
+            *infos, (seconds, micros), scheduled, first = await pipe.execute()
+        groups = [next((g for g in info if _text(g["name"]) == GROUP), None) for info in infos]
+        # Unread entries count too: a retry the janitor promoted after this worker's
+        # last (empty) fetch is neither pending nor delayed any more.
+        if await self._unread(redis, groups):
+            return False
+        pending = sum(int(g["pending"]) for g in groups if g is not None)
         if pending:
             now = time.monotonic()
             if now >= self._said_at + _SAY_EVERY_S:
@@ -57,3 +62,25 @@ class BurstCheck:
             next_due_in_s=round(next_due_in_s, 1),
         )  # fmt: skip
         return True
+
+    async def _unread(self, redis: Any, groups: list[dict[str, Any] | None]) -> bool:
+        """Whether any stream holds an entry its group has not delivered yet.
+
+        The group's ``lag`` says so; when Redis cannot tell (None: entries were
+        deleted inside the unread range), one XRANGE after the last delivered id does.
+        """
+        for stream, group in zip(self._app.streams, groups, strict=True):
+            if group is None:
+                continue
+            lag = group.get("lag")
+            if lag is None:
+                after = f"({_text(group['last-delivered-id'])}"
+                if await redis.xrange(stream, after, "+", count=1):
+                    return True
+            elif int(lag) > 0:
+                return True
+        return False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
