@@ -10,8 +10,9 @@ tests check by running each role under exactly its rule (tests/test_acl.py).
 Keys: every key of a queue is ``<prefix>:{<queue>}:<kind>...`` (keys.py), so
 a rule covers one queue (``--queue``) or every queue of a prefix. The
 producer gets only the key kinds enqueueing writes (not the DLQ, cron,
-limits, slots or leases), and the read-only dashboard user reads keys only
-(``%R~``). What these rules cannot promise is in ``LIMITS`` and the README.
+limits, slots or leases; ``producer-chains`` adds the DLQ for ``after=``), and
+the read-only dashboard user reads keys only (``%R~``). What these rules
+cannot promise is in ``LIMITS`` and the README.
 """
 
 from __future__ import annotations
@@ -47,19 +48,21 @@ PRODUCER = (
     # enqueue.lua, chain.lua, unique.lua (and the commands they read with)
     "exists", "type", "pttl", "get", "set", "hset", "hget", "hdel", "pexpire", "sadd", "srem",
     "scard", "zadd", "zrem", "zcard", "zrangebyscore", "xadd", "xlen", "xgroup|create",
-    "xinfo|groups", "xinfo|stream",
+    "xinfo|groups",
     # job status, results (waiters read the events stream), job details
-    "hmget", "hgetall", "smembers", "zrange", "xread", "xrange", "xrevrange",
+    "hmget", "hgetall", "xread", "xrange", "xrevrange",
 )  # fmt: skip
 PRODUCER_KINDS = (
     "stream:*", "job:*", "events", "delayed", "unique:*", "deferred", "parents", "children:*",
-    "dlq",
 )  # fmt: skip
-"""The key kinds (keys.py) enqueueing, chains and unique keys use. The DLQ is
-among them because a job enqueued after a parent that already failed goes
-straight there (chain.lua); a write-only ``%W~`` selector would not do, since
-EVALSHA needs read and write access to every key it is passed. What keeps a
-producer from purging the DLQ is its commands: no DEL, XDEL or XTRIM."""
+"""The key kinds (keys.py) enqueueing and unique keys use: not the DLQ, cron,
+limits, slots, leases or cancel requests."""
+CHAINS_KINDS = (*PRODUCER_KINDS, "dlq")
+"""``after=`` (chain.lua) is passed the DLQ key, since a job enqueued after a
+parent that already failed goes straight there. A write-only ``%W~`` selector
+would not do (EVALSHA needs read and write access to every key it is passed),
+and XADD's MAXLEN argument can trim the stream it writes, so a producer with
+this key can empty the DLQ: hence a separate role."""
 
 WORKER = (
     *CONNECT, *SCRIPTS, *READ,
@@ -91,49 +94,35 @@ class Role:
     about: str
 
 
-ROLES: dict[str, Role] = {
-    role.name: role
-    for role in (
-        Role(
-            "producer",
-            PRODUCER,
-            PRODUCER_KINDS,
-            False,
-            "enqueue (delayed, unique, chained), job status and results",
-        ),
-        Role(
-            "worker",
-            WORKER,
-            None,
-            False,
-            "run jobs: fetch, retries, delays, reclaim, DLQ, limits and the janitor's duties",
-        ),
-        Role(
-            "dashboard",
-            DASHBOARD,
-            None,
-            False,
-            "every dashboard page and action (DLQ requeue and purge, cancel, run now)",
-        ),
-        Role(
-            "dashboard-read-only",
-            DASHBOARD_READ_ONLY,
-            None,
-            True,
-            "every dashboard page (create_dashboard(read_only=True)), `streamq stats`",
-        ),
-    )  # fmt: skip
-}
+_ROLES = (
+    Role("producer", PRODUCER, PRODUCER_KINDS, False,
+         "enqueue (delayed, unique), job status and results; no DLQ access"),
+    Role("producer-chains", PRODUCER, CHAINS_KINDS, False,
+         "a producer that also enqueues with after= (it can write the DLQ)"),
+    Role("worker", WORKER, None, False,
+         "run jobs: fetch, retries, delays, reclaim, DLQ, limits and the janitor's duties"),
+    Role("dashboard", DASHBOARD, None, False,
+         "every dashboard page and action (DLQ requeue and purge, cancel, run now)"),
+    Role("dashboard-read-only", DASHBOARD_READ_ONLY, None, True,
+         "every dashboard page (create_dashboard(read_only=True)), `streamq stats`"),
+)  # fmt: skip
+ROLES: dict[str, Role] = {role.name: role for role in _ROLES}
 
 LIMITS = (
     "Key patterns bound a role to one queue's keys (or one prefix's); inside them a rule "
     "cannot tell one job from another: a producer may read (HGETALL) and overwrite (HSET) the "
-    "job hash of a job it did not enqueue, and a worker may write any key of the queue.",
-    "A producer may XADD entries to the priority streams that a worker will run; the DLQ, "
-    "cron, rate-limit, slot and lease keys are outside its key patterns, so it cannot read, "
-    "write, purge or delete them (no DEL, XDEL or XTRIM on them either).",
-    "SCAN is a keyless command: a role that has it (worker, dashboards) sees key names of "
-    "every queue, though it cannot read their values.",
+    "job hash, and so the result, of a job it did not enqueue.",
+    "ACL rules cannot restrict a command's arguments: whoever may XADD to a stream may trim "
+    "it (XADD ... MAXLEN 0), and SET or PEXPIRE can replace or expire any key the role may "
+    "write. A producer can therefore destroy its queue's unread jobs; what it cannot do is "
+    "take jobs (no XREADGROUP, XCLAIM, XACK), use DEL, UNLINK, XDEL or XTRIM, or touch keys "
+    "outside its patterns: the plain producer has no access at all to the DLQ, cron, "
+    "rate-limit, slot, lease and cancel keys, or to another queue.",
+    "A worker may write every key of its queue (it must: it moves jobs to the DLQ, trims, "
+    "reclaims). Producers' entries are not authenticated by ACLs: a producer can enqueue any "
+    "task with any arguments (see signed messages).",
+    "SCAN is a keyless command: a role that has it (worker, dashboards) sees the key names of "
+    "every queue, though it can read the values of its own queue's keys only.",
     "SCRIPT LOAD and EVALSHA let a role run any Lua, but each redis.call inside it is checked "
     "against the role's commands and keys (Redis 7+), so scripts grant nothing extra.",
 )

@@ -101,15 +101,22 @@ async def test_producer_and_worker_rules_are_enough_for_every_duty(redis_url: st
     queue = queue_name()
     async with (
         acl_user(redis_url, "producer", queue) as producer_user,
+        acl_user(redis_url, "producer-chains", queue) as chains_user,
         acl_user(redis_url, "worker", queue) as worker_user,
     ):
-        producer, worker = role_app(queue, producer_user), role_app(queue, worker_user)
+        chaining = role_app(queue, chains_user)
+        chained = tasks(chaining)
+        producer = App(  # max_pending: enqueue also counts what is queued
+            queue,
+            settings=Settings(redis_url=producer_user.url, max_pending=1000, **FAST),  # type: ignore[arg-type]
+        )
+        worker = role_app(queue, worker_user)
         sent, _ = tasks(producer), tasks(worker)
-        async with producer, worker:
+        async with producer, chaining, worker:
             now = await sent["add"].enqueue(2, 3)
             later = await sent["add"].enqueue_in(0.1, 4, 5)
             once = await sent["add"].with_options(key="k1").enqueue(1, 1)
-            child = await sent["add"].with_options(after=[now]).enqueue(6, 6)
+            child = await chained["add"].with_options(after=[now.id]).enqueue(6, 6)
             flaky = await sent["flaky"].enqueue()
             doomed = await sent["doomed"].enqueue()
             # a consumer that took a message and died: the worker reclaims it
@@ -123,7 +130,7 @@ async def test_producer_and_worker_rules_are_enough_for_every_duty(redis_url: st
                 assert await child.result(timeout=10) == 12
                 assert await flaky.result(timeout=10) == "second try"
                 assert await doomed.wait(timeout=10) == JobStatus.FAILED
-                orphan = await sent["add"].with_options(after=[doomed]).enqueue(0, 0)
+                orphan = await chained["add"].with_options(after=[doomed.id]).enqueue(0, 0)
                 assert await orphan.wait(timeout=10) == JobStatus.DEAD
                 assert await stolen.result(timeout=10) == 20
                 assert await now.status() == JobStatus.SUCCEEDED
@@ -133,6 +140,9 @@ async def test_producer_and_worker_rules_are_enough_for_every_duty(redis_url: st
             await janitor.run_once()
             assert await DeadLetters(worker).count() == 2
             assert await producer_user.denials() == []
+            assert await chains_user.denials() == []
+            with pytest.raises(NoPermissionError):  # the plain producer cannot chain
+                await sent["add"].with_options(after=[now.id]).enqueue(0, 0)
             assert await worker_user.denials() == []
             await DeadLetters(worker).purge()
         async with App(queue, redis_url=redis_url) as owner:
@@ -140,9 +150,9 @@ async def test_producer_and_worker_rules_are_enough_for_every_duty(redis_url: st
 
 
 async def test_the_producer_cannot_touch_the_dlq_or_steal_jobs(redis_url: str) -> None:
-    """A producer's scripts write streams, so what keeps it from the DLQ is its key
-    patterns (the DLQ is outside them) and its commands (no DEL, XDEL, XTRIM,
-    XREADGROUP, XACK)."""
+    """The DLQ is outside a producer's key patterns (no read, write, trim or
+    delete, even through a script), and it lacks the commands that take or
+    remove jobs (XREADGROUP, XACK, DEL, XDEL, XTRIM)."""
     queue = queue_name()
     async with acl_user(redis_url, "producer", queue) as user:
         producer = role_app(queue, user)
@@ -153,6 +163,10 @@ async def test_the_producer_cannot_touch_the_dlq_or_steal_jobs(redis_url: str) -
             dlq, stream = producer.keys.dlq, producer.keys.stream("default")
             denied = [
                 lambda: DeadLetters(producer).purge(),
+                lambda: DeadLetters(producer).count(),
+                lambda: client.xadd(dlq, {"forged": "1"}, maxlen=0),
+                lambda: client.set(dlq, "gone"),
+                lambda: client.pexpire(dlq, 1),
                 lambda: client.delete(dlq),
                 lambda: client.xdel(stream, "0-1"),
                 lambda: client.xtrim(stream, maxlen=0),
@@ -263,7 +277,8 @@ def test_the_cli_prints_the_rule_of_a_role(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out.strip()
     assert out == acl.rule("producer", queue="emails")
     tokens = out.split()
-    assert "~streamq:{emails}:stream:*" in tokens and "~streamq:{emails}:dlq" in tokens
+    assert "~streamq:{emails}:stream:*" in tokens and "~streamq:{emails}:dlq" not in tokens
+    assert "~streamq:{emails}:dlq" in acl.rule("producer-chains", queue="emails").split()
     assert not {"+xreadgroup", "+xack", "+del", "+xdel", "+xtrim", "+unlink"} & set(tokens)
     assert main(["acl", "--role", "dashboard-read-only", "--prefix", "jobs"]) == 0
     line = capsys.readouterr().out.strip()
@@ -273,6 +288,7 @@ def test_the_cli_prints_the_rule_of_a_role(capsys: pytest.CaptureFixture[str]) -
 
 def test_an_unknown_role_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["acl", "--role", "admin"]) == 2
-    assert "role must be one of producer, worker, dashboard, dashboard-read-only" in (
-        capsys.readouterr().err
+    assert (
+        "role must be one of producer, producer-chains, worker, dashboard, dashboard-read-only"
+        in (capsys.readouterr().err)
     )

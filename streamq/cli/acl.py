@@ -14,7 +14,7 @@ def acl(
         str,
         typer.Option(
             "--role",
-            help="producer, worker, dashboard or dashboard-read-only.",
+            help="producer, producer-chains, worker, dashboard or dashboard-read-only.",
             show_default=False,
         ),
     ],
