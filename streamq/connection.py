@@ -18,6 +18,7 @@ or too old server is refused there, with a message that says which.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -220,7 +221,9 @@ async def check_server(url: str, settings: Settings) -> ServerVersion | None:
     except RedisConnectionError as exc:
         if phase == "connect":
             raise ServerUnavailable(f"cannot connect to {shown}: {_why(exc)}") from None
-        raise ServerUnavailable(f"{shown} closed the connection: {exc}") from None
+        raise ServerUnavailable(
+            f"{shown} closed the connection: {exc}{_closed_hint(url)}"
+        ) from None
     except ResponseError as exc:
         text = str(exc)
         if "DB index is out of range" in text:
@@ -272,4 +275,24 @@ def _why(exc: RedisConnectionError) -> str:
         return "connection refused (is the server running, on that port?)"
     if isinstance(cause, FileNotFoundError):
         return "no such socket file (is the server running, with that unixsocket?)"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"the server's TLS certificate was refused: {cause.verify_message} "
+            "(ssl_ca_certs must name the CA that signed it, for the host in the URL)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
     return str(exc)
+
+
+def _closed_hint(url: str) -> str:
+    """Why a server may drop a connection at once: TLS on one side only, or no client cert."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "redis":
+        return " (if that port speaks TLS, use a rediss:// URL)"
+    if scheme == "rediss" and "ssl_certfile=" not in rest:
+        return (
+            " (if the server requires client certificates, pass ssl_certfile and "
+            "ssl_keyfile in the URL's query)"
+        )
+    return ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -29,7 +29,7 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-_QUERY_PASSWORD = re.compile(r"(?<=[?&]password=)[^&#]*")
+_QUERY_PASSWORD = re.compile(r"(?:(?<=[?&]password=)|(?<=[?&]ssl_password=))[^&#]*")
 
 
 def mask_url(url: str) -> str:
@@ -80,7 +80,41 @@ def check_redis_url(url: str) -> str:
         parse_url(url)
     except ValueError as exc:  # a query argument redis-py cannot parse
         raise bad(str(exc).rstrip(".")) from None
+    check_tls_query(parts.scheme, parse_qs(parts.query), bad)
     return url
+
+
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+"""URL query arguments naming a file (PEM) the TLS connection reads."""
+TLS_OPTIONS = (
+    *TLS_FILES, "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_path", "ssl_ca_data",
+    "ssl_password", "ssl_ciphers", "ssl_min_version", "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags",
+)  # fmt: skip
+"""The TLS options redis-py takes from a ``rediss://`` URL's query (its SSLConnection's)."""
+_CERT_REQS = ("none", "optional", "required")
+
+
+def check_tls_query(
+    scheme: str, query: Mapping[str, list[str]], bad: Callable[[str], ConfigError]
+) -> None:
+    """TLS options belong to ``rediss://``, are spelled as redis-py spells them, and
+    name files that exist: otherwise redis-py fails inside a connection attempt
+    (a TypeError for a misspelt name) instead of here."""
+    for name, values in query.items():
+        if not name.startswith("ssl_"):
+            continue
+        if name not in TLS_OPTIONS:
+            raise bad(f"has an unknown TLS option {name!r} (known: {', '.join(TLS_OPTIONS)})")
+        if scheme != "rediss":
+            raise bad(f"sets {name}, a TLS option: use a rediss:// URL for TLS")
+        value = values[-1]
+        if name in TLS_FILES and not os.path.isfile(value):
+            raise bad(f"{name} names {value!r}, which is not a file")
+        if name == "ssl_cert_reqs" and value.lower() not in _CERT_REQS:
+            raise bad(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {value!r}")
+    if "ssl_keyfile" in query and "ssl_certfile" not in query:
+        raise bad("sets ssl_keyfile without ssl_certfile (the client certificate)")
 
 
 @dataclass(frozen=True, slots=True)

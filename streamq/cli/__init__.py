@@ -28,7 +28,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import streamq
-from streamq.cli import archive, dashboard, demo, doctor, janitor, replay, stats, worker
+from streamq.cli import acl, archive, dashboard, demo, doctor, janitor, replay, stats, worker
 from streamq.cli.cancel import cancel, queue_cli
 from streamq.cli.cron import cron_cli
 from streamq.cli.dlq import dlq_cli
@@ -61,6 +61,7 @@ cli.add_typer(cron_cli, name="cron")
 cli.command("cancel")(cancel)
 cli.add_typer(queue_cli, name="queue")
 cli.command("dashboard")(dashboard.dashboard)
+cli.command("acl")(acl.acl)
 
 
 def _print_version(value: bool) -> None:
