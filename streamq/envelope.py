@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamq.options import (
     RESULT_TTL_FIELD,
@@ -20,6 +20,10 @@ from streamq.options import (
     parse_intervals,
     parse_result_ttl,
 )
+
+if TYPE_CHECKING:
+    from streamq.caps import JobCaps
+    from streamq.signing import Verifier
 
 VERSION = b"1"
 HEADERS_FIELD = "headers"
@@ -77,10 +81,35 @@ _RETRY_INTERVALS = RETRY_INTERVALS_FIELD.encode()
 _RESULT_TTL = RESULT_TTL_FIELD.encode()
 
 
-def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
-    """Turn raw entry fields into an Envelope, or raise PoisonMessage with a reason."""
+def decode(
+    fields: Mapping[bytes, bytes] | None,
+    verifier: Verifier | None = None,
+    caps: JobCaps | None = None,
+) -> Envelope:
+    """Turn raw entry fields into an Envelope, or raise PoisonMessage with a reason.
+
+    A ``verifier`` checks the entry's signature before anything else is read
+    (``streamq.signing``); ``caps`` bound the per-job options it carries.
+    """
     if not fields:
         raise PoisonMessage("entry has no fields (deleted or trimmed while pending)")
+    if verifier is not None and (refused := verifier.reason(fields)) is not None:
+        raise PoisonMessage(refused, _lenient(fields, b"id"), _lenient(fields, b"task"))
+    env = _decode(fields)
+    if caps is not None and (over := caps.entry_violation(env)) is not None:
+        raise PoisonMessage(over, env.job_id, env.task)
+    return env
+
+
+def _lenient(fields: Mapping[bytes, bytes], name: bytes) -> str | None:
+    """A field as text for a DLQ reason, or None when it is missing or not UTF-8."""
+    try:
+        return _text(fields, name)
+    except PoisonMessage:
+        return None
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> Envelope:
     job_id = _text(fields, b"id")
     task = _text(fields, b"task")
     version = fields.get(b"v")
