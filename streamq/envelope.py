@@ -42,6 +42,17 @@ class PoisonMessage(Exception):
         self.task = task
 
 
+class UnverifiedEntry(PoisonMessage):
+    """An entry whose signature does not verify. It names no job (``job_id`` None):
+    the id it claims (``claimed_id``) is untrusted, and a forged copy must not mark
+    the job of that id dead; the worker marks the job only if this very message is
+    the one its hash records (``streamq.signing.owned_job``)."""
+
+    def __init__(self, reason: str, claimed_id: bytes | None) -> None:
+        super().__init__(reason)
+        self.claimed_id = claimed_id
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     job_id: str
@@ -94,19 +105,11 @@ def decode(
     if not fields:
         raise PoisonMessage("entry has no fields (deleted or trimmed while pending)")
     if verifier is not None and (refused := verifier.reason(fields)) is not None:
-        raise PoisonMessage(refused, _lenient(fields, b"id"), _lenient(fields, b"task"))
+        raise UnverifiedEntry(refused, fields.get(b"id"))
     env = _decode(fields)
     if caps is not None and (over := caps.entry_violation(env)) is not None:
         raise PoisonMessage(over, env.job_id, env.task)
     return env
-
-
-def _lenient(fields: Mapping[bytes, bytes], name: bytes) -> str | None:
-    """A field as text for a DLQ reason, or None when it is missing or not UTF-8."""
-    try:
-        return _text(fields, name)
-    except PoisonMessage:
-        return None
 
 
 def _decode(fields: Mapping[bytes, bytes]) -> Envelope:

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Final
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from streamq.errors import ConfigError
+from streamq.keys import Keyspace
 
 KID_FIELD: Final = "kid"
 SIG_FIELD: Final = "sig"
@@ -186,3 +190,19 @@ def sign_job(
     for name, value in zip(extra[::2], extra[1::2], strict=True):
         fields[as_bytes(name)] = as_bytes(value)
     return signer.sign(fields)
+
+
+async def owned_job(
+    redis: Redis, keys: Keyspace, claimed_id: bytes | None, msg_id: bytes
+) -> str | None:
+    """The job id an unverified message claims, when the job's hash records this very
+    message as its own (so a legitimate entry refused for a key this worker lacks is
+    dead-lettered as its job, and can be requeued); else None (a forged copy)."""
+    if not claimed_id:
+        return None
+    try:
+        job_id = claimed_id.decode()
+        recorded = await redis.hget(keys.job(job_id), "msg_id")
+    except (UnicodeDecodeError, RedisError):  # not a job id, or not a hash
+        return None
+    return job_id if recorded == msg_id else None

@@ -110,6 +110,28 @@ async def test_forged_entries_go_to_the_dlq_and_never_run(
     assert int((await redis.xpending(stream, GROUP))["pending"]) == 0
 
 
+async def test_a_forged_copy_cannot_kill_the_job_it_names(pair: tuple[App, App]) -> None:
+    """The DLQ path of an unverified entry leaves the job hash it names alone: else a
+    forged entry naming a job's id would mark that job dead (queued: it never runs)."""
+    producer, consumer = pair
+    calls: list[Any] = []
+    work = register(producer, [])
+    register(consumer, calls)
+    redis = await producer.redis()
+    stream = producer.keys.stream("default")
+    done = await work.enqueue(3)
+    await Worker(consumer, burst=True).run()
+    forged = {b"v": b"1", b"task": b"work", b"ct": b"json", b"payload": b"{}"}
+    await redis.xadd(stream, {**forged, b"id": done.id.encode()})  # type: ignore[arg-type]
+    queued_id = "queued-job-id"
+    await redis.xadd(stream, {**forged, b"id": queued_id.encode()})  # type: ignore[arg-type]
+    queued = await work.with_options(job_id=queued_id).enqueue(4)
+    await Worker(consumer, burst=True, concurrency=1).run()
+    assert calls == [3, 4]
+    assert (await done.result(timeout=2), await queued.result(timeout=2)) == (6, 8)
+    assert await dead_reasons(consumer) == ["unsigned entry"] * 2
+
+
 async def test_a_worker_without_require_runs_unsigned_but_refuses_bad_signatures(
     redis_url: str,
 ) -> None:

@@ -36,7 +36,7 @@ from streamq.decide import (
     result_ttl_for,
     retry_intervals_for,
 )
-from streamq.envelope import Envelope, PoisonMessage, decode
+from streamq.envelope import Envelope, PoisonMessage, UnverifiedEntry, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
 from streamq.lifespan import lifespan_state
@@ -45,7 +45,7 @@ from streamq.metrics import WorkerMetrics
 from streamq.middleware import JobHooks
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
-from streamq.signing import verifier_for
+from streamq.signing import owned_job, verifier_for
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
 from streamq.worker.cancel import CancelWatcher
 from streamq.worker.execute import (
@@ -397,6 +397,12 @@ class Worker:
             env = self._decoded.pop((message.stream, message.msg_id), None) or self._decode(
                 message.fields
             )
+        except UnverifiedEntry as refused:
+            job_id = await owned_job(
+                await app.redis(), app.keys, refused.claimed_id, message.msg_id
+            )
+            await self._dead_letter(message, refused.reason, job_id, None)
+            return False
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, poison.job_id, poison.task)
             return False
