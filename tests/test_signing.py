@@ -20,7 +20,7 @@ from streamq.errors import ConfigError
 from streamq.keys import GROUP
 from streamq.replay import Replay
 from streamq.settings import Settings
-from streamq.signing import Signer, Verifier, canonical
+from streamq.signing import Signer, Verifier, canonical, signer_for, verifier_for
 from tests.conftest import queue_name, running_worker
 
 pytestmark = pytest.mark.anyio
@@ -331,3 +331,10 @@ def test_signature_covers_every_signed_field_and_their_presence() -> None:
     assert canonical({b"v": b"1", b"id": b"ab"}) != canonical({b"v": b"1a", b"id": b"b"})
     for name in (b"v", b"id", b"task", b"ct", b"payload", b"enq_ms", b"timeout", b"headers"):
         assert verifier.reason({**entry, name: b"changed"}) == "bad signature"
+
+
+def test_no_keys_no_verifier_no_signer() -> None:
+    """Off unless configured: the worker's decode then skips verification entirely."""
+    assert verifier_for({}, required=False) is None
+    assert signer_for({"k1": K1}, None) is None
+    assert App(queue_name(), settings=Settings(redis_url="redis://x")).signer is None
