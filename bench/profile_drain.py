@@ -32,7 +32,7 @@ import anyio
 import redis.asyncio as aredis
 import structlog
 
-from streamq import App, Worker
+from streamq import App, Settings, Worker
 from streamq.embedded import ValkeyServer
 
 
@@ -42,8 +42,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _drain(url: str, n: int, body: str, concurrency: int, profile: bool) -> None:
-    app = App("profile", redis_url=url)
+async def _drain(
+    url: str, n: int, body: str, concurrency: int, profile: bool, signed: bool = False
+) -> None:
+    settings = Settings(redis_url=url)
+    if signed:  # every entry signed by the producer, verified by the worker
+        key = {"k1": b"profile-secret-0123456789abcdef"}
+        settings = Settings(
+            redis_url=url, signing_keys=key, signing_key_id="k1", require_signatures=True
+        )
+    app = App("profile", settings=settings)
     client = aredis.Redis.from_url(url, max_connections=512)
 
     @app.task(name="noop")
@@ -53,11 +61,15 @@ async def _drain(url: str, n: int, body: str, concurrency: int, profile: bool) -
 
     async with app:
         redis = await app.redis()
-        started = time.perf_counter()
+        started, enqueue_cpu = time.perf_counter(), time.process_time()
         for start in range(0, n, 1000):
             await noop.enqueue_many([()] * min(1000, n - start))
         enqueue_s = time.perf_counter() - started
-        print(f"enqueue_many: {n / enqueue_s:,.0f} jobs/s")
+        enqueue_cpu = time.process_time() - enqueue_cpu
+        print(
+            f"enqueue_many: {n / enqueue_s:,.0f} jobs/s; producer CPU "
+            f"{enqueue_cpu / n * 1e6:.1f} us/job"
+        )
         await redis.config_resetstat()
         profiler = cProfile.Profile() if profile else None
         wall, cpu = time.perf_counter(), time.process_time()
@@ -88,6 +100,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20_000, help="no-op jobs (20000)")
     parser.add_argument("--body", choices=["none", "incr"], default="none")
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--signed", action="store_true", help="sign and verify every entry")
     parser.add_argument("--cprofile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--py-spy", type=Path, help="write py-spy collapsed stacks here")
     args = parser.parse_args()
@@ -101,7 +114,9 @@ def main() -> int:
         server = ValkeyServer(Path(tmp), port=_free_port(), extra_args=["--appendonly", "no"])
         server.start()
         try:
-            anyio.run(_drain, server.url, args.n, args.body, args.concurrency, args.cprofile)
+            anyio.run(
+                _drain, server.url, args.n, args.body, args.concurrency, args.cprofile, args.signed
+            )
         finally:
             server.stop()
     return 0

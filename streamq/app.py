@@ -12,6 +12,7 @@ import anyio
 from redis.asyncio import Redis
 
 from streamq import chains, embedded
+from streamq.caps import JobCaps
 from streamq.connection import check_server, make_client
 from streamq.cron import CatchUp, Schedule, TaskKeywords, check_handler, make_schedule
 from streamq.envelope import HEADERS_FIELD, encode_headers
@@ -29,12 +30,18 @@ from streamq.keytypes import wrong_types_named
 from streamq.lifespan import Lifespan
 from streamq.limits import Limit, LimitPolicy
 from streamq.middleware import EnqueueHooks, Middleware, check_middleware
-from streamq.options import override_fields
+from streamq.options import (
+    RESULT_TTL_FIELD,
+    RETRY_INTERVALS_FIELD,
+    override_fields,
+    parse_intervals,
+)
 from streamq.retry import Retry
 from streamq.revive import reviver
 from streamq.scripts import Arg, Scripts, UniqueArgs
 from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
+from streamq.signing import Signer, as_bytes, signer_for
 from streamq.task import Task, TaskOptions, schedule_of
 from streamq.unique import Unique
 from streamq.waiters import ResultWaiters
@@ -438,6 +445,7 @@ class App:
                 # Only the backpressure check reads every stream.
                 all_streams=self.streams if self.settings.max_pending else (),
                 unique=held,
+                signer=self.signer,
             )  # fmt: skip
 
         runs = _runs(len(prepared), fixed, headers)
@@ -502,6 +510,8 @@ class App:
             holder = self.keys.job(expected) if expected else job[1]
             keys[-2:] = [self.keys.unique(unique.key), holder]
             args[12] = expected  # ARGV[13]
+            if self.signer is not None:
+                args[-1] = Scripts.replacement_signature(args, self.signer)
             ((code, value),) = await scripts.enqueue((keys, args))
             if code == QUEUE_FULL:
                 raise QueueFull(self.name, int(value), self.settings.max_pending or 0, [])
@@ -526,7 +536,32 @@ class App:
         ):
             fields += ["timeout", repr(float(task.options.timeout_s))]
         fields += override_fields(task.options, base)
+        self._check_caps(fields)
         return fields
+
+    @property
+    def signer(self) -> Signer | None:
+        """Signs the entries this App writes (``Settings.signing_key_id``); None: unsigned."""
+        return signer_for(self.settings.signing_keys, self.settings.signing_key_id)
+
+    def _check_caps(self, fields: Sequence[Arg]) -> None:
+        """ConfigError when a per-job option written into the entry is over its cap
+        (``streamq.caps``): a worker would dead-letter the job instead of running it."""
+        if len(fields) < 2:
+            return
+        values = {str(k): v for k, v in zip(fields[::2], fields[1::2], strict=True)}
+        timeout = values.get("timeout")
+        retries = values.get("max_retries")
+        intervals = values.get(RETRY_INTERVALS_FIELD)
+        ttl = values.get(RESULT_TTL_FIELD)
+        over = JobCaps.from_settings(self.settings).violation(
+            None if timeout is None else float(timeout),
+            None if retries is None else int(retries),
+            None if intervals is None else parse_intervals(as_bytes(intervals)),
+            None if ttl is None else float(ttl),
+        )
+        if over is not None:
+            raise ConfigError(f"{over} (Settings.max_job_*): workers would refuse the job")
 
     def _encode(
         self, task: Task[Any, Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 from streamq.errors import JobNotFound
 from streamq.keys import GROUP
 from streamq.scripts import Arg
+from streamq.signing import KID_FIELD, SIG_FIELD, sign_job
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -59,8 +60,17 @@ async def enqueue_after(
     """
     scripts = await app.scripts()
     calls: list[tuple[Sequence[str], Sequence[Arg]]] = []
+    signer = app.signer
     for (child, _, payload), extra in jobs:
         keys, args = _head(app, "add", child, parents)
+        if signer is not None:  # the entry chain.lua builds, signed (enq_ms: ARGV[3])
+            extra = [*extra, KID_FIELD, signer.kid]
+            content_type = app.serializer.content_type
+            sig = sign_job(
+                signer, job_id=child, task=task, content_type=content_type,
+                payload=payload, enq_ms=args[2], extra=extra,
+            )  # fmt: skip
+            extra = [*extra, SIG_FIELD, sig]
         args += [task, app.serializer.content_type, priority, payload, len(extra), *extra]
         calls.append((keys, args))
     for reply in await scripts.chain(calls):

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamq.options import (
     RESULT_TTL_FIELD,
@@ -20,6 +20,10 @@ from streamq.options import (
     parse_intervals,
     parse_result_ttl,
 )
+
+if TYPE_CHECKING:
+    from streamq.caps import JobCaps
+    from streamq.signing import Verifier
 
 VERSION = b"1"
 HEADERS_FIELD = "headers"
@@ -36,6 +40,17 @@ class PoisonMessage(Exception):
         self.reason = reason
         self.job_id = job_id
         self.task = task
+
+
+class UnverifiedEntry(PoisonMessage):
+    """An entry whose signature does not verify. It names no job (``job_id`` None):
+    the id it claims (``claimed_id``) is untrusted, and a forged copy must not mark
+    the job of that id dead; the worker marks the job only if this very message is
+    the one its hash records (``streamq.signing.owned_job``)."""
+
+    def __init__(self, reason: str, claimed_id: bytes | None) -> None:
+        super().__init__(reason)
+        self.claimed_id = claimed_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +92,27 @@ _RETRY_INTERVALS = RETRY_INTERVALS_FIELD.encode()
 _RESULT_TTL = RESULT_TTL_FIELD.encode()
 
 
-def decode(fields: Mapping[bytes, bytes] | None) -> Envelope:
-    """Turn raw entry fields into an Envelope, or raise PoisonMessage with a reason."""
+def decode(
+    fields: Mapping[bytes, bytes] | None,
+    verifier: Verifier | None = None,
+    caps: JobCaps | None = None,
+) -> Envelope:
+    """Turn raw entry fields into an Envelope, or raise PoisonMessage with a reason.
+
+    A ``verifier`` checks the entry's signature before anything else is read
+    (``streamq.signing``); ``caps`` bound the per-job options it carries.
+    """
     if not fields:
         raise PoisonMessage("entry has no fields (deleted or trimmed while pending)")
+    if verifier is not None and (refused := verifier.reason(fields)) is not None:
+        raise UnverifiedEntry(refused, fields.get(b"id"))
+    env = _decode(fields)
+    if caps is not None and (over := caps.entry_violation(env)) is not None:
+        raise PoisonMessage(over, env.job_id, env.task)
+    return env
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> Envelope:
     job_id = _text(fields, b"id")
     task = _text(fields, b"task")
     version = fields.get(b"v")

@@ -230,6 +230,7 @@ class Replay:
                     priority=priority,
                     delayed=target.delayed,
                     extra=extra,
+                    signer=self.app.signer,  # re-driven by a key holder: signed anew
                 )  # fmt: skip
             )
         for call in calls:  # one queue per call: safe on a cluster for any target

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from redis.asyncio.connection import parse_url
 
 from streamq.errors import ConfigError
+from streamq.signing import check_keys, parse_env_keys
 
 DEFAULT_PRIORITIES: tuple[str, ...] = ("high", "default", "low")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")  # no braces, colons or spaces: they shape keys
@@ -183,6 +184,21 @@ class Settings:
     """A concurrency slot (``concurrency=``, ``Limit(concurrency=)``) expires this long
     after its worker last renewed it (every third of it): a crashed worker's slots
     free within it."""
+    signing_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    """Key id -> secret (>= 16 bytes) accepted on entries (``streamq.signing``); several
+    for rotation. Env: ``STREAMQ_SIGNING_KEYS=kid1:base64secret,kid2:...``."""
+    signing_key_id: str | None = None
+    """The key producers sign every entry with (one of ``signing_keys``); None: no signing."""
+    require_signatures: bool = False
+    """Workers dead-letter entries without a valid signature instead of running them."""
+    max_job_timeout_s: float = 86_400.0
+    """The largest per-job ``timeout`` an entry may carry (``streamq.caps``)."""
+    max_job_retries: int = 100
+    """The largest per-job ``max_retries`` an entry may carry."""
+    max_job_retry_interval_s: float = 7 * 86_400.0
+    """The largest interval of a per-job ``retry_intervals`` schedule."""
+    max_job_result_ttl_s: float = 30 * 86_400.0
+    """The largest per-job ``result_ttl`` an entry may carry."""
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -237,6 +253,21 @@ class Settings:
             raise ConfigError(
                 f"max_deliveries must be an integer >= 1, got {self.max_deliveries!r}"
             )
+        self._check_signing_and_caps()
+
+    def _check_signing_and_caps(self) -> None:
+        object.__setattr__(
+            self,
+            "signing_keys",
+            check_keys(self.signing_keys, self.signing_key_id, self.require_signatures),
+        )
+        for name in ("max_job_timeout_s", "max_job_retry_interval_s", "max_job_result_ttl_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        retries = self.max_job_retries
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"max_job_retries must be an integer >= 0, got {retries!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -259,6 +290,7 @@ class Settings:
             values["archive"] = archive
         if connect := env.get("STREAMQ_CONNECT_TIMEOUT"):
             values["connect_timeout_s"] = _number("STREAMQ_CONNECT_TIMEOUT", connect)
+        values.update(_signing_env(env))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "priorities" in values:
             values["priorities"] = tuple(values["priorities"])
@@ -266,6 +298,23 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def _signing_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``STREAMQ_SIGNING_KEYS``, ``STREAMQ_SIGNING_KEY_ID``, ``STREAMQ_REQUIRE_SIGNATURES``."""
+    values: dict[str, Any] = {}
+    if keys := env.get("STREAMQ_SIGNING_KEYS"):
+        values["signing_keys"] = parse_env_keys(keys)
+    if key_id := env.get("STREAMQ_SIGNING_KEY_ID"):
+        values["signing_key_id"] = key_id
+    if required := env.get("STREAMQ_REQUIRE_SIGNATURES"):
+        flag = required.strip().lower()
+        if flag not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(
+                f"STREAMQ_REQUIRE_SIGNATURES must be 1/true/yes or 0/false/no, got {required!r}"
+            )
+        values["require_signatures"] = flag in ("1", "true", "yes")
+    return values
 
 
 def _number(name: str, raw: str) -> float:

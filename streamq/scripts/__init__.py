@@ -24,6 +24,8 @@ from typing import Any, TypeAlias, cast
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from streamq.signing import KID_FIELD, Signer, as_bytes, sign_job
+
 Arg: TypeAlias = str | bytes | int | float
 Entry: TypeAlias = tuple[bytes, dict[bytes, bytes] | None]
 
@@ -162,13 +164,17 @@ class Scripts:
         now_ms: int, priority: str, jobs: Sequence[tuple[str, str, bytes]],
         due_ms: int = 0, extra: Sequence[Arg] = (), max_pending: int = 0,
         all_streams: Sequence[str] = (), delay_ms: int = 0, unique: UniqueArgs | None = None,
+        signer: Signer | None = None,
     ) -> tuple[list[str], list[Arg]]:  # fmt: skip
         """One script call enqueueing ``jobs``, each (job id, job hash key, payload).
 
         ``due_ms`` (epoch ms) or ``delay_ms`` (from the server's clock) later than
         the server's now puts the jobs in the delayed set. ``unique`` (one job
-        only) makes the job the one live job of a unique key.
+        only) makes the job the one live job of a unique key. A ``signer`` signs
+        each entry (``kid`` among the extra fields, ``sig`` per job).
         """
+        if signer is not None:
+            extra = [*extra, KID_FIELD, signer.kid]
         keys = [stream, events, delayed, *(key for _, key, _ in jobs)]
         if max_pending:
             keys += all_streams
@@ -180,9 +186,31 @@ class Scripts:
             group, task, content_type, now_ms, priority, due_ms, max_pending,
             len(jobs), len(extra), delay_ms, mode, window_ms, expected, *extra,
         ]  # fmt: skip
+        if signer is None:
+            for job_id, _, payload in jobs:
+                args += [job_id, payload]
+            return keys, args
         for job_id, _, payload in jobs:
-            args += [job_id, payload]
+            args += [job_id, payload, sign_job(
+                signer, job_id=job_id, task=task, content_type=content_type, payload=payload,
+                enq_ms=now_ms, extra=extra,
+            )]  # fmt: skip
+        if unique is not None:
+            args.append(Scripts.replacement_signature(args, signer))
         return keys, args
+
+    @staticmethod
+    def replacement_signature(args: Sequence[Arg], signer: Signer) -> str:
+        """The ``sig`` of a signed unique enqueue's one job (``enqueue_call`` args) under
+        the id of the waiting job a debounce would replace (ARGV[13]; '' when none)."""
+        expected = str(args[12])
+        if not expected:
+            return ""
+        e = int(args[8])
+        return sign_job(
+            signer, job_id=expected, task=str(args[1]), content_type=str(args[2]),
+            payload=as_bytes(args[14 + e]), enq_ms=args[3], extra=args[13:13 + e],
+        )  # fmt: skip
 
     async def enqueue(self, call: tuple[list[str], list[Arg]]) -> list[tuple[int, Any]]:
         """Per job: (1, stream id or b'delayed') added; (0, id) the job id already

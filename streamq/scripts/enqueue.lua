@@ -21,7 +21,9 @@
 --   is the job's delay, restarted by every enqueue that replaces it
 -- ARGV[13] the job id the caller read from the unique key ('' none)
 -- ARGV[14..13+e] extra entry fields as field, value pairs (per-call options)
--- ARGV[14+e..] per job: job id, payload
+-- ARGV[14+e..] per job: job id, payload[, sig[, sig of the debounce replacement]]
+--   (a signed entry, streamq/signing.py: its 'sig' field; with a unique key the
+--   fourth value signs the entry under the replaced job's id, ARGV[13])
 -- Unique keys: 'unique:<key>' names the one live job of that key. The script
 -- needs that job's hash in KEYS, so a caller that does not know it yet gets
 -- {-3, job id} and calls again with it (the key may change in between: the
@@ -54,6 +56,10 @@ if mode ~= '' then
   last_stream = #KEYS - 2
 end
 local FIRST_EXTRA = 14
+local stride = (#ARGV - FIRST_EXTRA + 1 - e) / n
+if stride ~= 2 and stride ~= 3 and stride ~= 4 then
+  return redis.error_reply('enqueue: each job takes 2 to 4 values, not ' .. stride)
+end
 -- Key types before any write too (a WRONGTYPE half way would leave part of the
 -- batch enqueued, and a caller retrying it with fresh ids would enqueue twice):
 -- the stream, events and delayed keys, then each job key, read once here.
@@ -150,7 +156,7 @@ end
 local replies = {}
 for j = 1, n do
   local job = KEYS[3 + j]
-  local a = FIRST_EXTRA + e + (j - 1) * 2
+  local a = FIRST_EXTRA + e + (j - 1) * stride
   local id = ARGV[a]
   local existing = existing_ids[j]
   if existing then
@@ -160,6 +166,10 @@ for j = 1, n do
       'payload', ARGV[a + 1], 'attempt', '1', 'enq_ms', ARGV[4]}
     for i = FIRST_EXTRA, FIRST_EXTRA - 1 + e do
       fields[#fields + 1] = ARGV[i]
+    end
+    if stride == 4 then
+      fields[#fields + 1] = 'sig'
+      fields[#fields + 1] = ARGV[a + 3]
     end
     redis.call('ZREM', KEYS[3], replace_member)
     redis.call('ZADD', KEYS[3], due, cjson.encode(fields))
@@ -176,6 +186,10 @@ for j = 1, n do
       'payload', ARGV[a + 1], 'attempt', '1', 'enq_ms', ARGV[4]}
     for i = FIRST_EXTRA, FIRST_EXTRA - 1 + e do
       fields[#fields + 1] = ARGV[i]
+    end
+    if stride > 2 then
+      fields[#fields + 1] = 'sig'
+      fields[#fields + 1] = ARGV[a + 2]
     end
     if later then
       -- The member carries the whole entry, so promotion touches only declared keys.

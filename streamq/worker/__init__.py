@@ -17,6 +17,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from streamq.app import App
+from streamq.caps import JobCaps
 from streamq.connection import dedicated
 from streamq.decide import (
     Decision,
@@ -34,7 +36,7 @@ from streamq.decide import (
     result_ttl_for,
     retry_intervals_for,
 )
-from streamq.envelope import Envelope, PoisonMessage, decode
+from streamq.envelope import Envelope, PoisonMessage, UnverifiedEntry, decode
 from streamq.errors import ConfigError
 from streamq.janitor import Janitor
 from streamq.lifespan import lifespan_state
@@ -43,6 +45,7 @@ from streamq.metrics import WorkerMetrics
 from streamq.middleware import JobHooks
 from streamq.progress import JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
+from streamq.signing import owned_job, verifier_for
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
 from streamq.worker.cancel import CancelWatcher
 from streamq.worker.execute import (
@@ -131,6 +134,8 @@ class Worker:
         self._log = get_logger(queue=app.name, worker=self.consumer)
         self._burst = BurstCheck(app, self._log)
         self._hooks = JobHooks.of(app.middleware)
+        self._verifier = verifier_for(app.settings.signing_keys, app.settings.require_signatures)
+        self._caps = JobCaps.from_settings(app.settings)
         self._state: Any = None  # what the App's lifespan yielded
         self._limits = Limiter(app, self.consumer, self._log)
         self._task_ttl_ms: dict[str, int] = {}  # result TTL of jobs that carry no override
@@ -318,6 +323,10 @@ class Worker:
             self._running += 1
             await self._run_one(message)
 
+    def _decode(self, fields: Mapping[bytes, bytes] | None) -> Envelope:
+        """The entry's envelope, its signature and per-job caps checked (PoisonMessage)."""
+        return decode(fields, self._verifier, self._caps)
+
     def _wake_runners(self) -> None:
         while self._idle:
             self._idle.popleft().set()
@@ -337,7 +346,7 @@ class Worker:
         started: list[Started] = []
         for m in messages:
             try:
-                env = decode(m.fields)
+                env = self._decode(m.fields)
             except PoisonMessage:
                 continue
             self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
@@ -385,9 +394,15 @@ class Worker:
         """
         app = self.app
         try:
-            env = self._decoded.pop((message.stream, message.msg_id), None) or decode(
+            env = self._decoded.pop((message.stream, message.msg_id), None) or self._decode(
                 message.fields
             )
+        except UnverifiedEntry as refused:
+            job_id = await owned_job(
+                await app.redis(), app.keys, refused.claimed_id, message.msg_id
+            )
+            await self._dead_letter(message, refused.reason, job_id, None)
+            return False
         except PoisonMessage as poison:
             await self._dead_letter(message, poison.reason, poison.job_id, poison.task)
             return False
