@@ -31,18 +31,12 @@ class ValkeyCluster:
                 directory / f"node{i}",
                 port=free_port(),
                 extra_args=[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(directory / f"node{i}" / "nodes.conf"),
-                    "--cluster-port",
-                    str(self.bus_ports[i]),  # else port + 10000, maybe taken
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--appendonly",
-                    "no",
+                    *("--cluster-enabled", "yes"),
+                    *("--cluster-config-file", str(directory / f"node{i}" / "nodes.conf")),
+                    *("--cluster-port", str(self.bus_ports[i])),  # else port + 10000: maybe taken
+                    *("--cluster-node-timeout", "5000"),
                 ],
-            )  # fmt: skip
+            )
             for i in range(len(RANGES))
         ]
 
