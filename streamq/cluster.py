@@ -30,7 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import str_if_bytes
 
@@ -136,7 +136,7 @@ async def check_cluster(url: str, settings: Settings) -> None:
     try:
         await client.initialize()
         state = await cluster_state(client)
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:  # the latter: slots not covered
         raise ServerUnavailable(f"{mask_url(url)} is not a usable cluster: {exc}") from None
     finally:
         await client.aclose()
