@@ -156,3 +156,21 @@ async def test_a_sigkilled_workers_job_is_reclaimed(fast: App, cluster_url: str)
 
 async def status_is(job: object, status: JobStatus) -> bool:
     return await job.status() == status  # type: ignore[attr-defined]
+
+
+async def test_scripts_flushed_on_the_queues_master_are_loaded_again(fast: App) -> None:
+    """NOSCRIPT comes from the master owning the queue's slot; SCRIPT LOAD reaches it."""
+
+    @fast.task(name="add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    node = await fast.node_redis()
+    await node.script_flush()
+    one = await add.enqueue(1, 1)  # one script call
+    await node.script_flush()
+    many = await add.enqueue_many([(n, 1) for n in range(3)])  # a pipeline of calls
+    await node.script_flush()
+    async with running_worker(fast):
+        assert await one.result(timeout=10) == 2
+        assert [await job.result(timeout=10) for job in many] == [1, 2, 3]
