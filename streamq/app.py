@@ -6,12 +6,13 @@ import datetime as dt
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar, Unpack, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, Unpack, cast, overload
 
 import anyio
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
-from streamq import chains, embedded
+from streamq import chains, cluster, embedded
 from streamq.caps import JobCaps
 from streamq.connection import check_server, make_client
 from streamq.cron import CatchUp, Schedule, TaskKeywords, check_handler, make_schedule
@@ -130,6 +131,7 @@ class App:
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
         self._embedded: embedded.Embedded | None = None
+        self._nodes: cluster.NodeClients | None = None
         self._connect_lock = anyio.Lock()
         self.result_waiters = ResultWaiters(self)
         """The one events-stream reader that every ``Job.result()`` of this App shares."""
@@ -330,9 +332,43 @@ class App:
                         self._embedded = embedded.Embedded(embedded.data_dir())
                         url = await anyio.to_thread.run_sync(self._embedded.ensure)
                         revive = reviver(embedded.Embedded(self._embedded.directory))
-                    await check_server(url, self.settings)
-                    self._redis = make_client(url, self.settings, revive)
+                    if cluster.uses_cluster(self.settings, url):
+                        self._redis = await self._connect_cluster(url)
+                    else:
+                        await check_server(url, self.settings)
+                        self._redis = make_client(url, self.settings, revive)
         return self._redis
+
+    async def _connect_cluster(self, url: str) -> Redis:
+        """redis-py's cluster client, typed as the ``Redis`` it stands in for.
+
+        It serves every keyed command, script and pipeline streamq issues (all
+        under the queue's hash tag); what needs one node goes to ``node_redis``.
+        """
+        await cluster.check_cluster(url, self.settings)
+        client = cluster.make_cluster_client(url, self.settings)
+        await client.initialize()
+        for node in client.get_primaries():
+            await check_server(cluster.node_url(url, node.host, node.port), self.settings)
+        self._nodes = cluster.NodeClients(url, self.settings)
+        return cast(Redis, client)
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this App talks to a Redis Cluster (``streamq.cluster``)."""
+        return cluster.uses_cluster(self.settings)
+
+    async def node_redis(self) -> Redis:
+        """A plain client on the server holding this queue's keys: the App's client
+        on one server; in a cluster, the master owning the queue's slot now.
+
+        For what a cluster router cannot do: blocking reads on a held connection
+        (``connection.dedicated``), SCAN over the queue's keys, MULTI blocks.
+        """
+        redis = await self.redis()
+        if self._nodes is None:
+            return redis
+        return self._nodes.for_key(cast(RedisCluster, redis), self.keys.events)
 
     @property
     def embedded_server(self) -> embedded.Embedded | None:
@@ -351,7 +387,11 @@ class App:
         """Close connections. The embedded server keeps running for other processes."""
         await self.result_waiters.aclose()
         client, self._redis, self._scripts = self._redis, None, None
-        if client is not None:
+        nodes, self._nodes = self._nodes, None
+        if nodes is not None:
+            await nodes.aclose()
+            await cast(RedisCluster, client).aclose()
+        elif client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
 

@@ -165,7 +165,7 @@ def _member_job(member: bytes, task: str | None) -> str | None:
 
 async def drop_stale_requests(app: App, max_age_s: float = REQUEST_MAX_AGE_S) -> int:
     """Remove cancel requests older than ``max_age_s`` (by the server's clock); how many."""
-    redis = await app.redis()
+    redis = await app.node_redis()
     seconds, micros = await redis.time()
     now_ms = seconds * 1000 + micros // 1000
     cutoff = now_ms - int(max_age_s * 1000)

@@ -316,7 +316,7 @@ def format_ms(ms: int | None, tz: dt.tzinfo) -> str | None:
 
 
 async def server_now_ms(app: App) -> int:
-    seconds, micros = await (await app.redis()).time()
+    seconds, micros = await (await app.node_redis()).time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 

@@ -177,7 +177,7 @@ async def run_demo(
         report.seconds = time.perf_counter() - started
         report.backoff_wait_s = timeline.waiting_s()
         on_done(len(report.start_order))
-        redis = await app.redis()
+        redis = await app.node_redis()
         report.retried = report.starts - report.enqueued
         async for key in redis.scan_iter(match=app.keys.pattern(), count=1000):
             await redis.delete(key)

@@ -71,7 +71,10 @@ async def run_checks(app: App) -> list[Check]:
             return [_too_old(exc.found)]
         return await _unchecked(url, app)
     try:
+        if app.is_cluster:  # the node holding the queue: its INFO, CONFIG and SCAN
+            redis = await app.node_redis()
         checks = await _checks(redis, app.keys, app.settings)
+        checks = [await _cluster_truth(app, c) if c.name == "cluster" else c for c in checks]
         return [*_embedded_check(app), *checks]
     except NoPermissionError as exc:
         # Raised while connecting (command errors come back as pipeline values):
@@ -270,6 +273,43 @@ def check_cluster(info: Mapping[str, Any] | Exception) -> Check:
             "cluster mode on: each queue's keys share one hash tag, so live on one shard",
         )  # fmt: skip
     return Check("cluster", Status.OK, "standalone (cluster mode off)")
+
+
+async def _cluster_truth(app: App, check: Check) -> Check:
+    """The cluster check as this App sees it: a cluster node reached by a plain
+    client fails with MOVED on most queues, and a cluster must be ok."""
+    enabled = check.status is Status.OK and check.detail.startswith("cluster mode on")
+    if not app.is_cluster:
+        if enabled:
+            return Check(
+                "cluster", Status.PROBLEM,
+                "cluster_enabled:1, but this App uses a plain client: commands on "
+                "slots of other nodes fail with MOVED",
+                "use a cluster URL: redis+cluster://host:port (or STREAMQ_CLUSTER=1)",
+            )  # fmt: skip
+        return check
+    if check.status is not Status.OK:
+        return check
+    if not enabled:
+        return Check(
+            "cluster", Status.PROBLEM,
+            "the App is in cluster mode but the server says cluster_enabled:0",
+            "use a redis:// URL for a standalone server (and unset STREAMQ_CLUSTER)",
+        )  # fmt: skip
+    from streamq.cluster import queue_node  # doctor runs rarely; keep the import local
+
+    where = await queue_node(app)
+    detail = (
+        f"cluster_state:{where.state.state}, {where.state.masters} masters, "
+        f"{where.state.slots_ok} of 16384 slots ok; queue {app.name!r} is slot "
+        f"{where.slot} on master {where.node}, every key under the hash tag {{{app.name}}}"
+    )
+    if where.state.state != "ok":
+        return Check(
+            "cluster", Status.PROBLEM, detail,
+            "fix the cluster (CLUSTER INFO, CLUSTER NODES): every slot needs a live master",
+        )  # fmt: skip
+    return Check("cluster", Status.OK, detail)
 
 
 _SHOWN = 10

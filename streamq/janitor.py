@@ -186,7 +186,7 @@ class Janitor:
         if not (streams_limited or events_limited):
             return 0
         scripts = await app.scripts()
-        redis = await app.redis()
+        redis = await app.node_redis()
         # Ages are judged by the server's clock (stream ids carry its time).
         seconds, micros = await redis.time()
         now_ms = seconds * 1000 + micros // 1000
@@ -226,7 +226,7 @@ class Janitor:
         # A count cap may cut above the age cutoff: then archive every closed window.
         cut = min_id if self.app.settings.retention_s is not None and not maxlen else None
         return await archive_before_trim(
-            archive, await self.app.redis(), stream, cut, max_entries=ARCHIVE_STEP
+            archive, await self.app.node_redis(), stream, cut, max_entries=ARCHIVE_STEP
         )
 
     def _archive(self) -> Archive | None:
@@ -244,7 +244,7 @@ class Janitor:
         the last pass stopped, so the whole keyspace is covered over passes).
         """
         app = self.app
-        redis = await app.redis()
+        redis = await app.node_redis()  # SCAN: on the node holding the queue
         scripts = await app.scripts()
         base = app.keys.job("").encode()
         cursor, keys = await redis.scan(
@@ -283,7 +283,7 @@ class Janitor:
         job is final get the TTL they have left. Returns how many were released."""
         app = self.app
         self._unique_cursor, released = await unique.sweep(
-            await app.redis(), await app.scripts(), app.keys, self._unique_cursor
+            await app.node_redis(), await app.scripts(), app.keys, self._unique_cursor
         )
         return released
 

@@ -169,7 +169,7 @@ class Job(Generic[R]):
         # Register first, then read: an event the shared reader reads after this
         # point wakes us, and one written before the read below shows in the hash.
         async with app.result_waiters.watch(self.id) as watch:
-            redis = await app.redis()
+            redis = await app.node_redis()
             # Only the fields an outcome needs (HMGET): not the event index.
             fields = _present(await self._read_following(redis, watch, _OUTCOME_FIELDS))
             while True:
@@ -238,7 +238,7 @@ class Job(Generic[R]):
         keys = app.keys
         deadline = None if timeout is None else time.monotonic() + timeout
         async with app.result_waiters.watch(self.id, every_event=True) as watch:
-            redis = await app.redis()
+            redis = await app.node_redis()
             values = await self._read_following(redis, watch, _WATCH_FIELDS)
             shown: JobUpdate | None = None
             while True:

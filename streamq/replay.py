@@ -243,7 +243,7 @@ class Replay:
         self, key: str, source: str, since: Bound, until: Bound
     ) -> AsyncIterator[list[HistoryRecord]]:
         """The stream's entries in the range, a page (one XRANGE) at a time."""
-        redis = await self.app.redis()
+        redis = await self.app.node_redis()
         start = parse_bound(since) or "-"
         stop = parse_bound(until, end=True) or "+"
         priority = self.app.priority_of_stream(key)
@@ -280,7 +280,7 @@ class Replay:
         self, key: str, source: str, start: str, stop: str, priority: str | None
     ) -> AsyncIterator[list[HistoryRecord]]:
         """As ``_pages``, from the archive and the live stream as one history."""
-        redis = await self.app.redis()
+        redis = await self.app.node_redis()
         records: list[HistoryRecord] = []
         async for entry_id, raw in history(redis, self.archive, key, start, stop, page=_PAGE):
             record = _record(source, entry_id.encode(), raw)
@@ -341,7 +341,7 @@ class Replay:
     ) -> list[HistoryRecord]:
         """The job's events in [start, stop], up to its final one; other jobs' entries
         are skipped before they are decoded."""
-        redis = await self.app.redis()
+        redis = await self.app.node_redis()
         key = self.app.keys.events
         found: list[HistoryRecord] = []
         if self.archive is not None:

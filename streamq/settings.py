@@ -31,6 +31,7 @@ def check_name(kind: str, value: str) -> str:
 
 
 _QUERY_PASSWORD = re.compile(r"(?:(?<=[?&]password=)|(?<=[?&]ssl_password=))[^&#]*")
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 def mask_url(url: str) -> str:
@@ -59,8 +60,18 @@ def check_redis_url(url: str) -> str:
     if not isinstance(url, str):
         raise bad("must be a string")
     parts = urlsplit(url)
+    if parts.scheme in _CLUSTER_SCHEMES:  # a cluster's seed node: checked as its plain URL
+        plain = _CLUSTER_SCHEMES[parts.scheme] + url[len(parts.scheme) :]
+        try:
+            check_redis_url(plain)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(mask_url(plain), shown)) from None
+        return url
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise bad("must start with redis://, rediss:// or unix:// (redis://host:6379/0)")
+        raise bad(
+            "must start with redis://, rediss:// or unix:// (redis://host:6379/0), "
+            "or redis+cluster:// naming any node of a Redis Cluster"
+        )
     if parts.scheme == "unix":
         if not parts.path:
             raise bad("needs the socket's path (unix:///path/to/valkey.sock)")
@@ -199,10 +210,19 @@ class Settings:
     """The largest interval of a per-job ``retry_intervals`` schedule."""
     max_job_result_ttl_s: float = 30 * 86_400.0
     """The largest per-job ``result_ttl`` an entry may carry."""
+    cluster: bool = False
+    """Treat ``redis_url`` as any node of a Redis Cluster (as a ``redis+cluster://``
+    URL does): the App then uses redis-py's cluster client (``streamq.cluster``)."""
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
+        if self.cluster or (self.redis_url or "").partition("://")[0] in _CLUSTER_SCHEMES:
+            from streamq.cluster import check_cluster_url  # it imports this module
+
+            if self.redis_url is None:
+                raise ConfigError("cluster=True needs a redis_url naming a node of the cluster")
+            check_cluster_url(self.redis_url)
         check_name("prefix", self.prefix)
         if not self.priorities:
             raise ConfigError("priorities must name at least one priority")
@@ -291,6 +311,8 @@ class Settings:
         if connect := env.get("STREAMQ_CONNECT_TIMEOUT"):
             values["connect_timeout_s"] = _number("STREAMQ_CONNECT_TIMEOUT", connect)
         values.update(_signing_env(env))
+        if (cluster := env.get("STREAMQ_CLUSTER")) is not None and cluster.strip():
+            values["cluster"] = cluster.strip().lower() in ("1", "true", "yes", "on")
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "priorities" in values:
             values["priorities"] = tuple(values["priorities"])

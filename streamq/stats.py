@@ -259,7 +259,7 @@ def _consumer_dict(c: ConsumerStats) -> dict[str, Any]:
 
 async def collect(app: App) -> QueueStats:
     """Snapshot the App's queue in one pipelined round trip (two if a lag is unknown)."""
-    redis = await app.redis()
+    redis = await app.node_redis()
     keys = app.keys
     priorities = app.settings.priorities
     window_start_ms = int((time.time() - THROUGHPUT_WINDOW_S) * 1000)
@@ -479,7 +479,7 @@ async def _estimate_lags(
     """Fill lags the server left out, from XINFO STREAM: exact when the group has read
     up to the last id, else entries added minus entries read (an estimate: it also
     counts entries deleted after the group's position)."""
-    redis = await app.redis()
+    redis = await app.node_redis()
     async with redis.pipeline(transaction=False) as pipe:
         for index, _group_info in unknown:
             pipe.xinfo_stream(per_priority[index].stream)

@@ -286,7 +286,7 @@ async def _backlog(app: App, scheduled_within: float) -> _Backlog:
     last delivered id (acked entries stay in a stream, so one that was
     unread at the MULTI is still found) and reads the delayed jobs' statuses.
     """
-    redis_client = await app.redis()
+    redis_client = await app.node_redis()
     streams = app.streams
     async with redis_client.pipeline(transaction=True) as pipe:
         pipe.time()

@@ -245,7 +245,7 @@ class ResultWaiters:
         try:
             with scope:
                 if self._client is None:
-                    redis = await app.redis()
+                    redis = await app.node_redis()
                     if generation != self._generation:
                         return
                     self._client = dedicated(redis)

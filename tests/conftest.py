@@ -20,6 +20,7 @@ import pytest
 from streamq import App, Worker
 from streamq.embedded import Embedded, ValkeyServer
 from streamq.keys import GROUP
+from tests.cluster.server import ValkeyCluster, valkey_cluster
 
 # Browser tests: run, or reported as NOT RUN loudly (tests/browser/plugin.py).
 pytest_plugins = ("tests.browser.plugin",)
@@ -45,8 +46,12 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
 
 
 @pytest.fixture
-def redis_url(valkey: ValkeyServer) -> str:
-    return valkey.url
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The session server; with ``STREAMQ_TEST_CLUSTER=1``, the local cluster's URL."""
+    if os.environ.get("STREAMQ_TEST_CLUSTER") == "1":
+        return str(request.getfixturevalue("cluster_url"))
+    server: ValkeyServer = request.getfixturevalue("valkey")
+    return server.url
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +89,7 @@ async def assert_no_key_leak(application: App) -> None:
     (``scripts/lost.lua``, without writing): a non-final hash whose message
     is gone would never get a TTL, and counts as a leak.
     """
-    redis = await application.redis()
+    redis = await application.node_redis()  # SCAN: the node holding the queue
     leaked = []
     live_candidates: list[tuple[bytes, bytes]] = []
     base = application.keys.job("").encode()
@@ -122,7 +127,7 @@ async def bound_lost_jobs(application: App) -> list[str]:
 
     For tests that lose a message on purpose: they show the orphan is bounded.
     """
-    redis = await application.redis()
+    redis = await application.node_redis()
     base = application.keys.job("").encode()
     jobs = [
         (key[len(base) :], key)
@@ -142,7 +147,7 @@ async def bound_lost_jobs(application: App) -> list[str]:
 
 async def drop_queue(application: App) -> None:
     """Delete every key of the queue (tests that build their own App clean up with this)."""
-    redis = await application.redis()
+    redis = await application.node_redis()
     async for key in redis.scan_iter(match=application.keys.pattern(), count=1000):
         await redis.delete(key)
 
@@ -180,3 +185,16 @@ def subprocess_env(url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"STREAMQ_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}, **extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """A local 3-master Valkey cluster (``tests/cluster/server.py``), for the session."""
+    with valkey_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="session")
+def cluster_url(valkey_cluster_nodes: ValkeyCluster) -> str:
+    """``redis+cluster://`` naming one node of the session's cluster."""
+    return valkey_cluster_nodes.url

@@ -21,7 +21,7 @@ async def stream_length(app: App) -> int:
 
 async def sweep(app: App) -> int:
     """The janitor's unique-key sweep, over the whole keyspace (a pass does one step)."""
-    redis, scripts = await app.redis(), await app.scripts()
+    redis, scripts = await app.node_redis(), await app.scripts()  # SCAN: one node
     cursor, released = await unique.sweep(redis, scripts, app.keys, 0)
     while cursor:
         cursor, more = await unique.sweep(redis, scripts, app.keys, cursor)

@@ -50,7 +50,7 @@ STATUSES = (
 
 
 async def server_ms(app: App) -> int:
-    redis = await app.redis()
+    redis = await app.node_redis()
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
 

@@ -262,7 +262,7 @@ class DemoPool:
     async def reset(self) -> None:
         async with self._lock:
             await self._stop_all(kill=True)
-            redis = await self.app.redis()
+            redis = await self.app.node_redis()
             async for key in redis.scan_iter(match=self.app.keys.pattern(), count=1000):
                 await redis.delete(key)
             self._tally = counts.Tally()
@@ -293,7 +293,7 @@ class DemoPool:
 
     async def _read(self) -> counts.Reading:
         async with self._reading:
-            return await counts.read(await self.app.redis(), self.app, self._tally)
+            return await counts.read(await self.app.node_redis(), self.app, self._tally)
 
     @staticmethod
     def _hung(proc: _Proc, state: dict[str, str]) -> bool:

@@ -136,7 +136,7 @@ def demo_app(
 
 async def _hang(app: App) -> None:
     """Record the hang, then freeze this whole process (the pool kills it later)."""
-    redis = await app.redis()
+    redis = await app.node_redis()
     state = app.keys.demo("state")
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(state, f"hung:{_consumer}", current_job().job_id)

@@ -148,7 +148,9 @@ class Scripts:
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name, (keys, args) in calls:
-                    pipe.evalsha(_SCRIPTS[name].sha, len(keys), *keys, *args)
+                    # Not pipe.evalsha: redis-py's cluster pipeline blocks that
+                    # method, yet routes the command itself by its keys.
+                    pipe.execute_command("EVALSHA", _SCRIPTS[name].sha, len(keys), *keys, *args)
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                 await self.load_all()

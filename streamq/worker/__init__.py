@@ -167,8 +167,8 @@ class Worker:
         """
         app = self.app
         async with (
-            dedicated(await app.redis()) as fetch_client,
-            dedicated(await app.redis()) as write_client,
+            dedicated(await app.node_redis()) as fetch_client,
+            dedicated(await app.node_redis()) as write_client,
             lifespan_state(app, self._log) as self._state,
         ):
             await self._run(fetch_client, write_client, task_status)

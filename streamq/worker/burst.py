@@ -28,7 +28,7 @@ class BurstCheck:
     async def queue_done(self) -> bool:
         """True when the queue holds nothing this worker should wait for (one round trip)."""
         app = self._app
-        redis = await app.redis()
+        redis = await app.node_redis()
         async with redis.pipeline(transaction=False) as pipe:
             for stream in app.streams:
                 pipe.xinfo_groups(stream)
