@@ -22,7 +22,8 @@ from streamq.embedded import Embedded, ValkeyServer
 from streamq.keys import GROUP
 
 # Browser tests: run, or reported as NOT RUN loudly (tests/browser/plugin.py).
-pytest_plugins = ("tests.browser.plugin",)
+# The server binary of the session, Redis 7 tests NOT RUN loudly (tests/compat/plugin.py).
+pytest_plugins = ("tests.browser.plugin", "tests.compat.plugin")
 
 # Keys that legitimately live without a TTL (the audit history and queues).
 PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron"}
