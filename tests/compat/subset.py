@@ -64,7 +64,7 @@ FULL = (
             "archive", "archive_replay", "retention", "burst", "headers", "middleware",
             "job", "job_watch", "job_details", "unknown_tasks", "shutdown_bounds", "doctor",
             "backpressure", "script_limits", "clock", "typed_payloads", "cli_replay_dlq",
-            "cli_cancel", "cli_cron", "cli_janitor",
+            "cli_cancel", "cli_cron", "cli_janitor", "embedded", "cli_errors",
         )
     ),
     "tests/invariants",
