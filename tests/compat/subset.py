@@ -69,7 +69,7 @@ FULL = (
     ),
     "tests/invariants",
 )  # fmt: skip
-"""The full run (``STREAMQ_COMPAT_FULL=1``, marked chaos): minutes on 2 cores."""
+"""The full run (``STREAMQ_COMPAT_FULL=1``, marked chaos): about 3 min on 2 cores."""
 FULL_ENV = "STREAMQ_COMPAT_FULL"
 
 
