@@ -23,7 +23,8 @@ from streamq.keys import GROUP
 from tests.cluster.server import ValkeyCluster, valkey_cluster
 
 # Browser tests: run, or reported as NOT RUN loudly (tests/browser/plugin.py).
-pytest_plugins = ("tests.browser.plugin",)
+# The server binary of the session, Redis 7 tests NOT RUN loudly (tests/compat/plugin.py).
+pytest_plugins = ("tests.browser.plugin", "tests.compat.plugin")
 
 # Keys that legitimately live without a TTL (the audit history and queues).
 PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron"}

@@ -28,6 +28,7 @@ from streamq.doctor import (
 )
 from streamq.embedded import ValkeyServer
 from streamq.janitor import Janitor
+from tests.compat.plugin import session_server
 from tests.conftest import drop_queue, queue_name, subprocess_env
 from tests.history import fill_history, user_without_memory
 from tests.servers import free_port, old_redis
@@ -101,7 +102,7 @@ async def test_the_embedded_configuration_passes_every_check(redis_url: str) -> 
     ]  # fmt: skip
     assert {c.status for c in checks.values()} == {Status.OK}, checks
     assert checks["history"].detail.startswith("retention_s 7.0d; high empty; default empty")
-    assert checks["version"].detail.startswith("Valkey ")
+    assert checks["version"].detail.partition(" (")[0] == session_server()
     assert checks["acl"].detail.startswith("user default may run all")
 
     result = streamq_doctor(redis_url, "--json")

@@ -305,8 +305,9 @@ async def test_a_corrupt_delayed_member_dead_lettered_at_promotion_is_indexed(
 
 async def test_a_job_handed_back_twelve_times_stays_a_small_hash(redis_url: str) -> None:
     """Each hand-back adds a bounced and a promoted event: with the enqueue and the
-    final dead event, 26 index fields: under 2 KiB more of the hash's memory
-    (about 940 B on Valkey 9.1, a hash of about 1 KiB without them)."""
+    final dead event, 26 index fields: at most 100 B each of the hash's memory
+    (about 940 B in all on Valkey 9.1, a hash of about 1 KiB without them; about
+    2.1 KiB on Redis 7.0, whose hash table entries are bigger)."""
     name = queue_name()
     producer = App(name, redis_url=redis_url, settings=FAST)
     stranger = App(name, redis_url=redis_url, settings=FAST)
@@ -334,7 +335,7 @@ async def test_a_job_handed_back_twelve_times_stays_a_small_hash(redis_url: str)
         with_index = int(await redis.memory_usage(key))
         await redis.hdel(key, *[f"ev:{entry_id}" for entry_id, _ in await job.event_ids()])
         without = int(await redis.memory_usage(key))
-        assert with_index - without < len(kinds) * 80
+        assert with_index - without < len(kinds) * 100
         await drop_queue(producer)
 
 

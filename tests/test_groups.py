@@ -61,6 +61,34 @@ async def test_an_idle_worker_recreates_a_destroyed_group(app: App) -> None:
     assert not [e for e in logs if e["event"] == "fetch failed; retrying"]
 
 
+async def test_an_idle_worker_recreates_a_deleted_stream(app: App) -> None:
+    """The stream key itself goes (DEL) while the worker blocks in XREADGROUP.
+
+    Redis 7.0 unblocks the read with ``UNBLOCKED the stream key no longer
+    exists`` (Valkey and Redis 7.2+ answer NOGROUP): either way the group is
+    recreated at once, not logged as a failed fetch and retried after a backoff.
+    """
+
+    @app.task(name="t")
+    async def t(n: int) -> int:
+        return n
+
+    redis = await app.redis()
+
+    async def blocked() -> bool:
+        return int((await redis.info("clients"))["blocked_clients"]) > 0
+
+    with capture_logs() as logs:
+        async with running_worker(app, block_ms=2000):
+            assert await (await t.enqueue(1)).result(timeout=10) == 1
+            await wait_until(blocked, 10, "the worker to block in XREADGROUP")
+            await redis.delete(*app.streams)
+            assert await (await t.enqueue(2)).result(timeout=10) == 2
+    recreated = [e for e in logs if e["event"] == "consumer group missing; recreating it"]
+    assert recreated
+    assert not [e for e in logs if e["event"] == "fetch failed; retrying"]
+
+
 async def test_a_group_destroyed_between_workers_restarts_at_the_unfinished_jobs(
     app: App,
 ) -> None:

@@ -202,11 +202,14 @@ async def test_prune_removes_idle_empty_consumers_and_never_one_with_pending(
 
     await wait_until(all_idle, 5, "the consumers to be idle past consumer_idle_s")
     await redis.xgroup_createconsumer(stream, GROUP, "fresh")
+    # Valkey (and Redis 7.2+) registers a consumer on a read that finds nothing;
+    # Redis 7.0 does not, so there "busy" never appears on the empty high stream.
+    registered_on_high = "busy" in await consumers(redis, fast_app.keys.stream("high"))
 
     removed = await Janitor(fast_app, "me").remove_idle_consumers()
     # "busy" goes too, but only from the high stream: its fetch looked there first
     # (registering it), found nothing, and it holds nothing there.
-    assert sorted(removed) == ["busy", "gone"]
+    assert sorted(removed) == (["busy", "gone"] if registered_on_high else ["gone"])
     assert set(await consumers(redis, fast_app.keys.stream("high"))) == set()
     assert set(await consumers(redis, stream)) == {"busy", "me", "fresh"}
     (entry,) = await redis.xpending_range(stream, GROUP, "-", "+", 10)

@@ -44,8 +44,13 @@ RESTART_SCAN_PAGE = 1000
 
 
 def missing_group(exc: ResponseError) -> bool:
-    """NOGROUP: the stream or its consumer group is gone."""
-    return "NOGROUP" in str(exc)
+    """NOGROUP: the stream or its consumer group is gone.
+
+    Redis 7.0 ends an XREADGROUP blocked on a stream that was deleted with
+    ``UNBLOCKED the stream key no longer exists`` (Valkey, Redis 7.2+: NOGROUP).
+    """
+    text = str(exc)
+    return "NOGROUP" in text or text.startswith("UNBLOCKED the stream key no longer exists")
 
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs

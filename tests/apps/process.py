@@ -93,7 +93,8 @@ def valkey_pids_serving(directory: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            is_valkey = (entry / "comm").read_text().strip() == "valkey-server"
+            # redis-server too: STREAMQ_TEST_SERVER=redis7 runs every server on Redis 7.0.
+            is_valkey = (entry / "comm").read_text().strip() in ("valkey-server", "redis-server")
             if is_valkey and Path(os.readlink(entry / "cwd")) == target:
                 pids.append(int(entry.name))
         except OSError:

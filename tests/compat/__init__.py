@@ -1,0 +1,1 @@
+"""Server compatibility: the core tests against Redis 7.0 (and any other server binary)."""
