@@ -190,7 +190,7 @@ async def test_random_entries_run_or_go_to_the_dlq_with_a_reason(
 
 @pytest.mark.chaos
 @settings(
-    max_examples=300,
+    max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],

@@ -22,11 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBSET = [
     "tests/test_smoke.py",  # enqueue, run, result
     "tests/test_retry.py",  # retries through the delayed set
-    "tests/test_delayed.py",  # enqueue_in/at, racing janitors
     "tests/test_dlq.py",  # the DLQ, requeue, purge, and the `streamq dlq` CLI
     "tests/test_chains.py",  # parents and children
-    "tests/test_cancel.py",  # cancel queued, delayed and running jobs
-    "tests/test_unique.py",  # unique keys and the SCAN sweep
     "tests/test_lost_jobs.py",  # the janitor's SCAN for job hashes whose message is gone
 ]
 

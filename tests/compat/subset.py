@@ -21,15 +21,12 @@ SUBSET = tuple(
     for name in (
         # core: enqueue, run, retry, schedule, reclaim, dead-letter
         "enqueue", "worker", "retry", "delayed", "reclaim", "dlq", "poison", "outcome",
-        "heartbeat", "result_ttl", "run_now",
-        # features built on scripts and streams
-        "unique", "chains", "cancel", "limits", "cron", "progress", "waiters",
+        # features whose scripts use the most server behaviour
+        "unique", "chains", "cancel",
         # reliability: lost jobs, lost groups, wrong key types, the janitor
         "lost_jobs", "groups", "key_types", "janitor",
-        # audit: replay, the event index, retention, stats
-        "replay", "event_index", "events_retention", "stats",
-        # the connect-time checks on the real server
-        "connect",
+        # audit, and the connect-time checks on the real server
+        "replay", "connect",
     )
 )  # fmt: skip
 """The core, reliability and audit tests run again on Redis 7.0."""
@@ -53,7 +50,7 @@ SLOW = tuple(
         "event_index.py::test_scheduled_promoted_and_retried_through_the_delayed_set",
     )
 )
-"""Left out of the subset to keep it near 60 s (CLI subprocesses, several
+"""Left out of the subset to keep it near 30 s (CLI subprocesses, several
 worker processes, load; 2-16 s each): the full run has them."""
 
 FULL = (
@@ -61,6 +58,8 @@ FULL = (
     *(
         f"tests/test_{name}.py"
         for name in (
+            "heartbeat", "result_ttl", "run_now", "limits", "cron", "progress", "waiters",
+            "event_index", "events_retention", "stats",
             "archive", "archive_replay", "retention", "burst", "headers", "middleware",
             "job", "job_watch", "job_details", "unknown_tasks", "shutdown_bounds", "doctor",
             "backpressure", "script_limits", "clock", "typed_payloads", "cli_replay_dlq",
