@@ -16,6 +16,8 @@ import shutil
 
 import pytest
 
+from tests.not_run import skip_or_fail, warn_not_run
+
 NOT_RUN = "BROWSER TESTS NOT RUN"
 CHROMIUM_ENV = "STREAMQ_CHROMIUM"
 REQUIRE_ENV = "STREAMQ_REQUIRE_BROWSER"
@@ -44,10 +46,7 @@ def require_chromium() -> str:
     path, why = find_chromium()
     if path:
         return path
-    message = f"{NOT_RUN}: no Chromium ({why}; {INSTALL_HINT})"
-    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
-        pytest.fail(f"{message}, and {REQUIRE_ENV} is set", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(f"{NOT_RUN}: no Chromium ({why}; {INSTALL_HINT})", REQUIRE_ENV)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -58,18 +57,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    not_run = [
-        report
-        for outcome in ("skipped", "error")
-        for report in terminalreporter.stats.get(outcome, [])
-        if NOT_RUN in str(getattr(report, "longrepr", ""))
-    ]
-    if not not_run:
-        return
     _, why = find_chromium()
-    write = terminalreporter.write_line
-    terminalreporter.write_sep("!", f"{NOT_RUN}: {len(not_run)}", red=True, bold=True)
-    write(f"{NOT_RUN}: no Chromium ({INSTALL_HINT})", red=True, bold=True)
-    write(f"{len(not_run)} browser test(s) did not run: {why}.", red=True)
-    write(f"Set {CHROMIUM_ENV}=/path/to/chromium to use another binary.", red=True)
-    terminalreporter.write_sep("!", red=True, bold=True)
+    warn_not_run(terminalreporter, NOT_RUN, [
+        (f"{NOT_RUN}: no Chromium ({INSTALL_HINT})", True),
+        (f"{{n}} browser test(s) did not run: {why}.", False),
+        (f"Set {CHROMIUM_ENV}=/path/to/chromium to use another binary.", False),
+    ])  # fmt: skip

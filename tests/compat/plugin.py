@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.not_run import skip_or_fail, warn_not_run
+
 NOT_RUN = "REDIS 7 TESTS NOT RUN"
 SERVER_ENV = "STREAMQ_TEST_SERVER"
 BIN_ENV = "STREAMQ_TEST_SERVER_BIN"
@@ -103,25 +105,13 @@ def require_redis7() -> Path:
     path, why = find_redis7()
     if path is not None:
         return path
-    message = f"{NOT_RUN}: {why} ({INSTALL_HINT})"
-    if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
-        pytest.fail(f"{message}, and {REQUIRE_ENV} is set", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(f"{NOT_RUN}: {why} ({INSTALL_HINT})", REQUIRE_ENV)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    not_run = [
-        report
-        for outcome in ("skipped", "error")
-        for report in terminalreporter.stats.get(outcome, [])
-        if NOT_RUN in str(getattr(report, "longrepr", ""))
-    ]
-    if not not_run:
-        return
     _, why = find_redis7()
-    write = terminalreporter.write_line
-    terminalreporter.write_sep("!", f"{NOT_RUN}: {len(not_run)}", red=True, bold=True)
-    write(f"{NOT_RUN}: streamq was not tested against Redis 7.0 ({INSTALL_HINT})", red=True)
-    write(f"{len(not_run)} test(s) did not run: {why}.", red=True, bold=True)
-    write(f"Set {BIN_ENV}=/path/to/server to run the core tests on another binary.", red=True)
-    terminalreporter.write_sep("!", red=True, bold=True)
+    warn_not_run(terminalreporter, NOT_RUN, [
+        (f"{NOT_RUN}: streamq was not tested against Redis 7.0 ({INSTALL_HINT})", False),
+        (f"{{n}} test(s) did not run: {why}.", True),
+        (f"Set {BIN_ENV}=/path/to/server to run the core tests on another binary.", False),
+    ])  # fmt: skip
