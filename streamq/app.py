@@ -19,7 +19,6 @@ from streamq.cron import CatchUp, Schedule, TaskKeywords, check_handler, make_sc
 from streamq.envelope import HEADERS_FIELD, encode_headers
 from streamq.errors import (
     ConfigError,
-    EnqueueError,
     PayloadTooLarge,
     QueueFull,
     SerializationError,
@@ -44,15 +43,11 @@ from streamq.serializers import JSONSerializer, Serializer
 from streamq.settings import Settings, check_name
 from streamq.signing import Signer, as_bytes, signer_for
 from streamq.task import Task, TaskOptions, schedule_of
-from streamq.unique import Unique
+from streamq.unique import enqueue_unique
 from streamq.waiters import ResultWaiters
 
 _WARNED_MAIN: set[str] = set()  # __main__. task names already warned about, once each
 QUEUE_FULL = -1  # enqueue.lua's reply code when max_pending is reached
-# enqueue.lua's unique-key replies: held by a job, a debounce replaced the waiting
-# job, and "call again naming this job".
-_UNIQUE_HELD, _UNIQUE_REPLACED, _UNIQUE_ASK = 2, 3, -3
-_UNIQUE_ROUNDS = 5
 # Jobs per enqueue script call: big enough to share the call's cost, small enough
 # that one call keeps Redis busy for only a few milliseconds.
 ENQUEUE_BATCH = 100
@@ -509,8 +504,8 @@ class App:
                 first = UniqueArgs(
                     unique.mode, unique.window_ms, self.keys.unique(unique.key), prepared[0][1]
                 )
-                held = await self._enqueue_unique(
-                    scripts, unique, prepared[0], call(0, 1, encoded, first)
+                held = await enqueue_unique(
+                    self, scripts, unique, prepared[0][1], call(0, 1, encoded, first)
                 )
             if held is not None:
                 return [Job(self, held, task.name)]
@@ -528,41 +523,6 @@ class App:
             depth = int(replies[refused[0]][1])
             raise QueueFull(self.name, depth, self.settings.max_pending or 0, accepted)
         return jobs
-
-    async def _enqueue_unique(
-        self,
-        scripts: Scripts,
-        unique: Unique,
-        job: tuple[str, str, bytes],
-        call: tuple[list[str], list[Arg]],
-    ) -> str | None:
-        """Enqueue one job under a unique key: None when it was added, else the id of
-        the job that holds the key (the caller returns that job's handle).
-
-        The script needs the holder's hash among its keys, so a first call that
-        finds the key held by a job it was not told of answers with that job's
-        id, and the next call names it; the key can change hands in between,
-        hence a few rounds (each one a full check in the script).
-        """
-        keys, args = call
-        expected = ""
-        for _ in range(_UNIQUE_ROUNDS):
-            holder = self.keys.job(expected) if expected else job[1]
-            keys[-2:] = [self.keys.unique(unique.key), holder]
-            args[12] = expected  # ARGV[13]
-            if self.signer is not None:
-                args[-1] = Scripts.replacement_signature(args, self.signer)
-            ((code, value),) = await scripts.enqueue((keys, args))
-            if code == QUEUE_FULL:
-                raise QueueFull(self.name, int(value), self.settings.max_pending or 0, [])
-            if code in (_UNIQUE_HELD, _UNIQUE_REPLACED):
-                return str(value.decode() if isinstance(value, bytes) else value)
-            if code != _UNIQUE_ASK:
-                return None
-            expected = value.decode() if isinstance(value, bytes) else str(value)
-        raise EnqueueError(
-            f"unique key {unique.key!r} changed hands {_UNIQUE_ROUNDS} times during one enqueue"
-        )
 
     def _option_fields(self, task: Task[Any, Any, Any]) -> list[Arg]:
         """Entry fields for options a ``with_options`` copy changed from the registered task."""

@@ -21,19 +21,25 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
-from streamq.errors import ConfigError
+from streamq.errors import ConfigError, EnqueueError, QueueFull
+from streamq.scripts import ENQUEUE_EXPECTED, Arg, Scripts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from streamq.app import App
     from streamq.keys import Keyspace
-    from streamq.scripts import Scripts
 
 Mode = Literal["key", "throttle", "debounce"]
 MAX_KEY_BYTES = 512
 SWEEP_COUNT = 1000
 """SCAN's COUNT hint per sweep step: about how many keys one janitor pass examines."""
 SWEEP_BATCH = 100
+# enqueue.lua's replies for a unique key: refused (the queue is full), held by a
+# job, a debounce replaced the waiting job, and "call again naming this job".
+_FULL, _HELD, _REPLACED, _ASK = -1, 2, 3, -3
+ROUNDS = 5
+"""Calls one unique enqueue makes at most while the key keeps changing hands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,36 @@ def unique_option(
         raise ConfigError(f"{name} must be a finite number of seconds {sign}, got {value!r}")
     mode: Mode = "key" if name == "key_ttl" else cast(Mode, name)
     return Unique(key, mode, float(value))
+
+
+async def enqueue_unique(
+    app: App, scripts: Scripts, unique: Unique, job_key: str, call: tuple[list[str], list[Arg]]
+) -> str | None:
+    """Enqueue one job (hash ``job_key``) under a unique key: None when it was added,
+    else the id of the job that holds the key (the caller returns that job's handle).
+
+    The script needs the holder's hash among its keys, so a first call that
+    finds the key held by a job it was not told of answers with that job's
+    id, and the next call names it; the key can change hands in between,
+    hence a few rounds (each one a full check in the script).
+    """
+    keys, args = call
+    expected = ""
+    for _ in range(ROUNDS):
+        keys[-2:] = [app.keys.unique(unique.key), app.keys.job(expected) if expected else job_key]
+        args[ENQUEUE_EXPECTED] = expected
+        if app.signer is not None:
+            args[-1] = Scripts.replacement_signature(args, app.signer)
+        ((code, value),) = await scripts.enqueue((keys, args))
+        if code == _FULL:
+            raise QueueFull(app.name, int(value), app.settings.max_pending or 0, [])
+        if code not in (_HELD, _REPLACED, _ASK):
+            return None
+        holder = value.decode() if isinstance(value, bytes) else str(value)
+        if code != _ASK:
+            return holder
+        expected = holder
+    raise EnqueueError(f"unique key {unique.key!r} changed hands {ROUNDS} times during one enqueue")
 
 
 async def sweep(redis: Redis, scripts: Scripts, keys: Keyspace, cursor: int) -> tuple[int, int]:

@@ -51,6 +51,11 @@ NAMES = (
 _SCRIPTS = {name: Script.load(name) for name in NAMES}
 
 
+ENQUEUE_EXPECTED = 12
+"""Where ``enqueue_call`` puts ARGV[13], the job id the caller read from the unique
+key, in its args: a unique enqueue calls again with it set (``streamq.unique``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class UniqueArgs:
     """The unique-key part of an ``enqueue`` call (see enqueue.lua's header)."""
@@ -205,7 +210,7 @@ class Scripts:
     def replacement_signature(args: Sequence[Arg], signer: Signer) -> str:
         """The ``sig`` of a signed unique enqueue's one job (``enqueue_call`` args) under
         the id of the waiting job a debounce would replace (ARGV[13]; '' when none)."""
-        expected = str(args[12])
+        expected = str(args[ENQUEUE_EXPECTED])
         if not expected:
             return ""
         e = int(args[8])
