@@ -193,16 +193,24 @@ def _headers(raw: bytes, job_id: str, task: str) -> Mapping[str, str]:
     return MappingProxyType(value)
 
 
-def delayed_fields(member: bytes) -> dict[str, Any] | None:
-    """The entry fields of a delayed-set member (JSON ``[priority, field, value, ...]``,
-    as the scripts write it), or None when the member is not one."""
+def delayed_member(member: bytes) -> tuple[str | None, dict[str, Any]] | None:
+    """A delayed-set member (JSON ``[priority, field, value, ...]``, as the scripts
+    write it) as (its priority, or None when that is not a string; its entry
+    fields), or None when the member is not one."""
     try:
         entry = json.loads(member)
     except ValueError:
         return None
     if not isinstance(entry, list):
         return None
-    return dict(zip(entry[1::2], entry[2::2], strict=False))
+    priority = entry[0] if entry and isinstance(entry[0], str) else None
+    return priority, dict(zip(entry[1::2], entry[2::2], strict=False))
+
+
+def delayed_fields(member: bytes) -> dict[str, Any] | None:
+    """The entry fields of a delayed-set member, or None when the member is not one."""
+    parsed = delayed_member(member)
+    return None if parsed is None else parsed[1]
 
 
 def decode_arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:

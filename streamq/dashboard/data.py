@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from streamq.app import App
 from streamq.cron import ScheduleInfo, list_schedules
 from streamq.dlq import DeadLetter
-from streamq.envelope import delayed_fields
+from streamq.envelope import delayed_member
 from streamq.ids import job_id_time_ms
 from streamq.keys import GROUP
 from streamq.records import HistoryRecord, parse_bound, record_of
@@ -311,8 +311,7 @@ async def delayed(app: App, *, offset: int = 0, limit: int = PAGE) -> DelayedPag
         total, members = await pipe.execute()
     rows = []
     for member, score in members:
-        fields = delayed_fields(member) or {}
-        priority = _first(member)
+        priority, fields = delayed_member(member) or (None, {})
         rows.append(
             DelayedRow(
                 _str(fields.get("id")), _str(fields.get("task")), priority,
@@ -320,14 +319,6 @@ async def delayed(app: App, *, offset: int = 0, limit: int = PAGE) -> DelayedPag
             )
         )  # fmt: skip
     return DelayedPage(rows, offset, int(total))
-
-
-def _first(member: bytes) -> str | None:
-    try:
-        values = json.loads(member)
-    except ValueError:
-        return None
-    return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
 
 
 # -- schedules and limits -------------------------------------------------------------------
