@@ -143,7 +143,9 @@ async def test_a_job_that_succeeds_indexes_enqueued_started_progress_succeeded(
 async def test_scheduled_promoted_and_retried_through_the_delayed_set(fast: App) -> None:
     attempts = 0
 
-    @fast.task(name="t", max_retries=3, backoff_base=0.01, backoff_cap=0.02)
+    # A fixed interval, not jittered backoff: full jitter may pick under 1 ms,
+    # and a 0 ms retry goes straight back to its stream (no 'promoted').
+    @fast.task(name="t", max_retries=3, retry=Retry(intervals=[0.02]))
     async def t() -> str:
         nonlocal attempts
         attempts += 1
