@@ -1,4 +1,5 @@
-"""A local Valkey cluster for the tests: three masters, slots assigned here, no replicas.
+"""A local Valkey cluster for the tests (and ``bench/cluster_scale.py``): three masters
+by default, slots assigned here, no replicas.
 
 Each node is a ``valkey-server`` from the same binary the embedded default
 uses, in cluster mode on a loopback port. The fixture assigns the 16384 slots
@@ -18,14 +19,22 @@ import redis
 from streamq.embedded import ValkeyServer
 from tests.servers import free_port
 
+SLOTS = 16384
 RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 
 
-class ValkeyCluster:
-    """Three cluster-mode valkey-servers under ``directory``."""
+def slot_ranges(masters: int) -> tuple[tuple[int, int], ...]:
+    """The 16384 slots split into ``masters`` contiguous ranges, as even as they go."""
+    bounds = [SLOTS * i // masters for i in range(masters + 1)]
+    return tuple((bounds[i], bounds[i + 1] - 1) for i in range(masters))
 
-    def __init__(self, directory: Path) -> None:
-        self.bus_ports = [free_port() for _ in RANGES]
+
+class ValkeyCluster:
+    """``masters`` cluster-mode valkey-servers under ``directory`` (three by default)."""
+
+    def __init__(self, directory: Path, masters: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+        self.ranges = RANGES if masters == 3 else slot_ranges(masters)
+        self.bus_ports = [free_port() for _ in self.ranges]
         self.nodes = [
             ValkeyServer(
                 directory / f"node{i}",
@@ -35,9 +44,10 @@ class ValkeyCluster:
                     *("--cluster-config-file", str(directory / f"node{i}" / "nodes.conf")),
                     *("--cluster-port", str(self.bus_ports[i])),  # else port + 10000: maybe taken
                     *("--cluster-node-timeout", "5000"),
+                    *extra_args,
                 ],
             )
-            for i in range(len(RANGES))
+            for i in range(len(self.ranges))
         ]
 
     @property
@@ -54,14 +64,14 @@ class ValkeyCluster:
             node.start()
         clients = [redis.Redis(port=port) for port in self.ports]
         try:
-            for client, (low, high) in zip(clients, RANGES, strict=True):
+            for client, (low, high) in zip(clients, self.ranges, strict=True):
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
             for client in clients[1:]:
                 client.execute_command(
                     "CLUSTER", "MEET", "127.0.0.1", self.ports[0], self.bus_ports[0]
                 )
             deadline = time.monotonic() + timeout_s
-            while not all(_ok(client) for client in clients):
+            while not all(_ok(client, len(self.ranges)) for client in clients):
                 if time.monotonic() > deadline:
                     states = [client.execute_command("CLUSTER", "INFO") for client in clients]
                     raise RuntimeError(f"cluster not ok within {timeout_s} s: {states}")
@@ -76,18 +86,18 @@ class ValkeyCluster:
                 node.kill()
 
 
-def _ok(client: redis.Redis) -> bool:
+def _ok(client: redis.Redis, masters: int) -> bool:
     info = client.execute_command("CLUSTER", "INFO")
     text = info.decode() if isinstance(info, bytes) else str(info)
-    if "cluster_state:ok" not in text or "cluster_known_nodes:3" not in text:
+    if "cluster_state:ok" not in text or f"cluster_known_nodes:{masters}" not in text:
         return False
     slots = client.execute_command("CLUSTER", "SLOTS")
-    return len(slots) == len(RANGES)
+    return len(slots) == masters
 
 
 @contextmanager
-def valkey_cluster(directory: Path) -> Iterator[ValkeyCluster]:
-    cluster = ValkeyCluster(directory)
+def valkey_cluster(directory: Path, masters: int = 3) -> Iterator[ValkeyCluster]:
+    cluster = ValkeyCluster(directory, masters)
     try:
         cluster.start()
         yield cluster
