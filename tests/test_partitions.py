@@ -198,3 +198,75 @@ async def test_unique_and_chained_jobs_stay_in_one_partition(redis_url: str) -> 
         async with running_worker(app):
             assert await app.job(child.id).result(timeout=5) == 11
         await drop_all(app, 4)
+
+
+async def test_dlq_stats_replay_and_empty_cover_every_partition(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    from typer.testing import CliRunner
+
+    from streamq.cli import cli
+    from streamq.partition_ops import AllDeadLetters, AllReplay, collect_all
+
+    name = queue_name()
+
+    def register(app: App) -> App:
+        @app.task(name="t.boom", max_retries=0)
+        async def boom(n: int) -> None:
+            raise RuntimeError(f"boom {n}")
+
+        @app.task(name="t.ok")
+        async def ok(n: int) -> int:
+            return n
+
+        return app
+
+    module = types.ModuleType(f"streamq_partitions_{name}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    module.app = register(make_app(redis_url, 3, name))  # type: ignore[attr-defined]
+    path = f"{module.__name__}:app"
+
+    async def cli_run(*args: str) -> str:
+        result = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(cli, list(args)))
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    async with register(make_app(redis_url, 3, name)) as app:
+        failed = await app.tasks["t.boom"].enqueue_many([(n,) for n in range(3)])
+        done = await app.tasks["t.ok"].enqueue_many([(n,) for n in range(3)])
+        assert {j.partition for j in failed} == {0, 1, 2}
+        async with running_worker(app):
+            for job in done:
+                await job.wait(timeout=5)
+            for job in failed:
+                await job.wait(timeout=5)
+        stats = await collect_all(app)
+        assert stats.dlq == 3
+        assert stats.throughput.succeeded == 3
+        dlq = AllDeadLetters(app)
+        letters = await dlq.entries()
+        assert sorted(letter.job_id or "" for letter in letters) == sorted(j.id for j in failed)
+        in_two = next(j for j in failed if j.partition == 2)
+        address = next(letter.id for letter in letters if letter.job_id == in_two.id)
+        assert address.startswith("2/")
+        assert "boom" in await cli_run("dlq", "show", path, address)
+        assert await dlq.requeue(address) == in_two.id
+        assert await dlq.count() == 2
+        replay = await AllReplay.of(app)
+        kinds = [r.kind async for r in replay.events(job=in_two.id)]
+        assert kinds[0] == "enqueued" and "requeued" in kinds
+        story = await replay.story(in_two.id)
+        assert story and all(r.job_id == in_two.id for r in story)
+        events = [r async for r in replay.events()]
+        assert [r.ts_ms for r in events] == sorted(r.ts_ms for r in events)
+        assert {r.job_id for r in events} >= {j.id for j in failed + done}
+        assert "delayed" in await cli_run("stats", path, "--json")
+        await app.tasks["t.ok"].enqueue_many([(n,) for n in range(6)])
+        assert (await cli_run("queue", "empty", path, "--yes")).startswith("removed 7 jobs")
+        listed = await cli_run("queue", "partitions", path)
+        assert listed.startswith("configured: 3; high-water mark: 3; covered: 3")
+        assert await cli_run("dlq", "purge", path, "--yes") == "deleted 2 entries\n"
+        await drop_all(app, 3)
