@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -93,6 +94,7 @@ class App:
         settings: Settings | None = None,
         lifespan: Lifespan | None = None,
         middleware: Sequence[Middleware] = (),
+        partitions: int | None = None,
     ) -> None:
         self.name = check_name("queue name", name)
         if lifespan is not None and not callable(lifespan):
@@ -110,6 +112,7 @@ class App:
             "max_retries": max_retries,
             "visibility_timeout_s": visibility_timeout,
             "max_pending": max_pending,
+            "partitions": partitions,
         }
         if settings is None:
             settings = Settings.from_env(**overrides)
@@ -135,6 +138,14 @@ class App:
             if "default" in settings.priorities
             else settings.priorities[len(settings.priorities) // 2]
         )
+        self.partitions = settings.partitions
+        """Partitions producers write to (``streamq.partitions``); workers and ops tools
+        also cover any beyond it that the queue used before (its high-water mark)."""
+        self.partition_index = 0
+        """Which partition of its queue this App object is (views: ``partition(i)``)."""
+        self.root: App = self
+        """The App whose partitions these are (itself, unless this is a partition view)."""
+        self._partition_state: Any = None  # streamq.partitions.State, made on first use
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -182,6 +193,7 @@ class App:
         every: float | dt.timedelta | None = None,
         catch_up: CatchUp | None = None,
         grace: float | dt.timedelta | None = None,
+        partition_by: str | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -206,6 +218,7 @@ class App:
         every: float | dt.timedelta | None = None,
         catch_up: CatchUp | None = None,
         grace: float | dt.timedelta | None = None,
+        partition_by: str | None = None,
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(priority="high", ...)``.
 
@@ -232,6 +245,8 @@ class App:
             concurrency: jobs of this task running at once across all workers.
             cron, tz, every, catch_up, grace: also run the task on a schedule
                 (see ``App.cron`` and ``App.periodic``).
+            partition_by: on a partitioned queue, the argument whose value picks each
+                job's partition: jobs with equal values keep their order.
         """
         intervals = schedule_of(retry)
         if max_retries is None:
@@ -248,6 +263,7 @@ class App:
             result_ttl_s=result_ttl,
             limit=limit,
             concurrency=concurrency,
+            partition_by=partition_by,
         ).validate(self.settings.priorities)
         schedule = make_schedule(cron=cron, tz=tz, every=every, catch_up=catch_up, grace=grace)
 
@@ -258,6 +274,9 @@ class App:
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is already registered on {self!r}")
             LimitPolicy.of(task_name, handler, limit, concurrency)  # ConfigError now, not later
+            arguments = inspect.signature(handler).parameters
+            if partition_by is not None and partition_by not in arguments:
+                raise ConfigError(f"partition_by={partition_by!r}: no such argument of {task_name}")
             if schedule is not None:
                 check_handler(task_name, handler)
             registered: Task[Any, Any, Any] = Task(self, handler, task_name, options)
@@ -360,10 +379,21 @@ class App:
         For what a cluster router cannot do: blocking reads on a held connection
         (``connection.dedicated``), SCAN over the queue's keys, MULTI blocks.
         """
+        return await self.node_redis_for(self.keys.events)
+
+    async def node_redis_for(self, key: str) -> Redis:
+        """``node_redis`` for the slot of ``key`` (a partition's, ``streamq.partitions``)."""
         redis = await self.redis()
         if self._nodes is None:
             return redis
-        return self._nodes.for_key(cast(RedisCluster, redis), self.keys.events)
+        return self._nodes.for_key(cast(RedisCluster, redis), key)
+
+    def partition(self, index: int) -> App:
+        """Partition ``index`` of this queue (``streamq.partitions``): an App view with
+        its own keys sharing this App's connection and tasks; 0 is this App."""
+        from streamq.partitions import partition_of
+
+        return partition_of(self, index)
 
     @property
     def embedded_server(self) -> embedded.Embedded | None:
@@ -381,6 +411,10 @@ class App:
     async def close(self) -> None:
         """Close connections. The embedded server keeps running for other processes."""
         await self.result_waiters.aclose()
+        if self._partition_state is not None:
+            for view in list(self._partition_state.views.values()):
+                if view is not self:
+                    await view.close()
         client, self._redis, self._scripts = self._redis, None, None
         nodes, self._nodes = self._nodes, None
         if nodes is not None:
@@ -401,8 +435,15 @@ class App:
     # -- jobs -----------------------------------------------------------------------
 
     def job(self, job_id: str) -> Job[Any]:
-        """A handle for a job enqueued earlier, e.g. by another process."""
-        return Job(self, job_id)
+        """A handle for a job enqueued earlier, e.g. by another process.
+
+        On a partitioned queue the handle finds the job's partition on first use.
+        """
+        if self.partitions == 1 and self._partition_state is None:
+            return Job(self, job_id)
+        from streamq.partitions import job_handle
+
+        return job_handle(self, job_id)
 
     async def enqueue(self, task_name: str, /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Enqueue by task name, for producers that do not import the handler.
@@ -424,11 +465,14 @@ class App:
         job_id: str | None = None,
         due_ms: int = 0,
         delay_ms: int = 0,
+        routed: bool = False,
     ) -> list[Job[Any]]:
         """Encode every call first (so a bad one writes nothing), then send them all.
 
         ``due_ms`` (epoch ms) later than the server's now, or a positive ``delay_ms``
         (added to the server's clock by the script), puts the jobs in the delayed set.
+        On a partitioned queue each call goes to its partition (``streamq.partitions``)
+        unless ``routed``: the calls are for this App's own partition.
         """
         if task.name.startswith("__main__.") and task.name not in _WARNED_MAIN:
             _WARNED_MAIN.add(task.name)
@@ -438,6 +482,12 @@ class App:
                 "give it an explicit name (@app.task(name=...))",
                 UserWarning,
                 stacklevel=3,
+            )
+        if self.partitions > 1 and self.root is self and not routed:
+            from streamq.partitions import enqueue_routed
+
+            return await enqueue_routed(
+                self, task, calls, job_id=job_id, due_ms=due_ms, delay_ms=delay_ms
             )
         now_ms = int(time.time() * 1000)
         ids: list[str] = []

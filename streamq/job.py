@@ -98,6 +98,12 @@ class Job(Generic[R]):
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, task={self.task!r})"
 
+    @property
+    def partition(self) -> int:
+        """The queue partition holding the job (``streamq.partitions``); 0 on a plain
+        queue. A handle from ``app.job(id)`` knows it once it was first used."""
+        return self._app.partition_index
+
     async def info(self) -> dict[str, str]:
         """The job hash, decoded to text (the result stays encoded). Empty if unknown.
 

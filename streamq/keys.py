@@ -98,6 +98,17 @@ class Keyspace:
         """A SCAN pattern matching every key of this queue (tests and ops)."""
         return f"{self._base}:*".replace("{", "\\{").replace("}", "\\}")
 
+    @property
+    def partitions(self) -> str:
+        """Zset, in partition 0 only: member ``count`` scored by the largest partition
+        count ever used (``streamq.partitions``), so workers drain every partition."""
+        return f"{self._base}:partitions"
+
+    def partition(self, index: int) -> Keyspace:
+        """Partition ``index`` of this queue: its own hash tag, ``{queue#index}``
+        (partition 0 is the queue's own, so one partition is the plain layout)."""
+        return self if index == 0 else Keyspace(self.prefix, f"{self.queue}#{index}")
+
 
 _MAX_PART = 120
 

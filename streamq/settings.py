@@ -20,6 +20,9 @@ from streamq.errors import ConfigError
 from streamq.signing import check_keys, parse_env_keys
 
 DEFAULT_PRIORITIES: tuple[str, ...] = ("high", "default", "low")
+MAX_PARTITIONS = 1024
+"""More partitions than this is a typo, not a design: each one costs every worker
+two connections and a blocking read."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")  # no braces, colons or spaces: they shape keys
 
 
@@ -213,6 +216,9 @@ class Settings:
     cluster: bool = False
     """Treat ``redis_url`` as any node of a Redis Cluster (as a ``redis+cluster://``
     URL does): the App then uses redis-py's cluster client (``streamq.cluster``)."""
+    partitions: int = 1
+    """Partitions of the queue (``streamq.partitions``): each its own hash tag and
+    streams, so a hot queue spreads over a cluster's masters. 1: the plain layout."""
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -274,6 +280,14 @@ class Settings:
                 f"max_deliveries must be an integer >= 1, got {self.max_deliveries!r}"
             )
         self._check_signing_and_caps()
+        if (
+            not isinstance(self.partitions, int)
+            or isinstance(self.partitions, bool)
+            or not 1 <= self.partitions <= MAX_PARTITIONS
+        ):
+            raise ConfigError(
+                f"partitions must be an integer from 1 to {MAX_PARTITIONS}, got {self.partitions!r}"
+            )
 
     def _check_signing_and_caps(self) -> None:
         object.__setattr__(
@@ -313,6 +327,11 @@ class Settings:
         values.update(_signing_env(env))
         if (cluster := env.get("STREAMQ_CLUSTER")) is not None and cluster.strip():
             values["cluster"] = cluster.strip().lower() in ("1", "true", "yes", "on")
+        if (parts := env.get("STREAMQ_PARTITIONS")) is not None and parts.strip():
+            try:
+                values["partitions"] = int(parts)
+            except ValueError:
+                raise ConfigError(f"STREAMQ_PARTITIONS must be an integer, got {parts!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "priorities" in values:
             values["priorities"] = tuple(values["priorities"])

@@ -61,6 +61,12 @@ class TaskOptions:
     """Rate and concurrency limits across all workers (``streamq.limits``)."""
     concurrency: int | None = None
     """Jobs of this task running at once across all workers (None: no cap)."""
+    partition_key: str | None = None
+    """On a partitioned queue, the jobs of one key share a partition, so they run in
+    enqueue order per priority (``with_options(partition_key=...)``)."""
+    partition_by: str | None = None
+    """The handler argument whose value is each job's partition key
+    (``@app.task(partition_by=...)``)."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -96,6 +102,10 @@ class TaskOptions:
                 encode_headers(dict(self.headers))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc)) from None
+        for name in ("partition_key", "partition_by"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
         if self.retry_intervals_s:
             check_intervals(self.retry_intervals_s)
         if self.result_ttl_s is not None and (
@@ -224,6 +234,7 @@ class Task(Generic[P, R, Ret]):
         after: Sequence[Job[Any] | str] | None = None,
         retry: Retry | None = None,
         result_ttl: float | None = None,
+        partition_key: str | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
@@ -245,6 +256,9 @@ class Task(Generic[P, R, Ret]):
         ``after=[job, ...]`` (handles or ids of this queue's jobs) adds the job
         as ``deferred``: it runs once every parent succeeded, and goes to the DLQ
         naming the parent if one fails for good (``streamq.chains``).
+
+        ``partition_key``: on a partitioned queue (``streamq.partitions``), jobs
+        with the same key go to the same partition, so they keep their order.
         """
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(
@@ -263,6 +277,7 @@ class Task(Generic[P, R, Ret]):
             "after": None if after is None else _parent_ids(after),
             "retry_intervals_s": intervals,
             "result_ttl_s": result_ttl,
+            "partition_key": partition_key,
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))

@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from streamq.app import App
-from streamq.cancel import CancelResult, cancel_jobs, empty_queue
+from streamq.cancel import CancelResult
 from streamq.cli._common import AppArg, RedisUrlOpt, counted, run_with_app
 from streamq.cli._load import load_app
+from streamq.partition_ops import empty_all
+from streamq.partitions import cancel_jobs
 
 queue_cli = typer.Typer(help="Operate on a whole queue.", no_args_is_help=True)
 
@@ -61,6 +63,43 @@ def empty(
         return  # declining is an answer, not a failure
 
     async def body(app: App) -> int:
-        return await empty_queue(app, task=task)
+        return await empty_all(app, task=task)  # every partition
 
     typer.echo(f"removed {counted(run_with_app(app, body), 'job')}")
+
+
+@queue_cli.command("partitions")
+def partitions_(
+    app_path: AppArg,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            help="Lower the high-water mark to the configured count, if every partition "
+            "beyond it is empty."
+        ),
+    ] = False,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """The queue's partitions: the configured count, the high-water mark (the most ever
+    used, which workers keep draining) and what each partition holds."""
+    from streamq.partitions import read_mark, reset_mark, unfinished
+
+    app = load_app(app_path, redis_url)
+
+    async def body(app: App) -> tuple[int, int, dict[int, dict[str, int]]]:
+        mark = await read_mark(app)
+        if reset:
+            mark, busy = await reset_mark(app)
+            return mark, mark, busy
+        covered = max(app.partitions, mark)
+        held = {i: await unfinished(app.partition(i)) for i in range(covered)}
+        return mark, covered, held
+
+    mark, covered, held = run_with_app(app, body)
+    typer.echo(f"configured: {app.partitions}; high-water mark: {mark or 1}; covered: {covered}")
+    for index, counts in held.items():
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+        typer.echo(f"partition {index}: {shown}")
+    if reset and held:
+        typer.echo("streamq: mark not lowered: the partitions above still hold jobs", err=True)
+        raise typer.Exit(1)

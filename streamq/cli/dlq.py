@@ -12,7 +12,9 @@ from rich.table import Table
 from streamq.app import App
 from streamq.cli._common import AppArg, RedisUrlOpt, counted, parse_duration, run_with_app
 from streamq.cli._load import load_app
-from streamq.dlq import DeadLetter, DeadLetterNotFound, DeadLetters, check_entry_id
+from streamq.dlq import DeadLetter, DeadLetterNotFound
+from streamq.partition_ops import AllDeadLetters as DeadLetters
+from streamq.partition_ops import split_entry_id
 
 dlq_cli = typer.Typer(help="Inspect, requeue and purge dead jobs.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
@@ -29,7 +31,7 @@ def _check_ids(entry_ids: list[str]) -> None:
     """Exit 2 on the first argument that is no entry id, before anything talks to Redis."""
     for entry_id in entry_ids:
         try:
-            check_entry_id(entry_id)
+            split_entry_id(entry_id)  # <ms>-<seq>, or <partition>/<ms>-<seq>
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="ID") from None
 

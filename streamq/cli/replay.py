@@ -19,6 +19,7 @@ from streamq.cli._common import AppArg, RedisUrlOpt, counted, run_with_app
 from streamq.cli._load import load_app
 from streamq.errors import ConfigError
 from streamq.ids import job_id_time_ms
+from streamq.partition_ops import AllReplay
 from streamq.replay import HistoryRecord, Replay, bound_key, parse_bound
 
 
@@ -102,7 +103,7 @@ def replay(
         else:
             table.add_row(*_row(record))
 
-    async def select(history: Replay) -> AsyncIterator[HistoryRecord]:
+    async def select(history: AllReplay) -> AsyncIterator[HistoryRecord]:
         if job and not follow:
             story = await history.story(job)
             if not story:
@@ -130,7 +131,7 @@ def replay(
         count = 0
         last_event = "$"
         if not follow or since or until:
-            async for record in select(history):
+            async for record in select(await AllReplay.of(app)):
                 if record.source == "event":
                     last_event = record.id
                 emit(record)

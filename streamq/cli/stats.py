@@ -17,12 +17,12 @@ from rich.text import Text
 from streamq.app import App
 from streamq.cli._common import AppArg, RedisUrlOpt, run_with_app
 from streamq.cli._load import load_app
+from streamq.partition_ops import collect_all
 from streamq.stats import (
     History,
     HistoryStats,
     PriorityStats,
     QueueStats,
-    collect,
     format_bytes,
     format_duration,
 )
@@ -52,7 +52,7 @@ def stats(
         taken = 0
         with Live(console=console, auto_refresh=False) if live else _NoLive() as screen:
             while True:
-                snapshot = await collect(app)
+                snapshot = await collect_all(app)  # every partition, summed
                 taken += 1
                 if as_json:
                     typer.echo(json.dumps(snapshot.to_dict()))

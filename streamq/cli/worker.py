@@ -33,6 +33,7 @@ from streamq.logging import configure_logging, get_logger
 from streamq.metrics import MULTIPROC_ENV, ProcessesMetrics, WorkerMetrics
 from streamq.supervisor import READY_FD_OPTION, ChildLink, Supervisor, whole_line_output
 from streamq.worker import Worker, consumer_name
+from streamq.worker.partitions import parse_assignment
 
 
 def worker(
@@ -74,6 +75,10 @@ def worker(
     json_logs: JsonLogsOpt = None,
     supervisor_fd: Annotated[int | None, typer.Option(READY_FD_OPTION, hidden=True)] = None,
     metrics_multiprocess: Annotated[bool, typer.Option(hidden=True)] = False,
+    partitions: Annotated[
+        str | None,
+        typer.Option(help="Partitions of a partitioned queue to read, e.g. 0,2-5 (default: all)."),
+    ] = None,
 ) -> None:
     """Run a worker: fetch jobs highest priority first and run them."""
     configure_logging(json=json_logs, level=check_log_level(log_level))
@@ -81,7 +86,7 @@ def worker(
         code = _supervise(
             app_path, processes, concurrency=concurrency, grace=grace, burst=burst, name=name,
             janitor=janitor, metrics_port=metrics_port, metrics_host=metrics_host,
-            redis_url=redis_url, log_level=log_level, json_logs=json_logs,
+            redis_url=redis_url, log_level=log_level, json_logs=json_logs, partitions=partitions,
         )  # fmt: skip
         if code:
             raise typer.Exit(code)
@@ -90,6 +95,10 @@ def worker(
     if supervisor_fd is not None:
         link = ChildLink(supervisor_fd)
         link.start()
+    try:
+        assignment = None if partitions is None else parse_assignment(partitions)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--partitions") from None
     app = load_app(app_path, redis_url)
     metrics = None
     if metrics_port is not None or metrics_multiprocess:
@@ -106,6 +115,7 @@ def worker(
         consumer=name,
         janitor=janitor,
         metrics=metrics,
+        partitions=assignment,
     )
 
     async def body(_: App) -> None:
@@ -152,6 +162,7 @@ def _supervise(
     redis_url: str | None,
     log_level: str,
     json_logs: bool | None,
+    partitions: str | None = None,
 ) -> int:
     """Run ``processes`` workers with these options under a supervisor; its exit code."""
     argv = [
@@ -162,6 +173,8 @@ def _supervise(
     ]  # fmt: skip
     if json_logs is not None:
         argv.append("--json" if json_logs else "--no-json")
+    if partitions is not None:
+        argv += ["--partitions", partitions]
     env = dict(os.environ)
     env.pop(MULTIPROC_ENV, None)
     env.pop(MULTIPROC_ENV.lower(), None)

@@ -23,7 +23,7 @@ from streamq.dashboard.security import CsrfRefused
 from streamq.dlq import DeadLetterNotFound, DeadLetters
 from streamq.errors import ConfigError, JobNotFound
 from streamq.job import JobStatus
-from streamq.stats import collect
+from streamq.partition_ops import collect_all as collect  # every partition, summed
 
 if TYPE_CHECKING:
     from streamq.dashboard import Dashboard

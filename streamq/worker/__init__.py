@@ -12,12 +12,13 @@ cancelled and left pending.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -59,6 +60,13 @@ from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.heartbeat import Heartbeat
 from streamq.worker.limited import Limiter
 from streamq.worker.outcome import OutcomeWriter, move_to_dlq
+from streamq.worker.partitions import (
+    Lane,
+    MultiFetcher,
+    assigned,
+    check_assignment,
+    lanes_by_stream,
+)
 from streamq.worker.shutdown import Watchdog, stop_on_signals
 from streamq.worker.threads import HandlerThreads
 from streamq.worker.unknown import MAX_BOUNCES, hand_back, unknown_task_hint
@@ -87,6 +95,8 @@ class Worker:
             pending messages first (default: a fresh ``host:pid:random``).
         janitor: also run the janitor's singleton duties (under a lease).
         metrics: Prometheus metrics to update (``streamq.metrics.WorkerMetrics``).
+        partitions: the partitions of a partitioned queue to read (default: all;
+            ``streamq.worker.partitions``).
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class Worker:
         consumer: str | None = None,
         janitor: bool = True,
         metrics: WorkerMetrics | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -140,6 +151,8 @@ class Worker:
         self._limits = Limiter(app, self.consumer, self._log)
         self._task_ttl_ms: dict[str, int] = {}  # result TTL of jobs that carry no override
         self._cancels = CancelWatcher(app, self.consumer, metrics)
+        self.partitions = None if partitions is None else check_assignment(partitions)
+        self._lanes: dict[str, Lane] = {}  # by stream key; set by run()
 
     _writer: OutcomeWriter  # set by run()
 
@@ -166,39 +179,65 @@ class Worker:
         the last outcome is recorded (``streamq.lifespan``).
         """
         app = self.app
-        async with (
-            dedicated(await app.node_redis()) as fetch_client,
-            dedicated(await app.node_redis()) as write_client,
-            lifespan_state(app, self._log) as self._state,
-        ):
-            await self._run(fetch_client, write_client, task_status)
+        views = await assigned(app, self.partitions)
+        async with contextlib.AsyncExitStack() as clients:
+            pairs = [
+                (
+                    view,
+                    await clients.enter_async_context(dedicated(await view.node_redis())),
+                    await clients.enter_async_context(dedicated(await view.node_redis())),
+                )
+                for view in views
+            ]
+            async with lifespan_state(app, self._log) as self._state:
+                await self._run(pairs, task_status)
+
+    def _lane(
+        self, app: App, redis: Redis, write_client: Redis, visibility_ms: dict[str, int],
+        pooled: Scripts,
+    ) -> Lane:  # fmt: skip
+        """One partition's fetcher, heartbeat, writer, limiter, cancel watcher and janitor."""
+        fetcher = Fetcher(
+            redis, Scripts(redis), app.keys, app.settings, self.consumer, self.block_ms,
+            visibility_ms,
+        )  # fmt: skip
+        own = app is self.app
+        return Lane(
+            app, fetcher,
+            Heartbeat(
+                pooled,  # the pooled client: never behind the fetch loop's blocking read
+                fetcher.streams, self.consumer, max(0.05, fetcher.min_visibility_s / 3), app.name,
+            ),
+            OutcomeWriter(
+                Scripts(write_client), app.keys, app.settings, self.consumer, self._settled,
+                on_recorded=self._recorded if self.metrics else None,
+            ),
+            self._limits if own else Limiter(app, self.consumer, self._log),
+            self._cancels if own else CancelWatcher(app, self.consumer, self.metrics),
+            self._burst if own else BurstCheck(app, self._log),
+            Janitor(app, self.consumer) if self.run_janitor else None,
+        )  # fmt: skip
 
     async def _run(
-        self, redis: Redis, write_client: Redis, task_status: anyio.abc.TaskStatus[None]
+        self, clients: list[tuple[App, Redis, Redis]], task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         app = self.app
-        scripts = Scripts(redis)
         visibility_ms = {
             name: int(t.options.visibility_timeout_s * 1000)
             for name, t in app.tasks.items()
             if t.options.visibility_timeout_s is not None
         }
-        fetcher = Fetcher(
-            redis, scripts, app.keys, app.settings, self.consumer, self.block_ms, visibility_ms
+        pooled = await app.scripts()
+        lanes = [self._lane(view, r, w, visibility_ms, pooled) for view, r, w in clients]
+        self._lanes = lanes_by_stream(lanes)
+        fetcher: Fetcher | MultiFetcher = (
+            lanes[0].fetcher
+            if len(lanes) == 1
+            else MultiFetcher(lanes, app.settings.priorities, self.consumer)
         )
         await fetcher.ensure_groups()
-        heartbeat = Heartbeat(
-            await app.scripts(),  # the pooled client: never behind the fetch loop's blocking read
-            fetcher.streams,
-            self.consumer,
-            max(0.05, fetcher.min_visibility_s / 3),
-            app.name,
-        )
+        heartbeat, writer = lanes[0].heartbeat, lanes[0].writer
         self._heartbeat = heartbeat
-        writer = OutcomeWriter(
-            Scripts(write_client), app.keys, app.settings, self.consumer, self._settled,
-            on_recorded=self._recorded if self.metrics else None,
-        )  # fmt: skip
         self._writer = writer
         self._threads = HandlerThreads(self.concurrency, name=f"streamq-handler:{self.consumer}")
         self._loop_token = anyio.lowlevel.current_token()
@@ -207,17 +246,19 @@ class Worker:
             priorities=list(app.settings.priorities), janitor=self.run_janitor,
         )  # fmt: skip
         async with anyio.create_task_group() as services:
-            services.start_soon(heartbeat.run)
-            services.start_soon(self._limits.run)
-            services.start_soon(self._cancels.run)
-            if self.run_janitor:
-                await services.start(Janitor(app, self.consumer).run)
+            for lane in lanes:
+                services.start_soon(lane.heartbeat.run)
+                services.start_soon(lane.limits.run)
+                services.start_soon(lane.cancels.run)
+                if lane.janitor is not None:
+                    await services.start(lane.janitor.run)
             if self.handle_signals:
                 await services.start(stop_on_signals, self)
             if self.metrics is not None:
                 services.start_soon(self.metrics.run_sampler)
             async with anyio.create_task_group() as recording:
-                recording.start_soon(writer.run)
+                for lane in lanes:
+                    recording.start_soon(lane.writer.run)
                 try:
                     async with anyio.create_task_group() as jobs:
                         self._jobs_scope = jobs.cancel_scope
@@ -235,7 +276,8 @@ class Worker:
                 finally:
                     # Handlers are done (or cancelled and left pending): the
                     # writer records what is queued and returns.
-                    writer.close()
+                    for lane in lanes:
+                        lane.writer.close()
                 recording.cancel_scope.deadline = anyio.current_time() + _WRITER_DRAIN_S
             services.cancel_scope.cancel()
         self._threads.close()
@@ -245,7 +287,7 @@ class Worker:
 
     # -- fetching ------------------------------------------------------------------
 
-    async def _fetch_loop(self, fetcher: Fetcher) -> None:
+    async def _fetch_loop(self, fetcher: Fetcher | MultiFetcher) -> None:
         failures = 0
         interval_s = self.app.settings.janitor_interval_s
         next_reclaim = time.monotonic()
@@ -334,16 +376,19 @@ class Worker:
     async def _burst_done(self) -> bool:
         if self._unsettled > 0 or self._ready:
             return False
-        return await self._burst.queue_done()
+        for lane in dict.fromkeys(self._lanes.values()):
+            if not await lane.burst.queue_done():
+                return False
+        return True
 
     def _hold(self, message: Message) -> None:
         self._unsettled += 1
-        if self._heartbeat is not None:
-            self._heartbeat.hold(message)
+        if self._lanes:
+            self._lanes[message.stream].heartbeat.hold(message)
 
     def _mark_started(self, messages: list[Message]) -> None:
         """Queue the batch's "started" marks with the writer (it writes them before outcomes)."""
-        started: list[Started] = []
+        started: dict[Lane, list[Started]] = {}
         for m in messages:
             try:
                 env = self._decode(m.fields)
@@ -352,11 +397,12 @@ class Worker:
             self._decoded[(m.stream, m.msg_id)] = env  # decoded once, used by _process
             if env.task not in self.app.tasks or env.task in self._limits.policies:
                 continue  # not ours to run, or not yet admitted: its status must not say running
-            started.append(
+            lane = self._lanes[m.stream]
+            started.setdefault(lane, []).append(
                 Started(
                     m.stream,
                     m.msg_id,
-                    self.app.keys.job(env.job_id),
+                    lane.app.keys.job(env.job_id),
                     env.job_id,
                     env.task,
                     env.attempt,
@@ -364,8 +410,8 @@ class Worker:
                     m.deliveries,
                 )
             )
-        if started:
-            self._writer.start(started)
+        for lane, marks in started.items():
+            lane.writer.start(marks)
 
     # -- running one job -----------------------------------------------------------
 
@@ -392,7 +438,8 @@ class Worker:
 
         decode → admit → run → decide; the writer records.
         """
-        app = self.app
+        lane = self._lanes[message.stream]
+        app = lane.app  # the message's partition
         try:
             env = self._decoded.pop((message.stream, message.msg_id), None) or self._decode(
                 message.fields
@@ -425,7 +472,7 @@ class Worker:
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
         context = JobContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
-            self._writer.flush_starts, self._loop_token,
+            lane.writer.flush_starts, self._loop_token,
             stream=message.stream, msg_id=message.msg_id, headers=env.headers, state=self._state,
         )  # fmt: skip
 
@@ -437,15 +484,15 @@ class Worker:
             )  # fmt: skip
 
         held = None
-        if env.task in self._limits.policies:
-            held = await self._limits.admit(message, env, args, kwargs)
+        if env.task in lane.limits.policies:
+            held = await lane.limits.admit(message, env, args, kwargs)
             if held is None:
                 return False  # deferred until its limit allows it
-            self._writer.start([self._limits.started(message, env)])
+            lane.writer.start([lane.limits.started(message, env)])
         token = set_current(context)  # nothing that may raise between admit and the try
         result: Execution | None = None
         try:
-            with self._cancels.watch(context, task.is_async) as watched:
+            with lane.cancels.watch(context, task.is_async) as watched:
                 result = await execute(
                     task, args, kwargs, app.serializer, self._threads, timeout_s,
                     app.settings.max_result_bytes, overran, self._hooks, context, watched,
@@ -453,11 +500,11 @@ class Worker:
         finally:
             reset_current(token)
             if held is not None:
-                await self._limits.release(held)
+                await lane.limits.release(held)
         self.processed += 1
         if watched.requested and (result is None or not result.ok):  # cancelled: not retried
             duration_ms = None if result is None else result.duration_ms
-            await self._cancels.record(message, env, watched, duration_ms)
+            await lane.cancels.record(message, env, watched, duration_ms)
             return False
         assert result is not None  # only a cancel request's scope ends a run without one
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)
@@ -465,7 +512,7 @@ class Worker:
             result, attempt=env.attempt, max_retries=max_retries, options=task.options,
             intervals_s=() if result.ok else retry_intervals_for(env, task.options),
         )  # fmt: skip
-        self._writer.put(self._outcome(message, env, decision, result))
+        lane.writer.put(self._outcome(message, env, decision, result))
         return True
 
     def _outcome(
@@ -474,7 +521,7 @@ class Worker:
         delay_s = decision.delay_s
         return Outcome(
             stream=message.stream,
-            job_key=self.app.keys.job(env.job_id),
+            job_key=self._lanes[message.stream].app.keys.job(env.job_id),
             msg_id=message.msg_id,
             deliveries=message.deliveries,
             job_id=env.job_id,
@@ -507,7 +554,8 @@ class Worker:
         return ms
 
     async def _unknown_task(self, message: Message, env: Envelope) -> None:
-        reason = await hand_back(self.app, self.consumer, message, env, self._log)
+        app = self._lanes[message.stream].app
+        reason = await hand_back(app, self.consumer, message, env, self._log)
         if reason is not None:
             await self._dead_letter(message, reason, env.job_id, env.task, "UnknownTask", env=env)
 
@@ -525,8 +573,9 @@ class Worker:
             msg_id=message.msg_id.decode(), stream=message.stream, deliveries=message.deliveries,
         )  # fmt: skip
         try:
+            keys = self._lanes[message.stream].app.keys
             moved = await move_to_dlq(
-                await self.app.scripts(), self.app.keys, self.app.settings, self.consumer,
+                await self.app.scripts(), keys, self.app.settings, self.consumer,
                 message, reason, job_id, task, error_type,
                 result_ttl_ms=self._result_ttl_ms(env),
             )  # fmt: skip
@@ -551,9 +600,9 @@ class Worker:
 
     def _settled(self, keys: list[tuple[str, bytes]]) -> None:
         self._unsettled -= len(keys)
-        if self._heartbeat is not None:
+        if self._lanes:
             for stream, msg_id in keys:
-                self._heartbeat.release(stream, msg_id)
+                self._lanes[stream].heartbeat.release(stream, msg_id)
         self._notify()
 
     def _notify(self) -> None:
