@@ -39,9 +39,12 @@ KEY_TYPES: dict[str, str] = {
     "parents": "zset",
     "children": "set",
     "cancels": "zset",
+    "partitions": "zset",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
-_SINGLE = frozenset({"events", "dlq", "delayed", "cron", "deferred", "parents", "cancels"})
+_SINGLE = frozenset(
+    {"events", "dlq", "delayed", "cron", "deferred", "parents", "cancels", "partitions"}
+)
 """Kinds that are one key each; the others are followed by a name."""
 _BATCH = 1000
 

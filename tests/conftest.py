@@ -27,7 +27,7 @@ from tests.cluster.server import ValkeyCluster, valkey_cluster
 pytest_plugins = ("tests.browser.plugin", "tests.compat.plugin")
 
 # Keys that legitimately live without a TTL (the audit history and queues).
-PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron"}
+PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron", "partitions"}
 NOT_FINAL = {b"scheduled", b"queued", b"running", b"retrying"}
 
 
