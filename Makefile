@@ -36,8 +36,10 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix streamq tests examples
 
 # streamq against its peers on fresh valkey-servers: about 1.5 h; BENCH_ARGS=--quick: about 5 min.
+# Then the scale-out over 1, 2 and 3 cluster masters (bench/cluster_scale.py): about 3 min.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/cluster_scale.py $(CLUSTER_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
