@@ -61,6 +61,8 @@ class TaskOptions:
     """Rate and concurrency limits across all workers (``streamq.limits``)."""
     concurrency: int | None = None
     """Jobs of this task running at once across all workers (None: no cap)."""
+    durable: bool | None = None
+    """Wait for replicas after enqueue (``streamq.durable``); None: the App's ``durable``."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -224,6 +226,7 @@ class Task(Generic[P, R, Ret]):
         after: Sequence[Job[Any] | str] | None = None,
         retry: Retry | None = None,
         result_ttl: float | None = None,
+        durable: bool | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
@@ -245,6 +248,9 @@ class Task(Generic[P, R, Ret]):
         ``after=[job, ...]`` (handles or ids of this queue's jobs) adds the job
         as ``deferred``: it runs once every parent succeeded, and goes to the DLQ
         naming the parent if one fails for good (``streamq.chains``).
+
+        ``durable=True`` (or False) overrides ``Settings.durable`` for this call
+        site: wait for replicas after each enqueue (``streamq.durable``).
         """
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(
@@ -263,6 +269,7 @@ class Task(Generic[P, R, Ret]):
             "after": None if after is None else _parent_ids(after),
             "retry_intervals_s": intervals,
             "result_ttl_s": result_ttl,
+            "durable": durable,
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))
