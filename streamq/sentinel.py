@@ -171,6 +171,35 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """redis-py's sentinel pool that waits past ``max_connections`` instead of raising."""
 
 
+class _AsksFirst:
+    """Reconnect to the master the sentinels name now, not to the last address.
+
+    redis-py 8 reconnects a dropped connection (``send_packed_command``) through
+    ``connect_check_health``, which skips ``SentinelManagedConnection.connect``
+    and so the sentinels (redis/redis-py#3874): a held connection (the worker's
+    fetch loop, ``connection.dedicated``) went back to the old master's address
+    after a failover, and read its stale data once it was restarted there.
+    """
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        this: Any = self
+        if not this.is_connected and this.connection_pool.is_master:
+            this.host, this.port = await this.connection_pool.get_master_address()
+        await super().connect_check_health(  # type: ignore[misc]
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class FollowingConnection(_AsksFirst, SentinelManagedConnection):
+    pass
+
+
+class FollowingSSLConnection(_AsksFirst, SentinelManagedSSLConnection):
+    pass
+
+
 def _node_kwargs(parsed: SentinelURL) -> dict[str, Any]:
     """The data nodes' connection options (user, password, db, TLS), as redis-py parses them."""
     host, port = parsed.sentinels[0]
@@ -209,7 +238,7 @@ def make_sentinel_client(url: str, settings: Settings) -> Redis:
         parsed.sentinels, sentinel_kwargs=_sentinel_kwargs(parsed, settings, retries=1)
     )
     backoff = ExponentialWithJitterBackoff(base=0.05, cap=1.0)
-    base = SentinelManagedSSLConnection if parsed.tls else SentinelManagedConnection
+    base = FollowingSSLConnection if parsed.tls else FollowingConnection
     client = manager.master_for(
         parsed.service,
         connection_pool_class=BlockingSentinelPool,

@@ -157,6 +157,15 @@ class SentinelDeployment:
                 return int(port)
         raise RuntimeError("no sentinel answered")
 
+    def agree_on(self, port: int) -> bool:
+        """Every sentinel names the master on ``port`` (a failover is over for all)."""
+        for sentinel in self.sentinels:
+            with redis.Redis(port=sentinel.port) as client:
+                _, found = client.sentinel_get_master_addr_by_name(SERVICE)
+                if int(found) != port:
+                    return False
+        return True
+
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.kill()
