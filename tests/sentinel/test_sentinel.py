@@ -3,10 +3,17 @@ durable enqueues wait for the replica (real processes on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import json
+import sys
+
+import anyio
 import pytest
+from typer.testing import CliRunner, Result
 
 from streamq import App, NotDurable, ServerUnavailable, Settings
+from streamq.cli import cli
 from streamq.doctor import Status, run_checks
+from streamq.testing import delete_prefix, unique_prefix
 from tests.conftest import (
     assert_no_key_leak,
     drop_queue,
@@ -117,3 +124,27 @@ async def test_durable_enqueues_wait_for_the_replica_and_raise_without_it(
         # down-after-milliseconds is 500 ms: then the sentinels say so, and doctor.
         await wait_until(sentinels_see_it_down, 5, "doctor to say no replica is up")
         await drop_queue(app)
+
+
+async def test_the_cli_and_the_testing_helpers_take_a_sentinel_url(
+    sentinels: SentinelDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = queue_name()
+    monkeypatch.setenv("STREAMQ_TEST_QUEUE", queue)
+    monkeypatch.delitem(sys.modules, "tests.apps.slow", raising=False)
+    runner = CliRunner()
+
+    def doctor() -> Result:
+        args = ["doctor", "tests.apps.slow:app", "--redis-url", sentinels.url, "--json"]
+        return runner.invoke(cli, args)
+
+    result = await anyio.to_thread.run_sync(doctor)
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["sentinel"]["status"] == "ok", checks["sentinel"]
+    assert f"master 127.0.0.1:{sentinels.master.port}" in checks["sentinel"]["detail"]
+    assert checks["version"]["status"] == "ok"
+
+    prefix = unique_prefix()
+    async with App(queue, redis_url=sentinels.url, prefix=prefix) as app:
+        await (await app.redis()).set(app.keys.lock("x"), 1)
+    assert delete_prefix(sentinels.url, prefix) == 1  # on the master the sentinels name
