@@ -55,3 +55,12 @@ def test_the_password_of_a_malformed_sentinel_url_is_masked() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings(redis_url="redis+sentinel://u:hunter2@h:1/")
     assert "hunter2" not in str(caught.value)
+
+
+def test_durable_settings_are_checked_and_read_from_the_environment() -> None:
+    assert Settings.from_env({"STREAMQ_DURABLE": "1"}).durable is True
+    assert Settings.from_env({"STREAMQ_DURABLE": "0"}).durable is False
+    with pytest.raises(ConfigError, match="durable_replicas"):
+        Settings(durable_replicas=0)
+    with pytest.raises(ConfigError, match="durable_timeout_s"):
+        Settings(durable_timeout_s=0)
