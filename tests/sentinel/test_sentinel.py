@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 
 import anyio
 import pytest
@@ -130,12 +131,14 @@ async def test_the_cli_and_the_testing_helpers_take_a_sentinel_url(
     sentinels: SentinelDeployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = queue_name()
-    monkeypatch.setenv("STREAMQ_TEST_QUEUE", queue)
-    monkeypatch.delitem(sys.modules, "tests.apps.slow", raising=False)
+    # A module of its own: the CLI points the App it loads at the URL it is given.
+    module = types.ModuleType(f"streamq_cli_sentinel_{queue}")
+    module.app = App(queue)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     runner = CliRunner()
 
     def doctor() -> Result:
-        args = ["doctor", "tests.apps.slow:app", "--redis-url", sentinels.url, "--json"]
+        args = ["doctor", f"{module.__name__}:app", "--redis-url", sentinels.url, "--json"]
         return runner.invoke(cli, args)
 
     result = await anyio.to_thread.run_sync(doctor)
