@@ -13,7 +13,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from streamq import chains, cluster, embedded
+from streamq import chains, cluster, durable, embedded, sentinel
 from streamq.caps import JobCaps
 from streamq.connection import check_server, make_client
 from streamq.cron import CatchUp, Schedule, TaskKeywords, check_handler, make_schedule
@@ -348,6 +348,9 @@ class App:
                         revive = reviver(embedded.Embedded(self._embedded.directory))
                     if cluster.uses_cluster(self.settings, url):
                         self._redis = await self._connect_cluster(url)
+                    elif sentinel.is_sentinel_url(url):  # the master the sentinels name
+                        await sentinel.check_sentinels(url, self.settings)
+                        self._redis = sentinel.make_sentinel_client(url, self.settings)
                     else:
                         await check_server(url, self.settings)
                         self._redis = make_client(url, self.settings, revive)
@@ -404,6 +407,8 @@ class App:
         return self._embedded
 
     async def scripts(self) -> Scripts:
+        if (held := durable.held(self)) is not None:  # a durable enqueue's own connection
+            return held
         if self._scripts is None:
             self._scripts = Scripts(await self.redis())
         return self._scripts
@@ -420,6 +425,8 @@ class App:
         if nodes is not None:
             await nodes.aclose()
             await cast(RedisCluster, client).aclose()
+        elif client is not None and sentinel.is_sentinel_url(self.settings.redis_url):
+            await sentinel.close_client(client)
         elif client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
@@ -473,7 +480,23 @@ class App:
         (added to the server's clock by the script), puts the jobs in the delayed set.
         On a partitioned queue each call goes to its partition (``streamq.partitions``)
         unless ``routed``: the calls are for this App's own partition.
+        A durable enqueue (``Settings.durable``) runs on one connection and waits
+        for the replicas after its last write (``streamq.durable``).
         """
+        if self.partitions > 1 and self.root is self and not routed:
+            from streamq.partitions import enqueue_routed
+
+            # Each partition's share then goes through the lines below (durable included).
+            return await enqueue_routed(
+                self, task, calls, job_id=job_id, due_ms=due_ms, delay_ms=delay_ms
+            )
+        if durable.wanted(self, task) and durable.held(self) is None:
+            return await durable.enqueue(
+                self,
+                lambda: self.enqueue_calls(
+                    task, calls, job_id=job_id, due_ms=due_ms, delay_ms=delay_ms, routed=routed
+                ),
+            )
         if task.name.startswith("__main__.") and task.name not in _WARNED_MAIN:
             _WARNED_MAIN.add(task.name)
             warnings.warn(
@@ -482,12 +505,6 @@ class App:
                 "give it an explicit name (@app.task(name=...))",
                 UserWarning,
                 stacklevel=3,
-            )
-        if self.partitions > 1 and self.root is self and not routed:
-            from streamq.partitions import enqueue_routed
-
-            return await enqueue_routed(
-                self, task, calls, job_id=job_id, due_ms=due_ms, delay_ms=delay_ms
             )
         now_ms = int(time.time() * 1000)
         ids: list[str] = []

@@ -118,6 +118,15 @@ _FAST_CLASSES: dict[type[Any], type[Any]] = {
 }
 
 
+def fast_class(base: type[Any]) -> type[Any]:
+    """``base`` (a sentinel-managed connection, say) packing commands with hiredis."""
+    if _pack is None:  # pragma: no cover - hiredis is a dependency
+        return base
+    if base not in _FAST_CLASSES:
+        _FAST_CLASSES[base] = type(f"_Fast{base.__name__}", (_HiredisPacker, base), {})
+    return _FAST_CLASSES[base]
+
+
 # -- the connect-time check ------------------------------------------------------------
 
 MIN_REDIS = (7, 0)
@@ -267,6 +276,11 @@ def _password_hint(url: str) -> str:
         return "unix://:PASSWORD@/path/to/socket (or unix://USER:PASSWORD@/path/to/socket)"
     scheme = url.partition("://")[0]
     return f"{scheme}://:PASSWORD@host:port (or {scheme}://USER:PASSWORD@host:port)"
+
+
+def explain_connection_error(exc: RedisConnectionError) -> str:
+    """Why a connection failed, in words (refused, no socket file, TLS...)."""
+    return _why(exc)
 
 
 def _why(exc: RedisConnectionError) -> str:

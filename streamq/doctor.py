@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
+from streamq import sentinel
 from streamq.app import App
 from streamq.connection import MIN_REDIS, MIN_VALKEY, server_version
 from streamq.errors import ServerTooOld, WrongKeyType
@@ -75,6 +76,9 @@ async def run_checks(app: App) -> list[Check]:
             redis = await app.node_redis()
         checks = await _checks(redis, app.keys, app.settings)
         checks = [await _cluster_truth(app, c) if c.name == "cluster" else c for c in checks]
+        from streamq.replication import replication_checks  # it imports this module
+
+        checks += await replication_checks(app, redis)
         return [*_embedded_check(app), *checks]
     except NoPermissionError as exc:
         # Raised while connecting (command errors come back as pipeline values):
@@ -110,6 +114,8 @@ def _embedded_check(app: App) -> list[Check]:
 
 async def _unchecked(url: str, app: App) -> list[Check]:
     """The checks on a plain connection: no client name, no version gate."""
+    if sentinel.is_sentinel_url(url):
+        url = await sentinel.node_url_now(url, app.settings)
     unnamed = Redis.from_url(
         url,
         socket_timeout=app.settings.socket_timeout_s,

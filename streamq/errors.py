@@ -9,6 +9,8 @@
     │   ├── SerializationError arguments the serializer cannot encode (also a TypeError)
     │   ├── PayloadTooLarge    encoded arguments over ``max_payload_bytes``
     │   └── QueueFull          the queue already holds ``max_pending`` jobs
+    ├── NotDurable             a durable enqueue's write was not confirmed by the replicas
+    │                          in time; the jobs ARE enqueued (not rolled back)
     ├── ServerError            the Redis server cannot be used (the CLI exits 3)
     │   ├── ServerUnavailable  not reachable, no answer in time, or authentication
     │   │                      refused (also a redis ConnectionError)
@@ -178,3 +180,40 @@ class JobCancelled(JobFailed):
 
     def __init__(self, job_id: str, message: str = "cancelled on request") -> None:
         super().__init__(job_id, "JobCancelled", message, "")
+
+
+class NotDurable(StreamqError):
+    """Raised by a durable enqueue (``Settings.durable``) whose write the replicas did
+    not confirm in time (``WAIT``), or the master did not fsync (``WAITAOF``).
+
+    The jobs ARE enqueued: nothing is rolled back, and they will run. What is not
+    confirmed is that they would survive losing the master now (a failover
+    promotes a replica that may not have them). Retrying the enqueue with the
+    same ``job_id`` adds nothing twice (``job_ids`` are the ids to reuse).
+    """
+
+    def __init__(
+        self,
+        job_ids: list[str],
+        replicas: int,
+        wanted: int,
+        timeout_s: float,
+        local_fsync: bool | None = None,
+    ) -> None:
+        more = f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else ""
+        shown = ", ".join(job_ids[:3]) + more
+        what = f"{replicas} of {wanted} replica{'' if wanted == 1 else 's'} confirmed"
+        if local_fsync is False:
+            what += ", and the master did not fsync its AOF,"
+        super().__init__(
+            f"job{'' if len(job_ids) == 1 else 's'} {shown} enqueued, but only {what} within "
+            f"{timeout_s:g} s: {'it IS' if len(job_ids) == 1 else 'they ARE'} in the queue and "
+            "will run (not rolled back), yet a failover now could lose "
+            f"{'it' if len(job_ids) == 1 else 'them'}"
+        )
+        self.job_ids = job_ids
+        self.replicas = replicas
+        """How many replicas confirmed the write (WAIT's reply)."""
+        self.wanted = wanted
+        self.local_fsync = local_fsync
+        """Whether the master fsynced (WAITAOF), None when not asked."""

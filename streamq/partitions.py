@@ -106,6 +106,10 @@ class Partition(App):
         return await self.root.redis()
 
     async def scripts(self) -> Scripts:
+        from streamq import durable
+
+        if (held := durable.held(self)) is not None:  # this partition's durable enqueue
+            return held
         return await self.root.scripts()
 
     async def node_redis(self) -> Redis:

@@ -33,8 +33,11 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-_QUERY_PASSWORD = re.compile(r"(?:(?<=[?&]password=)|(?<=[?&]ssl_password=))[^&#]*")
+_QUERY_PASSWORD = re.compile(
+    r"(?:(?<=[?&]password=)|(?<=[?&]ssl_password=)|(?<=[?&]sentinel_password=))[^&#]*"
+)
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
 def mask_url(url: str) -> str:
@@ -62,6 +65,11 @@ def check_redis_url(url: str) -> str:
 
     if not isinstance(url, str):
         raise bad("must be a string")
+    if url.partition("://")[0].lower() in _SENTINEL_SCHEMES:
+        from streamq.sentinel import parse_sentinel_url  # it imports this module
+
+        parse_sentinel_url(url)
+        return url
     parts = urlsplit(url)
     if parts.scheme in _CLUSTER_SCHEMES:  # a cluster's seed node: checked as its plain URL
         plain = _CLUSTER_SCHEMES[parts.scheme] + url[len(parts.scheme) :]
@@ -73,7 +81,8 @@ def check_redis_url(url: str) -> str:
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise bad(
             "must start with redis://, rediss:// or unix:// (redis://host:6379/0), "
-            "or redis+cluster:// naming any node of a Redis Cluster"
+            "or redis+cluster:// naming any node of a Redis Cluster, "
+            "or redis+sentinel://host:port[,host:port...]/service_name"
         )
     if parts.scheme == "unix":
         if not parts.path:
@@ -219,6 +228,15 @@ class Settings:
     partitions: int = 1
     """Partitions of the queue (``streamq.partitions``): each its own hash tag and
     streams, so a hot queue spreads over a cluster's masters. 1: the plain layout."""
+    durable: bool = False
+    """After each enqueue, wait until ``durable_replicas`` replicas have the write
+    (WAIT, and WAITAOF for the master's own fsync where it has AOF on and knows the
+    command), or raise NotDurable (``streamq.durable``). Per call site:
+    ``task.with_options(durable=...)``. Env: ``STREAMQ_DURABLE=1``."""
+    durable_replicas: int = 1
+    """How many replicas must confirm a durable enqueue."""
+    durable_timeout_s: float = 1.0
+    """How long a durable enqueue waits for them before raising NotDurable."""
 
     def __post_init__(self) -> None:
         if self.redis_url is not None:
@@ -228,6 +246,8 @@ class Settings:
 
             if self.redis_url is None:
                 raise ConfigError("cluster=True needs a redis_url naming a node of the cluster")
+            if self.redis_url.partition("://")[0].lower() in _SENTINEL_SCHEMES:
+                raise ConfigError("cluster=True and a redis+sentinel:// URL: pick one")
             check_cluster_url(self.redis_url)
         check_name("prefix", self.prefix)
         if not self.priorities:
@@ -288,6 +308,15 @@ class Settings:
             raise ConfigError(
                 f"partitions must be an integer from 1 to {MAX_PARTITIONS}, got {self.partitions!r}"
             )
+        self._check_durable()
+
+    def _check_durable(self) -> None:
+        replicas = self.durable_replicas
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise ConfigError(f"durable_replicas must be an integer >= 1, got {replicas!r}")
+        timeout = self.durable_timeout_s
+        if not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+            raise ConfigError(f"durable_timeout_s must be positive seconds, got {timeout!r}")
 
     def _check_signing_and_caps(self) -> None:
         object.__setattr__(
@@ -332,6 +361,8 @@ class Settings:
                 values["partitions"] = int(parts)
             except ValueError:
                 raise ConfigError(f"STREAMQ_PARTITIONS must be an integer, got {parts!r}") from None
+        if (durable := env.get("STREAMQ_DURABLE")) is not None and durable.strip():
+            values["durable"] = durable.strip().lower() in ("1", "true", "yes", "on")
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "priorities" in values:
             values["priorities"] = tuple(values["priorities"])

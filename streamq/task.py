@@ -67,6 +67,8 @@ class TaskOptions:
     partition_by: str | None = None
     """The handler argument whose value is each job's partition key
     (``@app.task(partition_by=...)``)."""
+    durable: bool | None = None
+    """Wait for replicas after enqueue (``streamq.durable``); None: the App's ``durable``."""
 
     def validate(self, priorities: Sequence[str]) -> TaskOptions:
         from streamq.errors import UnknownPriorityError
@@ -235,6 +237,7 @@ class Task(Generic[P, R, Ret]):
         retry: Retry | None = None,
         result_ttl: float | None = None,
         partition_key: str | None = None,
+        durable: bool | None = None,
     ) -> Task[P, R, Ret]:
         """A copy of this task with some options changed, for one call site.
 
@@ -259,6 +262,8 @@ class Task(Generic[P, R, Ret]):
 
         ``partition_key``: on a partitioned queue (``streamq.partitions``), jobs
         with the same key go to the same partition, so they keep their order.
+        ``durable=True`` (or False) overrides ``Settings.durable`` for this call
+        site: wait for replicas after each enqueue (``streamq.durable``).
         """
         if headers is not None and not isinstance(headers, Mapping):
             raise ConfigError(
@@ -278,6 +283,7 @@ class Task(Generic[P, R, Ret]):
             "retry_intervals_s": intervals,
             "result_ttl_s": result_ttl,
             "partition_key": partition_key,
+            "durable": durable,
         }
         options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
         return Task(self.app, self.fn, self.name, options.validate(self.app.settings.priorities))

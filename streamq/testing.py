@@ -79,6 +79,7 @@ import pytest
 import redis
 from redis.exceptions import ResponseError
 
+from streamq import sentinel
 from streamq.app import App
 from streamq.embedded import ValkeyServer
 from streamq.envelope import delayed_fields
@@ -152,7 +153,10 @@ def unique_prefix() -> str:
 def delete_prefix(url: str, prefix: str) -> int:
     """Delete every key under ``prefix`` (synchronously); returns how many."""
     pattern = check_name("prefix", prefix) + ":*"
-    client = redis.Redis.from_url(check_redis_url(url))
+    if sentinel.is_sentinel_url(url):  # the master the sentinels name
+        client = sentinel.sync_client(url)
+    else:
+        client = redis.Redis.from_url(check_redis_url(url))
     deleted = 0
     try:
         keys = list(client.scan_iter(match=pattern, count=1000))
