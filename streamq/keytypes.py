@@ -39,6 +39,8 @@ KEY_TYPES: dict[str, str] = {
     "parents": "zset",
     "children": "set",
     "cancels": "zset",
+    "reclaim": "hash",
+    "handout": "zset",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
 _SINGLE = frozenset({"events", "dlq", "delayed", "cron", "deferred", "parents", "cancels"})
