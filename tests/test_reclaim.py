@@ -21,7 +21,7 @@ import pytest
 from streamq import App, Settings
 from streamq.keys import GROUP
 from streamq.worker.fetch import Fetcher
-from streamq.worker.reclaim import LOOKUPS, MIN_LEASE_MS
+from streamq.worker.reclaim import LOOKUPS, MIN_LEASE_MS, Reclaimer
 from tests.conftest import assert_no_key_leak, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -118,9 +118,9 @@ async def xpending_calls(app: App) -> int:
 async def test_five_workers_scan_each_stream_about_once_per_interval(fast_app: App) -> None:
     """Five reclaim loops on their own consumers, each every interval, for 8 intervals.
 
-    Nothing is stale: every scan page is one XPENDING call, counted by the
-    server. One pass per stream and interval (three streams) is 24 pages;
-    five workers scanning each time would be 120.
+    Nothing is stale: every scan page is two XPENDING calls (the PEL's size,
+    then the page), counted by the server. One pass per stream and interval
+    (three streams) is 24 pages; five workers scanning each time would be 120.
     """
 
     @fast_app.task(name="t")
@@ -141,7 +141,7 @@ async def test_five_workers_scan_each_stream_about_once_per_interval(fast_app: A
     async with anyio.create_task_group() as tg:
         for i, f in enumerate(workers):
             tg.start_soon(loop, f, i * INTERVAL_S / 5)
-    pages = await xpending_calls(fast_app) - before
+    pages = (await xpending_calls(fast_app) - before) / 2  # the PEL's size, then a page
     streams = len(fast_app.settings.priorities)
     passes = sum(f.reclaimer.passes for f in workers)
     assert pages == sum(f.reclaimer.pages for f in workers)
@@ -196,18 +196,24 @@ async def test_a_dead_scanners_gate_expires(fast_app: App) -> None:
 
 
 async def test_handed_out_messages_acked_or_heartbeated_since_are_skipped(fast_app: App) -> None:
-    """The scan hands out three stale messages; before they are taken, one is acked
-    and one heartbeated (XCLAIM JUSTID by its owner): only the third is claimed."""
+    """A paged scan hands out three stale messages among 22 fresh ones; before they
+    are taken, one is acked and one heartbeated (XCLAIM JUSTID by its owner): only
+    the third is claimed, with its delivery counted and its reclaim indexed."""
 
     @fast_app.task(name="short", visibility_timeout=1)
     async def short() -> None: ...
 
-    jobs = [await short.enqueue() for _ in range(3)]
+    jobs = [await short.enqueue() for _ in range(25)]
     ids = await deliver_to(fast_app, "stalled", 3)
+    fresh = await deliver_to(fast_app, "alive", 22)
     await age(fast_app, ids, 5_000, "stalled")
     vis = {"short": 1000}
-    scanner = await make_fetcher(fast_app, "scanner", vis)
-    assert await scanner.reclaimer.reclaim("default", 0) == []  # scan only: no free slot
+    # Scan only (no free slot), in pages of 2 entries: a PEL of 25 (over 10 pages)
+    # is walked with plain XPENDING pages, 13 calls.
+    paged = Reclaimer(await fast_app.scripts(), fast_app.keys, fast_app.settings, "scanner",
+                      300_000, vis, page=2)  # fmt: skip
+    assert await paged.reclaim("default", 0) == []
+    assert (paged.pages, paged.passes) == (13, 1)
     redis = await fast_app.redis()
     handout = fast_app.keys.handout("default")
     assert await redis.zcard(handout) == 3
@@ -224,9 +230,10 @@ async def test_handed_out_messages_acked_or_heartbeated_since_are_skipped(fast_a
         cast(bytes, p["message_id"]): p["consumer"]
         for p in await redis.xpending_range(stream, GROUP, "-", "+", 10)
     }
-    assert owners == {ids[1]: b"stalled", ids[2]: b"taker"}
+    assert owners[ids[1]] == b"stalled" and owners[ids[2]] == b"taker"
+    assert ids[0] not in owners
     index = await redis.hgetall(fast_app.keys.job(jobs[2].id))
     assert b"reclaimed" in index.values()
     assert b"reclaimed" not in (await redis.hgetall(fast_app.keys.job(jobs[1].id))).values()
-    await redis.xack(stream, GROUP, ids[1], ids[2])
+    await redis.xack(stream, GROUP, ids[1], ids[2], *fresh)
     await redis.delete(*(fast_app.keys.job(j.id) for j in jobs))

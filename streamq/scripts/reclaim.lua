@@ -14,7 +14,9 @@
 --            passes (owner = '', TTL until the next pass may start). No gate:
 --            this caller starts a pass at the head of the PEL. Its own pass:
 --            it walks the next page (at most ARGV[9] PEL entries, plain
---            XPENDING so the walk is bounded; at most ARGV[10] entry look-ups)
+--            XPENDING so the walk is bounded; at most ARGV[10] entry look-ups;
+--            a PEL of at most 10 x ARGV[9] entries is walked with XPENDING
+--            IDLE instead, ten times cheaper per entry and bounded by its size)
 --            and checks each entry idle past the smallest timeout against its
 --            own task's timeout (read from its entry): stale ones go into the
 --            hand-out (score: when they became stale). A pending entry whose
@@ -121,7 +123,15 @@ if not gate[1] or mine then
   local size = tonumber(ARGV[9])
   local min_idle = tonumber(ARGV[5])
   local lookups = tonumber(ARGV[10])
-  local page = redis.call('XPENDING', KEYS[1], ARGV[2], start, '+', size)
+  local page
+  if redis.call('XPENDING', KEYS[1], ARGV[2])[1] <= size * 10 then
+    -- A small PEL: the server filters by idle time itself (about ten times
+    -- cheaper per entry than a plain page in Lua), still bounded by the size.
+    page = redis.call('XPENDING', KEYS[1], ARGV[2], 'IDLE', min_idle, start, '+', lookups)
+    size = lookups
+  else
+    page = redis.call('XPENDING', KEYS[1], ARGV[2], start, '+', size)
+  end
   local walked = 0
   local stale = {}
   for _, p in ipairs(page) do

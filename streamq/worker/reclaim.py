@@ -48,6 +48,8 @@ class Reclaimer:
         consumer: str,
         default_visibility_ms: int,
         visibility_ms: Mapping[str, int],
+        page: int = PAGE,
+        lookups: int = LOOKUPS,
     ) -> None:
         self._scripts = scripts
         self._keys = keys
@@ -57,7 +59,7 @@ class Reclaimer:
         lease_ms = max(MIN_LEASE_MS, 2 * interval_ms)
         min_ms = min([default_visibility_ms, *visibility_ms.values()])
         self._tail: list[Arg] = [
-            min_ms, default_visibility_ms, interval_ms, lease_ms, PAGE, LOOKUPS, len(visibility_ms),
+            min_ms, default_visibility_ms, interval_ms, lease_ms, page, lookups, len(visibility_ms),
         ]  # fmt: skip
         for task, ms in visibility_ms.items():
             self._tail += [task, ms]
