@@ -237,3 +237,38 @@ async def test_handed_out_messages_acked_or_heartbeated_since_are_skipped(fast_a
     assert b"reclaimed" not in (await redis.hgetall(fast_app.keys.job(jobs[1].id))).values()
     await redis.xack(stream, GROUP, ids[1], ids[2], *fresh)
     await redis.delete(*(fast_app.keys.job(j.id) for j in jobs))
+
+
+async def test_a_fresh_pel_is_walked_again_only_when_an_entry_can_be_stale(fast_app: App) -> None:
+    """25 fresh entries of a 1 s task, walked in plain pages: the pass notes that
+    nothing can be stale for about a second, so calls meanwhile do not scan
+    again; then the entries (their consumer gone) are reclaimed within their
+    timeout plus about one interval."""
+
+    @fast_app.task(name="short", visibility_timeout=1)
+    async def short() -> None: ...
+
+    jobs = [await short.enqueue() for _ in range(25)]
+    ids = await deliver_to(fast_app, "gone", 25)
+    delivered = time.monotonic()
+    reclaimer = Reclaimer(await fast_app.scripts(), fast_app.keys, fast_app.settings, "r",
+                          300_000, {"short": 1000}, page=2)  # fmt: skip
+    assert await reclaimer.reclaim("default", 25) == []
+    assert reclaimer.passes == 1
+    redis = await fast_app.redis()
+    assert await redis.pttl(fast_app.keys.reclaim_gate("default")) > 2 * INTERVAL_S * 1000
+    got: list[tuple[bytes, Any, int, bytes]] = []
+
+    async def reclaimed() -> bool:
+        got.extend(await reclaimer.reclaim("default", 25))
+        return len(got) == 25
+
+    while time.monotonic() - delivered < 0.6:  # calls each interval: the stamp holds
+        assert await reclaimer.reclaim("default", 25) == []
+        await anyio.sleep(INTERVAL_S)
+    assert reclaimer.passes == 1
+    await wait_until(reclaimed, 5, "the entries to be reclaimed once stale")
+    assert time.monotonic() - delivered < 1 + 2 * INTERVAL_S + 0.5
+    assert sorted(m for m, _, _, _ in got) == sorted(ids)
+    await redis.xack(fast_app.keys.stream("default"), GROUP, *ids)
+    await redis.delete(*(fast_app.keys.job(j.id) for j in jobs))

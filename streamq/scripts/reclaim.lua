@@ -26,6 +26,13 @@
 --            unless its pass goes on, it pops up to ARGV[4] messages from the
 --            hand-out (the longest stale first) and returns them with their
 --            job ids. A scanner that dies holds the gate only for the lease.
+--            A pass also notes when the earliest entry it saw can become stale
+--            (idle and timeout; the smallest timeout for entries it did not
+--            read): the stamp lasts until then (at most the pass's start plus
+--            the smallest timeout), since heartbeats and claims only make
+--            entries younger and new deliveries are younger still. A PEL of
+--            live, heartbeated jobs is then walked about once per two thirds
+--            of the smallest timeout, not once per interval.
 --   'claim'  claims the messages the caller popped, each with XCLAIM and its
 --            task's own timeout as min-idle-time, so a heartbeat or another
 --            worker's claim since the scan still wins (the message is
@@ -113,22 +120,25 @@ end
 
 local interval = tonumber(ARGV[7])
 local state = 'skip'
-local gate = redis.call('HMGET', KEYS[4], 'owner', 'cursor', 'started')
+local gate = redis.call('HMGET', KEYS[4], 'owner', 'cursor', 'started', 'due')
 local mine = gate[1] == ARGV[3]
 if not gate[1] or mine then
-  local cursor, started = '-', now
-  if mine then cursor, started = gate[2], tonumber(gate[3]) end
-  local start = '-'
-  if cursor ~= '-' then start = '(' .. cursor end
   local size = tonumber(ARGV[9])
   local min_idle = tonumber(ARGV[5])
   local lookups = tonumber(ARGV[10])
+  -- due: the earliest time an entry seen so far can become stale; at most the
+  -- pass's start + the smallest timeout (anything delivered since is younger).
+  local cursor, started, due = '-', now, now + min_idle
+  if mine then cursor, started, due = gate[2], tonumber(gate[3]), tonumber(gate[4]) end
+  local start = '-'
+  if cursor ~= '-' then start = '(' .. cursor end
   local page
   if redis.call('XPENDING', KEYS[1], ARGV[2])[1] <= size * 10 then
     -- A small PEL: the server filters by idle time itself (about ten times
     -- cheaper per entry than a plain page in Lua), still bounded by the size.
     page = redis.call('XPENDING', KEYS[1], ARGV[2], 'IDLE', min_idle, start, '+', lookups)
     size = lookups
+    due = math.min(due, now) -- the fresher entries are not seen: no later pass than usual
   else
     page = redis.call('XPENDING', KEYS[1], ARGV[2], start, '+', size)
   end
@@ -136,6 +146,7 @@ if not gate[1] or mine then
   local stale = {}
   for _, p in ipairs(page) do
     local id, idle = p[1], tonumber(p[3])
+    if idle < min_idle then due = math.min(due, now - idle + min_idle) end
     if idle >= min_idle then
       if lookups <= 0 then break end
       lookups = lookups - 1
@@ -151,6 +162,7 @@ if not gate[1] or mine then
       else
         local task = task_and_job(entry[2])
         local timeout = vis[task] or default_vis
+        due = math.min(due, now - idle + timeout)
         if idle >= timeout then
           stale[#stale + 1] = now - idle + timeout
           stale[#stale + 1] = id
@@ -167,12 +179,15 @@ if not gate[1] or mine then
   if walked == #page and #page < size then
     -- The end of the PEL: the stamp lets the next pass start a quarter
     -- interval early, so a scanner calling once per interval never finds it.
+    -- Nor before the due time: until then nothing can be stale (heartbeats and
+    -- claims only make entries younger, new deliveries are younger still).
     state = 'done'
-    redis.call('HSET', KEYS[4], 'owner', '', 'cursor', '-', 'started', started)
-    redis.call('PEXPIRE', KEYS[4], math.max(1, started + interval - math.floor(interval / 4) - now))
+    local next_at = math.max(started + interval - math.floor(interval / 4), due)
+    redis.call('HSET', KEYS[4], 'owner', '', 'cursor', '-', 'started', started, 'due', next_at)
+    redis.call('PEXPIRE', KEYS[4], math.max(1, next_at - now))
   else
     state = 'more'
-    redis.call('HSET', KEYS[4], 'owner', ARGV[3], 'cursor', cursor, 'started', started)
+    redis.call('HSET', KEYS[4], 'owner', ARGV[3], 'cursor', cursor, 'started', started, 'due', due)
     redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[8]))
     return {state, {}}
   end

@@ -12,8 +12,11 @@ the hand-out (cheap when empty) and claims what it got with XCLAIM and the
 task's own timeout as min-idle, so a heartbeat since the scan still wins.
 
 A message is reclaimed within its own timeout plus about one interval: a
-pass starts at most an interval after the previous one (the scanner itself
-comes back then), and sees every entry. A scanner that dies mid-pass holds
+pass sees every entry, and the next one starts at most an interval after
+the previous one (the scanner itself comes back then), or, when no entry
+can become stale before then, at the earliest time one can (the script's
+``due``): a PEL of live, heartbeated jobs costs a pass per two thirds of the
+smallest visibility timeout, not one per interval. A scanner that dies mid-pass holds
 the gate for the lease only; a popper that dies before claiming leaves the
 message pending, and the next pass hands it out again.
 
