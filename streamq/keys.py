@@ -86,6 +86,16 @@ class Keyspace:
         """Zset of cancel requests for running jobs: member job id, score the server's ms."""
         return f"{self._base}:cancels"
 
+    def reclaim_gate(self, priority: str) -> str:
+        """Hash with a TTL: a stream's reclaim pass in progress (owner, cursor) or the
+        stamp until the next may start (``streamq.worker.reclaim``)."""
+        return f"{self._base}:reclaim:{priority}"
+
+    def handout(self, priority: str) -> str:
+        """Zset with a TTL: a stream's stale messages found by the reclaim pass, for
+        any worker to claim; score: when each became stale (server ms)."""
+        return f"{self._base}:handout:{priority}"
+
     def job_pattern(self) -> str:
         """A SCAN pattern matching every job hash of this queue."""
         return self.job("*").replace("{", "\\{").replace("}", "\\}")

@@ -40,6 +40,8 @@ KEY_TYPES: dict[str, str] = {
     "children": "set",
     "cancels": "zset",
     "partitions": "zset",
+    "reclaim": "hash",
+    "handout": "zset",
 }
 """The Redis type (as TYPE names it) of each kind of key: ``streamq:{Q}:<kind>[:<name>]``."""
 _SINGLE = frozenset(

@@ -26,6 +26,7 @@ from streamq.dlq import DeadLetters
 from streamq.janitor import Janitor
 from streamq.keys import GROUP
 from streamq.scripts import Outcome
+from streamq.worker.reclaim import Reclaimer
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -251,12 +252,7 @@ async def test_reclaim_hands_over_an_oversize_entry(app: App) -> None:
     await redis.xclaim(
         app.keys.stream("default"), GROUP, CONSUMER, 0, [msg_id], idle=60_000, justid=True
     )
-    got = await scripts.reclaim(
-        stream=app.keys.stream("default"), dlq=app.keys.dlq, events=app.keys.events,
-        job_prefix=app.keys.job(""), group=GROUP, consumer="c2", count=10, min_idle_ms=1000,
-        now_ms=int(time.time() * 1000), default_visibility_ms=1000,
-        visibility_ms={},
-    )  # fmt: skip
+    got = await Reclaimer(scripts, app.keys, app.settings, "c2", 1000, {}).reclaim("default", 10)
     assert [(m, len(f), d) for m, f, d, _ in got] == [(msg_id, OVERSIZE_FIELDS, 2)]
     await redis.xack(app.keys.stream("default"), GROUP, msg_id)
     await redis.delete(app.keys.job("huge"))
@@ -319,12 +315,8 @@ async def test_the_largest_accepted_entry_goes_through_every_script(app: App) ->
     assert await DeadLetters(app).requeue(letter.id) == job.id
     msg_id, fields = await deliver()
     await redis.xclaim(stream, GROUP, CONSUMER, 0, [msg_id], idle=60_000, justid=True)
-    claimed = await scripts.reclaim(
-        stream=stream, dlq=app.keys.dlq, events=app.keys.events, job_prefix=app.keys.job(""),
-        group=GROUP, consumer="c2",
-        count=10, min_idle_ms=1000, now_ms=int(time.time() * 1000),
-        default_visibility_ms=1000, visibility_ms={},
-    )  # fmt: skip
+    reclaimer = Reclaimer(scripts, app.keys, app.settings, "c2", 1000, {})
+    claimed = await reclaimer.reclaim("default", 10)
     assert [(m, len(f[b"payload"])) for m, f, _, _ in claimed] == [
         (msg_id, app.settings.max_payload_bytes)
     ]

@@ -16,7 +16,7 @@ Retrying is safe because every script is idempotent for the same arguments.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeAlias, cast
@@ -112,8 +112,6 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._reclaim_cursors: dict[tuple[str, str], bytes | str] = {}
-        """Per (stream, group): where the next reclaim scan starts."""
 
     async def load_all(self) -> None:
         for script in _SCRIPTS.values():
@@ -359,41 +357,37 @@ class Scripts:
             args += [index + 1, msg_id]
         return [bool(r) for r in await self._call("heartbeat", streams, args)]
 
-    async def reclaim(
-        self, *, stream: str, dlq: str, events: str, job_prefix: str, group: str,
-        consumer: str, count: int, min_idle_ms: int, now_ms: int, default_visibility_ms: int,
-        visibility_ms: Mapping[str, int], scan: int | None = None,
-    ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:  # fmt: skip
-        """Claimed messages as (id, fields, delivery count, previous owner).
+    async def reclaim_page(
+        self, keys: Sequence[str], head: Sequence[Arg]
+    ) -> tuple[str, list[tuple[bytes, bytes]]]:
+        """One call of reclaim.lua's 'page' mode: (state, popped (message id, job id) pairs).
 
-        Each call examines at most ``scan`` idle candidates (default: ten per
-        message wanted, at least 100) and continues from where the previous
-        call on this stream stopped (a cursor kept here, like XAUTOCLAIM's), so
-        every stale message is reached within a bounded number of calls.
-
-        Two script calls when something is due: one finds the candidates, the
-        next claims them with their job hashes (``job_prefix`` + job id, the
-        key ``Keyspace.job`` spells), where each reclaim is indexed.
+        ``keys``: stream, DLQ, events, gate, hand-out; ``head``: ARGV[2..] up to
+        the task timeouts (see the script's header; ``streamq.worker.reclaim``
+        builds both). State 'more': this caller's pass goes on, call again.
         """
-        budget = scan if scan is not None else max(100, 10 * count)
-        head: list[Arg] = [
-            group, consumer, count, min_idle_ms, now_ms, default_visibility_ms,
-            self._reclaim_cursors.get((stream, group), "-"), budget, len(visibility_ms),
-        ]  # fmt: skip
-        for task, ms in visibility_ms.items():
-            head += [task, ms]
-        keys: list[str | bytes] = [stream, dlq, events]
-        cursor, found = await self._call("reclaim", keys, ["scan", *head])
-        self._reclaim_cursors[(stream, group)] = cursor
-        if not found:
-            return []
+        state, popped = await self._call("reclaim", keys, ["page", *head])
+        return state.decode() if isinstance(state, bytes) else state, [
+            (msg_id, job_id) for msg_id, job_id in popped
+        ]
+
+    async def reclaim_claim(
+        self, keys: Sequence[str], head: Sequence[Arg], popped: Sequence[tuple[bytes, bytes]],
+        job_prefix: str,
+    ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:  # fmt: skip
+        """Claim popped messages: (id, fields, delivery count, previous owner) of each taken.
+
+        Each job hash (``job_prefix`` + job id, the key ``Keyspace.job`` spells)
+        is passed in KEYS, where the claim indexes its 'reclaimed' event.
+        """
         prefix = job_prefix.encode()
+        all_keys: list[str | bytes] = list(keys)
         args: list[Arg] = ["claim", *head]
-        for msg_id, job_id in found:
+        for msg_id, job_id in popped:
             args += [msg_id, job_id]
             if job_id:
-                keys.append(prefix + job_id)
-        claimed = await self._call("reclaim", keys, args)
+                all_keys.append(prefix + job_id)
+        claimed = await self._call("reclaim", all_keys, args)
         return [
             (msg_id, _pairs(flat), int(count_), owner) for msg_id, flat, count_, owner in claimed
         ]

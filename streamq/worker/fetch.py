@@ -5,7 +5,8 @@ In order of preference:
 1. its own pending messages (``drain``), once at start: a worker restarting
    under the same consumer name finishes what it held before;
 2. messages idle past their visibility timeout in any consumer's PEL
-   (``reclaim``), every janitor interval: a crashed worker's jobs come back;
+   (``reclaim``), every janitor interval: a crashed worker's jobs come back
+   (one worker per stream and interval scans, all take: ``worker/reclaim.py``);
 3. new messages (``fetch``), read by one script in strict priority order;
 4. when all are empty, a blocking XREADGROUP on every stream (``wait``), so an
    idle worker wakes as soon as a job arrives instead of polling; the wake
@@ -25,7 +26,6 @@ The group restarts just before the oldest entry whose job is unfinished
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn, cast
@@ -38,6 +38,7 @@ from streamq.keytypes import is_wrong_type, queue_keys, raise_named
 from streamq.logging import get_logger
 from streamq.scripts import Entry, Scripts
 from streamq.settings import Settings
+from streamq.worker.reclaim import Reclaimer
 
 FINAL_STATUSES = frozenset({b"succeeded", b"failed", b"dead", b"cancelled"})
 RESTART_SCAN_PAGE = 1000
@@ -89,6 +90,11 @@ class Fetcher:
         self._drain_from: list[bytes | str] | None = ["0"] * len(self.streams)
         self._log = get_logger(queue=keys.queue, worker=consumer)
         self._keys_touched = queue_keys(keys, settings.priorities)
+        self.reclaimer = Reclaimer(
+            scripts, keys, settings, consumer, self._default_vis_ms, self._vis_ms
+        )
+        for priority in settings.priorities:
+            self._keys_touched += [keys.reclaim_gate(priority), keys.handout(priority)]
 
     @property
     def min_visibility_s(self) -> float:
@@ -196,39 +202,26 @@ class Fetcher:
         return messages
 
     async def reclaim(self, count: int) -> list[Message]:
-        """Up to ``count`` messages idle past their visibility timeout, highest priority first."""
+        """Up to ``count`` messages idle past their visibility timeout, highest priority first.
+
+        Scans a stream's PEL only when it is this worker's turn (one scanner per
+        stream and interval, ``streamq.worker.reclaim``); otherwise it takes what
+        the last scan handed out.
+        """
         messages: list[Message] = []
         for stream in self.streams:
-            if len(messages) >= count:
-                break
+            priority = self._priority_of[stream]
+            want = count - len(messages)
             try:
-                got = await self._reclaim_from(stream, count - len(messages))
+                got = await self.reclaimer.reclaim(priority, want)
             except ResponseError as exc:
                 await self._recover(exc)
-                got = await self._reclaim_from(stream, count - len(messages))
-            priority = self._priority_of[stream]
+                got = await self.reclaimer.reclaim(priority, want)
             messages += [
                 Message(stream, priority, msg_id, fields or None, deliveries)
                 for msg_id, fields, deliveries, _owner in got
             ]
         return messages
-
-    async def _reclaim_from(
-        self, stream: str, count: int
-    ) -> list[tuple[bytes, dict[bytes, bytes], int, bytes]]:
-        return await self._scripts.reclaim(
-            stream=stream,
-            dlq=self._keys.dlq,
-            events=self._keys.events,
-            job_prefix=self._keys.job(""),
-            group=GROUP,
-            consumer=self._consumer,
-            count=count,
-            min_idle_ms=self._min_vis_ms,
-            now_ms=int(time.time() * 1000),
-            default_visibility_ms=self._default_vis_ms,
-            visibility_ms=self._vis_ms,
-        )
 
     async def _recover(self, exc: ResponseError) -> None:
         """After NOGROUP, recreate the groups (the caller reads again); else raise."""

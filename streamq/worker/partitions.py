@@ -173,9 +173,9 @@ class MultiFetcher:
     async def reclaim(self, count: int) -> list[Message]:
         messages: list[Message] = []
         for i in self._rotation():
-            if len(messages) >= count:
-                break
-            messages += await self._fetchers[i].reclaim(count - len(messages))
+            # Every lane, even with no room left: a lane's turn to scan its pending
+            # lists for the other workers must not wait for this one's free slots.
+            messages += await self._fetchers[i].reclaim(max(0, count - len(messages)))
         return self._handed(messages)
 
     async def _recover(self, count: int) -> list[Message]:
