@@ -12,8 +12,8 @@ DLQ (``streamq.dlq``). Consumers may act on messages they no longer own
 (after a crash or a reclaim by another).
 
 The model predicts every reply (what a fetch returns, in priority and FIFO
-order; what a reclaim returns, in priority order and, within a stream, from
-the reclaim cursor on; whether an outcome is recorded, already recorded, or refused by
+order; how many messages a reclaim returns from each stream, in priority
+order; whether an outcome is recorded, already recorded, or refused by
 fencing) and where each job is. After every step the invariant is read back
 from Redis: each job id is in exactly one of succeeded, the DLQ, a PEL, a
 stream not yet delivered, or the delayed set; never lost, never in two. One
@@ -122,7 +122,6 @@ class Lifecycle(RuleBasedStateMachine):
         """Per priority, FIFO groups; order within a group (one promote batch) is free."""
         # Keyed by (stream, id): two streams can hand out the same id in one millisecond.
         self.pel: dict[MessageKey, Pending] = {}
-        self.reclaim_cursor: dict[str, bytes | None] = {}
         """Per stream: where the reclaim script's next scan starts (after this id)."""
         self.held: dict[str, dict[MessageKey, Message]] = {c: {} for c in CONSUMERS}
         self.delayed: dict[str, int] = {}
@@ -316,30 +315,38 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(consumer=st.sampled_from(CONSUMERS), count=st.integers(1, 5))
     def reclaim(self, consumer: str, count: int) -> None:
         time.sleep(0.003)  # every pending entry is now idle past the 1 ms timeout
-        # Streams in priority order; within one, the scan continues after the last
-        # call's cursor to the end of the PEL, then wraps to its head.
-        expected: list[MessageKey] = []
+        # A janitor interval has passed and the last hand-out expired: this call
+        # makes a whole pass over each stream's PEL and hands out every entry.
+        run(self._new_reclaim_interval)
+        # Streams in priority order; within one, the entries stale longest first
+        # (the model checks how many, and that each was pending in that stream).
+        wanted: dict[str, int] = {}
         for priority in PRIORITIES:
-            want = count - len(expected)
-            if want <= 0:
-                break
             stream = self.app.keys.stream(priority)
-            ids = sorted((k[1] for k in self.pel if k[0] == stream), key=id_order)
-            cursor = self.reclaim_cursor.get(stream)
-            if cursor is not None:
-                after = [i for i in ids if id_order(i) > id_order(cursor)]
-                ids = after + [i for i in ids if id_order(i) <= id_order(cursor)]
-            taken = ids[:want]
-            expected += [(stream, i) for i in taken]
-            self.reclaim_cursor[stream] = taken[-1] if len(taken) == want else None
+            pending = sum(1 for k in self.pel if k[0] == stream)
+            wanted[stream] = min(pending, count - sum(wanted.values()))
         got = run(self.fetchers[consumer].reclaim, count)
-        assert [key_of(m) for m in got] == expected
+        keys = [key_of(m) for m in got]
+        assert len(set(keys)) == len(keys)
+        assert all(key in self.pel for key in keys)
+        assert Counter(k[0] for k in keys) == +Counter(wanted)
+        assert [k[0] for k in keys] == sorted(
+            (k[0] for k in keys),
+            key=lambda s: [self.app.keys.stream(p) for p in PRIORITIES].index(s),
+        )
         for message in got:
             entry = self.pel[key_of(message)]
             assert message.deliveries == entry.deliveries + 1
             entry.owner, entry.deliveries = consumer, message.deliveries
             self.held[consumer][key_of(message)] = message
         STATS["reclaimed"] += len(got)
+
+    async def _new_reclaim_interval(self) -> None:
+        redis = await self.app.redis()
+        for priority in PRIORITIES:
+            await redis.delete(
+                self.app.keys.reclaim_gate(priority), self.app.keys.handout(priority)
+            )
 
     async def _until_due(self) -> None:
         redis = await self.app.redis()
