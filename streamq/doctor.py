@@ -75,6 +75,9 @@ async def run_checks(app: App) -> list[Check]:
             redis = await app.node_redis()
         checks = await _checks(redis, app.keys, app.settings)
         checks = [await _cluster_truth(app, c) if c.name == "cluster" else c for c in checks]
+        from streamq.doctor_partitions import check_partitions  # it imports this module
+
+        checks += await check_partitions(app)  # none unless the queue is partitioned
         return [*_embedded_check(app), *checks]
     except NoPermissionError as exc:
         # Raised while connecting (command errors come back as pipeline values):
