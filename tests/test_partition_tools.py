@@ -284,3 +284,26 @@ def _at_least(read: Callable[[], Any], count: int) -> Callable[[], Any]:
         return bool(await read() >= count)
 
     return check
+
+
+# -- a raised count ---------------------------------------------------------------------------
+
+
+async def test_a_running_worker_starts_lanes_for_partitions_added_after_it_started(
+    redis_url: str,
+) -> None:
+    """A worker started on a 2-partition queue; a producer then raises the count to 4.
+    Within a janitor interval the worker reads the new mark and runs partitions 2
+    and 3 too, with their janitor (a delayed job there is promoted and run)."""
+    name = queue_name()
+    async with make_app(redis_url, 2, name) as app, make_app(redis_url, 4, name) as wider:
+        app.task(name="t.plain")(plain)
+        task = wider.task(name="t.plain")(plain)
+        async with running_worker(app) as worker:
+            jobs = await task.enqueue_many([(n,) for n in range(8)])
+            later = await wider.partition(3).enqueue_calls(task, [((8,), {})], delay_ms=50)
+            assert {j.partition for j in jobs} == {0, 1, 2, 3}
+            with anyio.fail_after(10):
+                assert [await j.result(timeout=10) for j in jobs + later] == list(range(9))
+            assert {lane.app.partition_index for lane in worker._lanes.values()} == {0, 1, 2, 3}
+        await drop_all(app, 4)
