@@ -5,7 +5,9 @@ and limits, each over every partition."""
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +28,9 @@ from streamq.partition_ops import AllReplay
 from streamq.partitions import read_mark, record_count, stable_index
 from streamq.records import HistoryRecord, entry_key
 from streamq.settings import Settings
-from tests.conftest import drop_queue, queue_name, running_worker, wait_until
+from tests.apps.process import streamq_child
+from tests.apps.slow import ADD, register
+from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
 
 pytestmark = pytest.mark.anyio
 FAST = {"janitor_interval_s": 0.05, "visibility_timeout_s": 2.0}
@@ -309,3 +313,34 @@ async def test_a_running_worker_starts_lanes_for_partitions_added_after_it_start
                 assert [await j.result(timeout=10) for j in jobs + later] == list(range(9))
             assert {lane.app.partition_index for lane in worker._lanes.values()} == {0, 1, 2, 3}
         await drop_all(app, 4)
+
+
+async def test_replay_follow_cli_prints_the_new_events_of_every_partition(redis_url: str) -> None:
+    """``streamq replay --follow`` on a 3-partition queue prints the events written
+    to partitions 1 and 2 after it started, not only partition 0's; Ctrl-C ends it."""
+    name = queue_name()
+    env = subprocess_env(redis_url, STREAMQ_TEST_QUEUE=name, STREAMQ_PARTITIONS="3")
+    async with register(make_app(redis_url, 3, name)) as app:
+        first = await app.partition(0).enqueue_calls(app.tasks[ADD], [((1, 1), {})], routed=True)
+        since = str(int(time.time() * 1000) - 60_000)
+        args = [
+            "replay",
+            "tests.apps.slow:app",
+            "--follow",
+            "--since",
+            since,
+            "--status",
+            "enqueued",
+        ]
+        async with streamq_child(args, env=env) as child:
+            await child.wait_for_line(lambda line: first[0].id in line, 20, "the history")
+            for index in (1, 2):
+                (job,) = await app.partition(index).enqueue_calls(
+                    app.tasks[ADD], [((index, 1), {})], routed=True
+                )
+                shown = f'"job_id":"{job.id}"'
+                await child.wait_for_line(lambda line, s=shown: s in line, 20, f"partition {index}")
+                assert f'"partition":{index}' in next(x for x in child.stdout if shown in x)
+            child.signal(signal.SIGINT)
+            assert await child.wait(timeout_s=20) == 0
+        await drop_all(app, 3)
