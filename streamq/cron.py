@@ -427,7 +427,7 @@ async def list_schedules(app: App) -> list[ScheduleInfo]:
             next_run = schedule.next_after(through)
         status = None
         if state is not None and state.job_id is not None:
-            raw = await redis.hget(app.keys.job(state.job_id), "status")
+            raw = await redis.hget(await _job_key(app, state.job_id), "status")
             status = raw.decode() if isinstance(raw, bytes) else raw
         infos.append(
             ScheduleInfo(
@@ -441,3 +441,11 @@ async def list_schedules(app: App) -> list[ScheduleInfo]:
             )  # fmt: skip
         )
     return infos
+
+
+async def _job_key(app: App, job_id: str) -> str:
+    """The hash of a tick's job: in the partition its id routed it to (``streamq.partitions``)."""
+    from streamq.partitions import locate
+
+    index = (await locate(app, [job_id]))[job_id]
+    return app.partition(index or 0).keys.job(job_id)

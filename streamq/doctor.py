@@ -79,6 +79,9 @@ async def run_checks(app: App) -> list[Check]:
         from streamq.replication import replication_checks  # it imports this module
 
         checks += await replication_checks(app, redis)
+        from streamq.doctor_partitions import check_partitions  # it imports this module too
+
+        checks += await check_partitions(app)  # none unless the queue is partitioned
         return [*_embedded_check(app), *checks]
     except NoPermissionError as exc:
         # Raised while connecting (command errors come back as pipeline values):

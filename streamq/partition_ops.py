@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import anyio
 
 from streamq.dlq import DeadLetter, DeadLetters, check_entry_id
 from streamq.partitions import all_partitions, locate
@@ -21,6 +23,8 @@ from streamq.replay import Replay
 from streamq.stats import ConsumerStats, History, PriorityStats, QueueStats, Throughput, collect
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from streamq.app import App
     from streamq.records import HistoryRecord
 
@@ -151,6 +155,14 @@ class AllDeadLetters:
         return sum([await dlq.purge(older_than_s=older_than_s) for _, dlq in await self._each()])
 
 
+async def _partition_tagged(
+    records: AsyncIterator[HistoryRecord], index: int
+) -> AsyncIterator[HistoryRecord]:
+    async for record in records:
+        record.partition = index
+        yield record
+
+
 async def _tagged(letters: AsyncIterator[DeadLetter], index: int) -> AsyncIterator[DeadLetter]:
     async for letter in letters:
         yield _addressed(letter, index)
@@ -181,8 +193,14 @@ async def merge_sorted(
 # -- replay -------------------------------------------------------------------------------
 
 
+REORDER_MS = 250
+"""How long ``AllReplay.follow`` holds a live event to put it in id order with the
+events of partitions that are read later."""
+
+
 class AllReplay:
-    """``streamq.replay.Replay`` over every partition: records merged by time."""
+    """``streamq.replay.Replay`` over every partition: records merged by time, each
+    tagged with its partition (``HistoryRecord.partition``)."""
 
     def __init__(self, app: App, replays: list[Replay]) -> None:
         self.app = app
@@ -193,7 +211,117 @@ class AllReplay:
         return cls(app, [Replay(view) for view in await all_partitions(app)])
 
     def _merged(self, pick: Callable[[Replay], AsyncIterator[HistoryRecord]]) -> Any:
-        return merge_sorted([pick(r) for r in self.replays], key=_record_key)
+        sources = [_partition_tagged(pick(r), r.app.partition_index) for r in self.replays]
+        return merge_sorted(sources, key=_record_key)
+
+    async def redrive(self, records: Sequence[HistoryRecord], into: str | None = None) -> list[str]:
+        """``Replay.redrive`` with each job back into the partition its record came
+        from (so a ``partition_by`` key keeps its partition); ids in record order.
+        ``into`` another queue: its partition 0 (its workers read every partition)."""
+        if into is not None and into != self.app.name:
+            return await self.replays[0].redrive(records, into)
+        groups: dict[int, list[int]] = {}
+        for position, record in enumerate(records):
+            groups.setdefault(record.partition, []).append(position)
+        ids: list[str] = [""] * len(records)
+        for index, positions in groups.items():
+            history = Replay(self.app.root.partition(index), self.replays[0].archive)
+            made = await history.redrive([records[p] for p in positions])
+            for position, job_id in zip(positions, made, strict=True):
+                ids[position] = job_id
+        return ids
+
+    async def follow(
+        self, emit: Callable[[HistoryRecord], None], *, after: str = "$",
+        task: str | None = None, kinds: Iterable[str] | None = None, job: str | None = None,
+        block_ms: int = 1000, window_ms: int = REORDER_MS,
+    ) -> None:  # fmt: skip
+        """Call ``emit`` with each new event of every partition, until cancelled.
+
+        One blocking XREAD per partition, each on its own held connection (on a
+        cluster, to the partition's master). Events are emitted in id (server
+        time) order: an event waits until every partition has delivered a newer
+        one, or for at most ``window_ms``. So the order is exact for events more
+        than ``window_ms`` apart (and for a busy queue); an event whose partition
+        was read more than ``window_ms`` late can follow newer events of other
+        partitions. ``after``: an entry id (exclusive, in every partition) or
+        ``$`` (from now).
+        """
+        from streamq.connection import dedicated
+        from streamq.records import record_of
+
+        wanted = set(kinds) if kinds else None
+        views = [r.app for r in self.replays]
+        seen: list[tuple[int, int]] = [(0, 0)] * len(views)
+        starts: list[str] = []
+        for view in views:
+            start = after
+            if after == "$":
+                redis = await view.redis()
+                top = cast(list[Any], await redis.xrevrange(view.keys.events, "+", "-", count=1))
+                start = top[0][0].decode() if top else "0-0"
+            starts.append(start)
+            seen[len(starts) - 1] = _id_key(start)
+        send: MemoryObjectSendStream[tuple[int, list[HistoryRecord], tuple[int, int]]]
+        send, receive = anyio.create_memory_object_stream(max_buffer_size=len(views) * 4)
+
+        async def read(index: int, view: App) -> None:
+            last = starts[index]
+            held = dedicated(await view.node_redis())  # a blocking read holds a connection
+            try:
+                while True:
+                    reply = cast(
+                        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+                        await held.xread({view.keys.events: last}, count=1000, block=block_ms),
+                    )
+                    batch: list[HistoryRecord] = []
+                    for _stream, entries in reply or ():
+                        for entry_id, raw in entries:
+                            last = entry_id.decode()
+                            record = record_of("event", entry_id, raw)
+                            record.partition = index
+                            if (task is None or record.task == task) and (
+                                job is None or record.job_id == job
+                            ) and (wanted is None or record.kind in wanted):  # fmt: skip
+                                batch.append(record)
+                    if reply:
+                        await send.send((index, batch, _id_key(last)))
+            finally:
+                with anyio.CancelScope(shield=True):  # cancelled is how follow ends
+                    await held.aclose()
+
+        with send, receive:
+            await self._merge_live(views, read, receive, seen, emit, window_ms)
+
+    @staticmethod
+    async def _merge_live(
+        views: list[App],
+        read: Callable[[int, App], Any],
+        receive: MemoryObjectReceiveStream[tuple[int, list[HistoryRecord], tuple[int, int]]],
+        seen: list[tuple[int, int]],
+        emit: Callable[[HistoryRecord], None],
+        window_ms: int,
+    ) -> None:
+        """Run the readers; emit what they deliver in id order (see ``follow``)."""
+        held: list[tuple[tuple[int, int], int, int, float, HistoryRecord]] = []
+        arrivals = 0
+        async with anyio.create_task_group() as tg:
+            for index, view in enumerate(views):
+                tg.start_soon(read, index, view)
+            while True:
+                wait_s = None
+                if held:
+                    wait_s = max(0.0, held[0][3] + window_ms / 1000 - anyio.current_time())
+                with anyio.move_on_after(wait_s):
+                    source, records, newest = await receive.receive()
+                    seen[source] = newest
+                    now = anyio.current_time()
+                    for record in records:
+                        arrivals += 1
+                        heapq.heappush(held, (_record_key(record), source, arrivals, now, record))
+                now = anyio.current_time()
+                while held and (held[0][3] + window_ms / 1000 <= now or min(seen) >= held[0][0]):
+                    emit(heapq.heappop(held)[4])
 
     def events(self, **options: Any) -> AsyncIterator[HistoryRecord]:
         return self._merged(lambda r: r.events(**options))  # type: ignore[no-any-return]

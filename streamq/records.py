@@ -34,6 +34,9 @@ class HistoryRecord:
     binary: bool = False
     """Some field is not UTF-8 (a binary payload): its text holds the bytes losslessly
     (``surrogateescape``); ``raw(name)`` gives them back exactly."""
+    partition: int = 0
+    """The queue partition whose stream holds the entry (``streamq.partitions``);
+    shown as ``partition`` in ``as_dict`` when it is not 0."""
 
     def raw(self, name: str) -> bytes:
         """A field's exact bytes, as stored."""
@@ -49,6 +52,8 @@ class HistoryRecord:
             "source": self.source, "id": self.id, "time": _iso(self.ts_ms), "kind": self.kind,
             "job_id": self.job_id, "task": self.task,
         }  # fmt: skip
+        if self.partition:
+            record["partition"] = self.partition
         # A message's own ``id`` field is the job id (already ``job_id``): the
         # record's keys win, so ``id`` stays the entry id that ``dlq`` takes.
         if not self.binary or binary == "text":

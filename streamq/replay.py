@@ -196,11 +196,13 @@ class Replay:
     async def redrive(self, records: Sequence[HistoryRecord], into: str | None = None) -> list[str]:
         """Enqueue the jobs of these message records again, as new jobs; returns their ids.
 
-        ``into`` names the target queue (default: this one). Payloads are copied
+        ``into`` names the target queue (default: this one; on a partition view, this
+        partition; another queue: its partition 0, which its workers read). Payloads are copied
         byte for byte as stored, so they are not re-encoded and need not be
         importable here.
         """
-        target = Keyspace(self.app.settings.prefix, into or self.app.name)
+        same = into is None or into == self.app.name  # back into this partition
+        target = self.app.keys if same else Keyspace(self.app.settings.prefix, into or "")
         scripts = await self.app.scripts()
         now_ms = int(time.time() * 1000)
         calls = []

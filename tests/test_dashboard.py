@@ -326,3 +326,102 @@ def test_cli_serves_the_dashboard_and_stops_on_sigint(redis_url: str) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
+
+
+async def test_a_partitioned_queue_shows_and_acts_on_every_partition(redis_url: str) -> None:
+    """App(partitions=3): the DLQ page, its entries (``p/<id>``), requeue and purge (one
+    and all of a task), the job page and search (paged by cursor), the delayed page with
+    Run now / Delete, and the workers page each cover partitions 1 and 2, not just 0."""
+    from streamq.dashboard.spread import search_jobs
+    from streamq.partition_ops import AllDeadLetters
+    from streamq.settings import Settings
+
+    app = App(
+        queue_name(),
+        settings=Settings(redis_url=redis_url, partitions=3, janitor_interval_s=0.05),
+    )
+
+    @app.task(name="ok")
+    async def ok(n: int) -> int:
+        return n
+
+    @app.task(name="boom", max_retries=0)
+    async def boom(n: int) -> None:
+        raise RuntimeError(f"boom {n}")
+
+    @app.task(name="bust", max_retries=0)
+    async def bust(n: int) -> None:
+        raise RuntimeError(f"bust {n}")
+
+    base = f"/q/{app.name}"
+    async with app, client(create_dashboard(app)) as http:
+        done = await ok.enqueue_many([(n,) for n in range(3)])
+        dead = await boom.enqueue_many([(n,) for n in range(3)])
+        dead += await bust.enqueue_many([(n,) for n in range(3)])
+        later = [await ok.enqueue_in(3600, n) for n in range(3)]
+        assert {j.partition for j in done} == {j.partition for j in dead} == {0, 1, 2}
+        assert {j.partition for j in later} == {0, 1, 2}
+        async with running_worker(app, partitions=[1, 2]) as worker:
+            for job in done + dead:
+                if job.partition:
+                    await job.wait(timeout=10)
+            page = await http.get(f"{base}/workers")
+            assert f'data-consumer="{worker.consumer}"' in page.text  # groups of 1 and 2 only
+        async with running_worker(app, partitions=[0]):
+            for job in done + dead:
+                await job.wait(timeout=10)
+        letters = AllDeadLetters(app)
+        assert await letters.count() == 6
+        dlq = await http.get(f"{base}/dlq")
+        by_job = {j.id: j for j in dead}
+        addresses = re.findall(r'data-entry-id="([^"]+)" data-job-id="([^"]+)"', dlq.text)
+        assert sorted(job for _, job in addresses) == sorted(by_job)
+        for address, job_id in addresses:
+            index = by_job[job_id].partition
+            assert address.startswith(f"{index}/") == (index > 0)
+        boom_in = {by_job[j].partition: a for a, j in addresses if by_job[j].task == "boom"}
+        shown = await http.get(f"{base}/dlq/{boom_in[2]}")
+        assert shown.status_code == 200 and "RuntimeError" in shown.text
+        assert (await http.get(f"{base}/dlq/7/1-0")).status_code == 404
+        token = await csrf_of(http, f"{base}/dlq")
+
+        async def post(path: str, **form: str) -> httpx.Response:
+            reply = await http.post(f"{base}{path}", data={**form, "csrf": token, "confirm": "1"})
+            assert reply.status_code == 303, reply.text
+            return reply
+
+        assert "requeued" in (await post("/dlq/requeue", entry=boom_in[2])).headers["location"]
+        await post("/dlq/purge", entry=boom_in[1])
+        assert await letters.count() == 4
+        await post("/dlq/requeue", all="1", task="boom")  # what is left of boom: partition 0
+        assert {d.task for d in await letters.entries()} == {"bust"}
+        await post("/dlq/purge", all="1", task="bust")
+        assert await letters.count() == 0
+
+        job_page = await http.get(f"{base}/jobs/{next(j for j in done if j.partition == 2).id}")
+        assert 'class="status-succeeded">succeeded' in job_page.text
+        listed = await http.get(f"{base}/jobs", params={"status": "succeeded"})
+        assert all(f'data-job-id="{j.id}"' in listed.text for j in done)
+        seen: list[str] = []
+        cursor = None
+        while True:  # one row a page: the cursor goes on exactly after the last row
+            found = await search_jobs(app, cursor=cursor, limit=1)
+            seen += [row.id for row in found.rows]
+            if found.next_cursor is None:
+                break
+            cursor = found.next_cursor
+        assert sorted(seen) == sorted({j.id for j in done + dead + later})
+
+        delayed = await http.get(f"{base}/delayed")
+        assert all(f'data-job-id="{j.id}"' in delayed.text for j in later)
+        far = [j for j in later if j.partition]
+        await post("/delayed/run-now", job=far[0].id)
+        await post("/delayed/cancel", job=far[-1].id)
+        assert await app.job(far[0].id).status() == JobStatus.QUEUED
+        assert await app.job(far[-1].id).status() == JobStatus.CANCELLED
+        await empty_partitions(app)
+
+
+async def empty_partitions(app: App) -> None:
+    for index in range(app.partitions):
+        await drop_queue(app.partition(index))

@@ -20,6 +20,7 @@ from streamq.cli._load import load_app
 from streamq.errors import ConfigError
 from streamq.ids import job_id_time_ms
 from streamq.partition_ops import AllReplay
+from streamq.partitions import locate
 from streamq.replay import HistoryRecord, Replay, bound_key, parse_bound
 
 
@@ -122,16 +123,19 @@ def replay(
             yield record
 
     async def body(app: App) -> int:
-        history = Replay(app)
+        everything = await AllReplay.of(app)  # every partition of the queue
         if not job:
-            await _say_what_was_trimmed(history, source, first)
+            for history in everything.replays:
+                await _say_what_was_trimmed(history, source, first)
         elif (enqueued_ms := job_id_time_ms(job)) is not None:
+            index = (await locate(app, [job]))[job] or 0
+            history = everything.replays[min(index, len(everything.replays) - 1)]
             await _say_what_was_trimmed(history, Source.events, f"{enqueued_ms}-0")
         selected: list[HistoryRecord] = []
         count = 0
         last_event = "$"
         if not follow or since or until:
-            async for record in select(await AllReplay.of(app)):
+            async for record in select(everything):
                 if record.source == "event":
                     last_event = record.id
                 emit(record)
@@ -144,17 +148,24 @@ def replay(
         if table is not None:
             console.print(table)
         if redrive:
-            return await _redrive(history, selected, into or app.name, yes)
+            return await _redrive(everything, selected, into, yes)
         if follow:
             kinds = [status] if status else None
             # Go on from the last event printed, so nothing falls in between.
             after = last_event if since else "$"
-            async for record in history.follow(after=after, task=task, kinds=kinds, job=job):
+
+            def live(record: HistoryRecord) -> None:
                 if table is None:
                     emit(record)
                     lines.flush()
                 else:
                     console.print(" ".join(_row(record)))
+
+            if len(everything.replays) > 1:  # a blocking read per partition, merged
+                await everything.follow(live, after=after, task=task, kinds=kinds, job=job)
+            history = everything.replays[0]
+            async for record in history.follow(after=after, task=task, kinds=kinds, job=job):
+                live(record)
         return 0
 
     try:
@@ -199,7 +210,10 @@ async def _say_what_was_trimmed(history: Replay, source: Source, since: str | No
         Source.dlq: [],  # requeue and purge delete DLQ entries: no gap to report
     }[source]
     archive = history.archive
+    index = history.app.partition_index
     for name, key in keys:
+        if index:
+            name = f"{name} in partition {index}"
         oldest = await history.trimmed_before(key)
         if archive is not None and oldest is not None:
             archived = await anyio.to_thread.run_sync(archive.oldest, key)
@@ -226,8 +240,12 @@ class _NoHistory(Exception):
         self.job_id = job_id
 
 
-async def _redrive(history: Replay, records: list[HistoryRecord], into: str, yes: bool) -> int:
+async def _redrive(
+    history: AllReplay, records: list[HistoryRecord], target: str | None, yes: bool
+) -> int:
+    """Each job back into its own partition (``AllReplay.redrive``), or into ``target``."""
     err = Console(stderr=True)
+    into = target or history.app.name
     if not records:
         err.print("nothing selected to re-drive")
         return 0
@@ -243,7 +261,7 @@ async def _redrive(history: Replay, records: list[HistoryRecord], into: str, yes
         if not confirmed:
             err.print(f"dry run: {selected} would be re-enqueued into {into}; nothing written")
             return 0
-    ids = await history.redrive(records, into)
+    ids = await history.redrive(records, target)
     err.print(f"re-enqueued {counted(len(ids), 'job')} into {into}")
     return 0
 

@@ -1,5 +1,5 @@
 """The dashboard's actions (POST, CSRF-checked): DLQ requeue and purge, delayed jobs
-(run now, delete).
+(run now, delete), over every partition of a partitioned queue.
 
 Each action first renders a confirmation page that says what it will do; the
 confirmation's own form (with ``confirm=1``) does it, then redirects back with
@@ -15,13 +15,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from streamq.cancel import CancelResult, cancel_jobs
+from streamq.cancel import CancelResult
 from streamq.dashboard.render import render, url
 from streamq.dashboard.routes import queue_of
 from streamq.dashboard.security import checked_form
-from streamq.delayed import RunNowResult, run_now
-from streamq.dlq import DeadLetterNotFound, DeadLetters, RequeueRefused, check_entry_id
+from streamq.delayed import RunNowResult
+from streamq.dlq import DeadLetterNotFound, DeadLetters, RequeueRefused
 from streamq.errors import ConfigError
+from streamq.partition_ops import AllDeadLetters, split_entry_id
+from streamq.partitions import all_partitions, cancel_jobs, run_now
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -35,11 +37,13 @@ def _field(form: dict[str, str], name: str) -> str:
 
 
 def _entry(form: dict[str, str]) -> str:
+    """A DLQ entry's address: ``<entry id>``, or ``<partition>/<entry id>``."""
     entry = _field(form, "entry")
     try:
-        return check_entry_id(entry)
+        split_entry_id(entry)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    return entry
 
 
 def _confirm(
@@ -61,7 +65,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
     async def dlq_requeue(request: Request) -> Response:
         app = queue_of(dashboard, request)
         form = await checked_form(request)
-        letters = DeadLetters(app)
+        letters = AllDeadLetters(app)  # every partition
         task = _field(form, "task") or None
         back = url(request, "dlq", {"task": task}, queue=app.name)
         if _field(form, "all"):
@@ -100,8 +104,9 @@ def routes(dashboard: Dashboard) -> list[Route]:
             return _confirm(
                 dashboard, request, form, f"Delete DLQ entry {entry}? This cannot be undone.", back
             )
+        index, entry_id = split_entry_id(entry)
         redis = await app.redis()
-        removed = int(await redis.xdel(app.keys.dlq, entry))
+        removed = int(await redis.xdel(app.partition(index).keys.dlq, entry_id))
         return _done(request, "dlq", f"purged entry {entry}" if removed else f"no entry {entry}")
 
     async def delayed_action(
@@ -154,6 +159,11 @@ def routes(dashboard: Dashboard) -> list[Route]:
 
 
 async def _purge_all(app: App, task: str | None) -> int:
+    """Delete every DLQ entry (of one task) in every partition."""
+    return sum([await _purge_all_in(view, task) for view in await all_partitions(app)])
+
+
+async def _purge_all_in(app: App, task: str | None) -> int:
     """Delete every DLQ entry (of one task): an explicit action, so it may walk the DLQ."""
     letters = DeadLetters(app)
     if task is None:

@@ -6,6 +6,7 @@ fragment, which ``static/dashboard.js`` swaps in every few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,14 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response, S
 from starlette.routing import Route
 
 from streamq.app import App
-from streamq.dashboard import data
+from streamq.dashboard import data, spread
 from streamq.dashboard.charts import chart_of
 from streamq.dashboard.render import render, url
 from streamq.dashboard.security import CsrfRefused
-from streamq.dlq import DeadLetterNotFound, DeadLetters
+from streamq.dlq import DeadLetterNotFound
 from streamq.errors import ConfigError, JobNotFound
 from streamq.job import JobStatus
+from streamq.partition_ops import AllDeadLetters
 from streamq.partition_ops import collect_all as collect  # every partition, summed
 
 if TYPE_CHECKING:
@@ -58,8 +60,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
     async def overview(request: Request) -> Response:
         app = queue_of(dashboard, request)
         stats = await collect(app)
-        redis = await app.redis()
-        buckets = await dashboard.buckets.last_hour(redis, app.keys.events, stats.server_time_ms)
+        buckets = await spread.last_hour(dashboard.buckets, app, stats.server_time_ms)
         return _page(
             dashboard, request, "overview.html", "_overview.html",
             queue=app.name, stats=stats, chart=chart_of(buckets),
@@ -68,7 +69,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
 
     async def workers(request: Request) -> Response:
         app = queue_of(dashboard, request)
-        rows = await data.workers(app)
+        rows = await spread.workers(app)  # every partition
         return _page(
             dashboard, request, "workers.html", "_workers.html",
             queue=app.name, workers=rows, refresh_ms=dashboard.refresh_ms,
@@ -83,7 +84,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         status = q.get("status") or None
         if status is not None and status not in data.STATUSES:
             raise ConfigError(f"unknown status {status!r}")
-        page = await data.search_jobs(
+        page = await spread.search_jobs(
             app, task=q.get("task") or None, status=status, since=q.get("since") or None,
             until=q.get("until") or None, cursor=q.get("cursor") or None,
         )  # fmt: skip
@@ -96,15 +97,17 @@ def routes(dashboard: Dashboard) -> list[Route]:
     async def job(request: Request) -> Response:
         app = queue_of(dashboard, request)
         job_id = request.path_params["job_id"]
-        handle = app.job(job_id)
-        try:
-            details = await handle.details()
-        except JobNotFound:
-            details = None
-        story, story_complete = await data.story(app, job_id)
+        view = await spread.place(app, job_id)  # the partition holding it
+        details = None
+        if view is not None:
+            with contextlib.suppress(JobNotFound):
+                details = await view.job(job_id).details()
+        story, story_complete = await spread.story(app, job_id)
         if details is None and not story:
             raise HTTPException(404, f"no job {job_id!r} (never enqueued, or its hash expired)")
-        progress = await handle.progress() if details is not None else None
+        progress = None
+        if view is not None and details is not None:
+            progress = await view.job(job_id).progress()
         final = details is None or details.status.final
         arguments = (
             None
@@ -149,7 +152,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
     async def dlq(request: Request) -> Response:
         app = queue_of(dashboard, request)
         task = request.query_params.get("task") or None
-        page = await data.dead_letters(app, task=task, cursor=request.query_params.get("cursor"))
+        page = await spread.dead_letters(app, task=task, cursor=request.query_params.get("cursor"))
         return _page(
             dashboard, request, "dlq.html", "_dlq.html", queue=app.name, page=page,
             task=task or "", tasks=sorted(app.tasks), refresh_ms=dashboard.refresh_ms,
@@ -157,9 +160,9 @@ def routes(dashboard: Dashboard) -> list[Route]:
 
     async def dlq_entry(request: Request) -> Response:
         app = queue_of(dashboard, request)
-        try:
-            letter = await DeadLetters(app).get(request.path_params["entry_id"])
-        except DeadLetterNotFound as exc:
+        try:  # an address: <entry id>, or <partition>/<entry id>
+            letter = await AllDeadLetters(app).get(request.path_params["entry_id"])
+        except (DeadLetterNotFound, ValueError) as exc:
             raise HTTPException(404, str(exc)) from None
         fields = {k: v for k, v in letter.fields.items() if not k.startswith("dlq_")}
         return render(
@@ -173,7 +176,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
             offset = int(request.query_params.get("offset") or 0)
         except ValueError:
             raise ConfigError("offset must be a whole number") from None
-        page = await data.delayed(app, offset=offset)
+        page = await spread.delayed(app, offset=offset)
         return _page(
             dashboard, request, "delayed.html", "_delayed.html", queue=app.name, page=page,
             refresh_ms=dashboard.refresh_ms, page_size=data.PAGE,
@@ -194,7 +197,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         Route("/q/{queue}/jobs/{job_id:path}/events", job_events, name="job_events"),
         Route("/q/{queue}/jobs/{job_id:path}", job, name="job"),
         Route("/q/{queue}/dlq", dlq, name="dlq"),
-        Route("/q/{queue}/dlq/{entry_id}", dlq_entry, name="dlq_entry"),
+        Route("/q/{queue}/dlq/{entry_id:path}", dlq_entry, name="dlq_entry"),
         Route("/q/{queue}/delayed", delayed, name="delayed"),
         Route("/q/{queue}/schedules", schedules, name="schedules"),
     ]

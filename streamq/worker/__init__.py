@@ -65,6 +65,7 @@ from streamq.worker.partitions import (
     MultiFetcher,
     assigned,
     check_assignment,
+    grow_lanes,
     lanes_by_stream,
 )
 from streamq.worker.shutdown import Watchdog, stop_on_signals
@@ -181,6 +182,7 @@ class Worker:
         app = self.app
         views = await assigned(app, self.partitions)
         async with contextlib.AsyncExitStack() as clients:
+            self._clients = clients  # lanes added later hold their connections here too
             pairs = [
                 (
                     view,
@@ -236,6 +238,7 @@ class Worker:
             else MultiFetcher(lanes, app.settings.priorities, self.consumer)
         )
         await fetcher.ensure_groups()
+        self._fetcher, self._lane_kit = fetcher, (visibility_ms, pooled)
         heartbeat, writer = lanes[0].heartbeat, lanes[0].writer
         self._heartbeat = heartbeat
         self._writer = writer
@@ -246,6 +249,9 @@ class Worker:
             priorities=list(app.settings.priorities), janitor=self.run_janitor,
         )  # fmt: skip
         async with anyio.create_task_group() as services:
+            self._services = services
+            if self.partitions is None:  # reads every partition: also ones added later
+                services.start_soon(grow_lanes, self)
             for lane in lanes:
                 services.start_soon(lane.heartbeat.run)
                 services.start_soon(lane.limits.run)
@@ -257,6 +263,7 @@ class Worker:
             if self.metrics is not None:
                 services.start_soon(self.metrics.run_sampler)
             async with anyio.create_task_group() as recording:
+                self._recording = recording
                 for lane in lanes:
                     recording.start_soon(lane.writer.run)
                 try:
@@ -276,7 +283,7 @@ class Worker:
                 finally:
                     # Handlers are done (or cancelled and left pending): the
                     # writer records what is queued and returns.
-                    for lane in lanes:
+                    for lane in dict.fromkeys(self._lanes.values()):  # added ones too
                         lane.writer.close()
                 recording.cancel_scope.deadline = anyio.current_time() + _WRITER_DRAIN_S
             services.cancel_scope.cancel()
@@ -295,6 +302,7 @@ class Worker:
         ready = self._ready
         idle = False  # the last blocking wait emptied every stream: block again, skip fetch
         while not self.stopping:
+            fetcher = self._fetcher  # grow_lanes may swap in one over more partitions
             free = self.concurrency - self._running - len(ready)
             if free <= 0 or (self._running and free < refill):
                 # Saturated: wait for a batch's worth of free slots, so a busy

@@ -25,6 +25,11 @@ the lanes:
   add no latency: every lane's read blocks for the whole block time.
 - ``drain`` and ``reclaim`` run per lane (the reclaim internals are the
   Fetcher's); reclaimed messages are merged by priority.
+
+A worker not limited to ``partitions=[...]`` re-reads the queue's high-water
+mark every janitor interval (one ZSCORE, ``grow_lanes``): when producers
+raised the partition count, it starts lanes for the new partitions without a
+restart (their connections, services and writer join the running worker's).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
+from redis.exceptions import RedisError
 
+from streamq.connection import dedicated
 from streamq.errors import ConfigError
 from streamq.keys import GROUP
 from streamq.settings import MAX_PARTITIONS
@@ -43,6 +50,7 @@ from streamq.worker.fetch import Fetcher, Message
 if TYPE_CHECKING:
     from streamq.app import App
     from streamq.janitor import Janitor
+    from streamq.worker import Worker
     from streamq.worker.burst import BurstCheck
     from streamq.worker.cancel import CancelWatcher
     from streamq.worker.heartbeat import Heartbeat
@@ -146,6 +154,16 @@ class MultiFetcher:
     async def ensure_groups(self) -> None:
         for fetcher in self._fetchers:
             await fetcher.ensure_groups()
+
+    def add(self, lanes: Sequence[Lane], priorities: Sequence[str]) -> None:
+        """Read these lanes too, from the next fetch or wait on."""
+        rank = {p: i for i, p in enumerate(priorities)}
+        for lane in lanes:
+            self._fetchers.append(lane.fetcher)
+            self._lanes.append(lane)
+            self.streams += lane.fetcher.streams
+            for stream, priority in zip(lane.fetcher.streams, priorities, strict=True):
+                self._rank[stream] = rank[priority]
 
     def _rotation(self) -> list[int]:
         n = len(self._fetchers)
@@ -263,3 +281,50 @@ class MultiFetcher:
 def lanes_by_stream(lanes: Sequence[Lane]) -> dict[str, Lane]:
     """Each stream key's lane, for finding a message's partition."""
     return {stream: lane for lane in lanes for stream in lane.fetcher.streams}
+
+
+async def grow_lanes(worker: Worker) -> None:
+    """Every janitor interval, read the partition count to cover (one ZSCORE) and
+    start lanes for partitions the worker does not read yet."""
+    from streamq.partitions import covered
+
+    interval_s = worker.app.settings.janitor_interval_s
+    while not worker.stopping:
+        await anyio.sleep(interval_s)
+        try:
+            count = await covered(worker.app)
+        except RedisError as exc:
+            worker._log.warning("reading the partition count failed", error=str(exc))
+            continue
+        have = {lane.app.partition_index for lane in worker._lanes.values()}
+        new = [i for i in range(count) if i not in have]
+        if new and not worker.stopping:
+            await add_lanes(worker, new)
+
+
+async def add_lanes(worker: Worker, indexes: Sequence[int]) -> None:
+    """Start lanes for these partitions in the running worker: connections, groups,
+    services and writers first, then the fetch loop reads them."""
+    app = worker.app
+    lanes = []
+    for index in indexes:
+        view = app.partition(index)
+        fetch_client = await worker._clients.enter_async_context(dedicated(await view.node_redis()))
+        write_client = await worker._clients.enter_async_context(dedicated(await view.node_redis()))
+        lanes.append(worker._lane(view, fetch_client, write_client, *worker._lane_kit))
+    for lane in lanes:
+        await lane.fetcher.ensure_groups()
+        worker._recording.start_soon(lane.writer.run)
+        worker._services.start_soon(lane.heartbeat.run)
+        worker._services.start_soon(lane.limits.run)
+        worker._services.start_soon(lane.cancels.run)
+        if lane.janitor is not None:
+            await worker._services.start(lane.janitor.run)
+    every = [*dict.fromkeys(worker._lanes.values()), *lanes]
+    worker._lanes = lanes_by_stream(every)  # before the fetcher hands out their messages
+    fetcher = worker._fetcher
+    if isinstance(fetcher, MultiFetcher):
+        fetcher.add(lanes, app.settings.priorities)
+    else:
+        worker._fetcher = MultiFetcher(every, app.settings.priorities, worker.consumer)
+    worker._log.info("partitions added", partitions=list(indexes), reading=len(every))

@@ -58,3 +58,26 @@ async def test_partitions_spread_over_masters_and_keep_per_key_order(cluster_url
         assert seen == {a: list(range(16)) for a in accounts}
         for i in range(PARTITIONS):
             await drop_queue(app.partition(i))
+
+
+async def test_doctor_says_which_master_holds_each_partition(cluster_url: str) -> None:
+    """On the cluster, doctor lists each partition's master (several here: ok) and
+    checks the groups and key types of every partition."""
+    from streamq.doctor import Status, run_checks
+
+    settings = Settings(redis_url=cluster_url, partitions=PARTITIONS)
+    async with App(queue_name(), settings=settings) as app:
+
+        @app.task(name="t.plain")
+        async def plain(n: int) -> int:
+            return n
+
+        await plain.enqueue_many([(n,) for n in range(PARTITIONS)])
+        checks = {c.name: c for c in await run_checks(app)}
+        placement = checks["partition placement"]
+        assert placement.status is Status.OK, placement
+        assert placement.detail.startswith(("2 of 3 masters", "3 of 3 masters")), placement
+        for name in ("partitions", "partition groups", "partition keys"):
+            assert checks[name].status is Status.OK, checks[name]
+        for index in range(PARTITIONS):
+            await drop_queue(app.partition(index))
