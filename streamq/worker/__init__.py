@@ -127,6 +127,7 @@ class Worker:
         self._changed = anyio.Event()
         self._ready: deque[Message] = deque()
         self._idle: deque[anyio.Event] = deque()  # one per runner waiting for a message
+        self._waking = False  # a runner was woken for ready messages and has not run yet
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
         self._heartbeat: Heartbeat | None = None
@@ -297,11 +298,23 @@ class Worker:
                 await anyio.sleep(delay)
 
     def _dispatch(self, batch: list[Message]) -> None:
-        """Hand fetched messages to idle runners, waking one runner per message."""
+        """Hand fetched messages to the runners: wake one, which wakes the next."""
         self._ready.extend(batch)
-        idle = self._idle
-        for _ in range(min(len(batch), len(idle))):
-            idle.popleft().set()
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wake one idle runner, unless one is woken already and has not yet run.
+
+        A runner that takes a message while more are ready wakes the next one
+        before it runs its job, so every ready message finds a runner as soon as
+        the one before it yields; a job that never yields (a no-op) lets its
+        runner take the next message itself, and no runner is woken for nothing.
+        Waking one runner per message instead cost every short job a wake-up,
+        a new Event and a wait of a runner that then found nothing to do.
+        """
+        if not self._waking and self._idle:
+            self._waking = True
+            self._idle.popleft().set()
 
     async def _runner(self) -> None:
         """One of ``concurrency`` long-lived runners: take a ready message, run it, repeat.
@@ -317,9 +330,12 @@ class Worker:
                 woken = anyio.Event()
                 self._idle.append(woken)
                 await woken.wait()
+                self._waking = False
             # Even while stopping: a fetched message was marked started, so it
             # runs (within the grace period) rather than waiting for a reclaim.
             message = ready.popleft()
+            if ready:
+                self._wake_one()  # for the rest, in case this job yields
             self._running += 1
             await self._run_one(message)
 
