@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +53,10 @@ class JobContext:
         default=None, repr=False, compare=False
     )
     """The worker's event loop, for ``progress_sync`` from a handler thread."""
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     _stop_reason: list[str] = field(default_factory=list, repr=False, compare=False)
+    """Non-empty once a stop was requested, its first entry the reason (a list, not a
+    ``threading.Event``: one is built per job, and appending is atomic for the
+    handler thread that reads it)."""
     stream: str = ""
     """The priority stream the job's message was read from: with ``msg_id`` and
     ``deliveries`` it fences ``progress()`` like an outcome (a worker that lost
@@ -93,16 +94,15 @@ class JobContext:
         Async handlers are cancelled; a sync handler cannot be, so a long one
         should check this between steps and return.
         """
-        return self._stop.is_set()
+        return bool(self._stop_reason)
 
     @property
     def stop_reason(self) -> str:
         return self._stop_reason[0] if self._stop_reason else ""
 
     def request_stop(self, reason: str) -> None:
-        if not self._stop.is_set():
+        if not self._stop_reason:
             self._stop_reason.append(reason)
-            self._stop.set()
 
     @property
     def cancel_requested(self) -> bool:
