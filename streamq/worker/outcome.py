@@ -15,6 +15,7 @@ cancelled.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -187,29 +188,34 @@ class OutcomeWriter:
                 )  # fmt: skip
             self._on_settled([(o.stream, o.msg_id) for o in batch])
             return
+        info = self._log.enabled_for(logging.INFO)  # once per batch, not per job
         for o, reply in zip(batch, replies, strict=True):
-            event = {"succeeded": "job succeeded", "failed": "job failed", "retry": "job retried"}[
-                o.status
-            ]
+            if self._on_recorded is not None and reply != ALREADY_RECORDED:
+                self._on_recorded(o, reply == RECORDED)
+            if reply != LOST and o.status == "succeeded":
+                if info:
+                    self._log.info(
+                        "job succeeded", job_id=o.job_id, task=o.task, attempt=o.attempt,
+                        duration_ms=o.duration_ms,
+                    )  # fmt: skip
+                continue
             context = {
                 "job_id": o.job_id, "task": o.task, "attempt": o.attempt,
                 "duration_ms": o.duration_ms,
             }  # fmt: skip
-            if self._on_recorded is not None and reply != ALREADY_RECORDED:
-                self._on_recorded(o, reply == RECORDED)
             if reply == LOST:
                 self._log.warning(
                     "job lost ownership; its outcome was dropped", outcome=o.status, **context
                 )
-            elif o.status == "succeeded":
-                self._log.info(event, **context)
             elif o.status == "retry":
                 self._log.warning(
-                    event, error_type=o.result_or_error_type, error=o.error,
+                    "job retried", error_type=o.result_or_error_type, error=o.error,
                     retry_in_ms=o.retry_delay_ms, **context,
                 )  # fmt: skip
             else:
-                self._log.error(event, error_type=o.result_or_error_type, error=o.error, **context)
+                self._log.error(
+                    "job failed", error_type=o.result_or_error_type, error=o.error, **context
+                )
         self._on_settled([(o.stream, o.msg_id) for o in batch])
 
     def _merge_marks(self, starts: list[Started], batch: list[Outcome]) -> list[Started]:
