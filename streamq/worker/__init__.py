@@ -48,6 +48,7 @@ from streamq.scripts import Outcome, Scripts, Started
 from streamq.signing import owned_job, verifier_for
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
 from streamq.worker.cancel import CancelWatcher
+from streamq.worker.deadlines import Deadlines
 from streamq.worker.execute import (
     Execution,
     describe_message,
@@ -141,6 +142,7 @@ class Worker:
         self._limits = Limiter(app, self.consumer, self._log)
         self._task_ttl_ms: dict[str, int] = {}  # result TTL of jobs that carry no override
         self._cancels = CancelWatcher(app, self.consumer, metrics)
+        self._deadlines = Deadlines()  # handler timeouts: one watcher, no timer per job
 
     _writer: OutcomeWriter  # set by run()
 
@@ -211,6 +213,7 @@ class Worker:
             services.start_soon(heartbeat.run)
             services.start_soon(self._limits.run)
             services.start_soon(self._cancels.run)
+            services.start_soon(self._deadlines.run)
             if self.run_janitor:
                 await services.start(Janitor(app, self.consumer).run)
             if self.handle_signals:
@@ -465,6 +468,7 @@ class Worker:
                 result = await execute(
                     task, args, kwargs, app.serializer, self._threads, timeout_s,
                     app.settings.max_result_bytes, overran, self._hooks, context, watched,
+                    self._deadlines,
                 )  # fmt: skip
         finally:
             reset_current(token)
