@@ -12,6 +12,7 @@ cancelled and left pending.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
@@ -447,14 +448,10 @@ class Worker:
             self._writer.flush_starts, self._loop_token,
             stream=message.stream, msg_id=message.msg_id, headers=env.headers, state=self._state,
         )  # fmt: skip
-
-        def overran() -> None:
-            context.request_stop(f"ran past its timeout of {timeout_s} s")
-            self._log.warning(
-                "sync handler ran past its timeout; it keeps its slot until it returns",
-                job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
-            )  # fmt: skip
-
+        # Only a sync handler can overrun (an async one is cancelled): no closure per job.
+        overran = (
+            None if task.is_async else functools.partial(self._overran, context, env, timeout_s)
+        )
         held = None
         if env.task in self._limits.policies:
             held = await self._limits.admit(message, env, args, kwargs)
@@ -487,6 +484,14 @@ class Worker:
         )  # fmt: skip
         self._writer.put(self._outcome(message, env, decision, result))
         return True
+
+    def _overran(self, context: JobContext, env: Envelope, timeout_s: float | None) -> None:
+        """A sync handler ran past its timeout: tell it, and say so."""
+        context.request_stop(f"ran past its timeout of {timeout_s} s")
+        self._log.warning(
+            "sync handler ran past its timeout; it keeps its slot until it returns",
+            job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
+        )  # fmt: skip
 
     def _outcome(
         self, message: Message, env: Envelope, decision: Decision, result: Execution

@@ -221,7 +221,7 @@ async def _call(
     # A scope that is cancelled at the timeout (move_on_after, or the worker's
     # deadline watcher), not fail_after: a TimeoutError the handler raises itself
     # (a socket timeout) is its own failure, subject to retry_on, not ours.
-    with anyio.CancelScope() if watched else anyio.move_on_after(timeout_s) as scope:
+    with anyio.move_on_after(None if watched else timeout_s) as scope:
         if control is not None:
             control.attach(scope)
         if watched:
