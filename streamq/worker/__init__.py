@@ -44,7 +44,7 @@ from streamq.lifespan import lifespan_state
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.middleware import JobHooks
-from streamq.progress import JobContext, reset_current, set_current
+from streamq.progress import DeferredContext, JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
 from streamq.signing import owned_job, verifier_for
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
@@ -443,15 +443,19 @@ class Worker:
             await self._dead_letter(message, poison.reason, env.job_id, env.task, env=env)
             return False
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
-        context = JobContext(
+        deferred = DeferredContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
             self._writer.flush_starts, self._loop_token,
             stream=message.stream, msg_id=message.msg_id, headers=env.headers, state=self._state,
         )  # fmt: skip
-        # Only a sync handler can overrun (an async one is cancelled): no closure per job.
-        overran = (
-            None if task.is_async else functools.partial(self._overran, context, env, timeout_s)
-        )
+        # An async handler without middleware hooks gets its JobContext built only if
+        # it asks (current_job()) or a cancel request reaches it: most never do.
+        full = None if task.is_async and self._hooks is None else deferred.get()
+        context = deferred if full is None else full
+        overran = None  # only a sync handler can overrun (an async one is cancelled)
+        if not task.is_async:
+            assert full is not None
+            overran = functools.partial(self._overran, full, env, timeout_s)
         held = None
         if env.task in self._limits.policies:
             held = await self._limits.admit(message, env, args, kwargs)
@@ -464,7 +468,7 @@ class Worker:
             with self._cancels.watch(context, task.is_async) as watched:
                 result = await execute(
                     task, args, kwargs, app.serializer, self._threads, timeout_s,
-                    app.settings.max_result_bytes, overran, self._hooks, context, watched,
+                    app.settings.max_result_bytes, overran, self._hooks, full, watched,
                     self._deadlines,
                 )  # fmt: skip
         finally:
