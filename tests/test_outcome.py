@@ -8,6 +8,7 @@ import pytest
 from streamq import App, JobStatus
 from streamq.keys import GROUP
 from streamq.scripts import Outcome, Scripts, Started
+from streamq.worker import outcome as outcome_module
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.outcome import ALREADY_RECORDED, LOST, RECORDED, OutcomeWriter, move_to_dlq
 
@@ -232,6 +233,49 @@ async def test_writer_sends_start_marks_and_outcomes_in_one_round_trip(app: App)
         b"started",
         b"succeeded",
     ]
+
+
+async def test_marks_of_running_jobs_wait_for_their_own_outcomes(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush of some jobs' outcomes keeps the marks of jobs still running (while
+    younger than START_LINGER_S) for their own outcomes: a batch whose jobs end
+    one flush apart costs no start call at all, and every mark is still written."""
+    monkeypatch.setattr(outcome_module, "START_LINGER_S", 30.0)  # no flush by age here
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    first, second = await t.enqueue_many([(), ()])
+    fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, "w", 100)
+    one, two = await fetcher.fetch(2)
+    round_trips: list[list[str]] = []
+    flushed = anyio.Event()
+
+    class CountingScripts(Scripts):
+        async def run_many(self, many):  # type: ignore[no-untyped-def, override]
+            round_trips.append([name for name, _ in many])
+            replies = await super().run_many(many)
+            flushed.set()
+            return replies
+
+    writer = OutcomeWriter(CountingScripts(await app.redis()), app.keys, app.settings, "w", list)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        writer.start([started(app, one, first.id), started(app, two, second.id)])
+        writer.put(outcome(app, one, first.id))
+        await flushed.wait()
+        writer.put(outcome(app, two, second.id))
+        writer.close()
+    assert round_trips == [["complete"], ["complete"]]
+    redis = await app.redis()
+    kinds = [(e[b"job"], e[b"kind"]) for _, e in await redis.xrange(app.keys.events)]
+    for job in (first, second):
+        assert [k for j, k in kinds if j == job.id.encode()] == [
+            b"enqueued",
+            b"started",
+            b"succeeded",
+        ]
 
 
 @pytest.mark.parametrize("status", ["succeeded", "retry", "failed"])
