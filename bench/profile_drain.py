@@ -61,6 +61,8 @@ async def _drain(
 
     async with app:
         redis = await app.redis()
+        await redis.config_resetstat()
+        server_cpu = await _server_cpu_s(redis)
         started, enqueue_cpu = time.perf_counter(), time.process_time()
         for start in range(0, n, 1000):
             await noop.enqueue_many([()] * min(1000, n - start))
@@ -70,7 +72,10 @@ async def _drain(
             f"enqueue_many: {n / enqueue_s:,.0f} jobs/s; producer CPU "
             f"{enqueue_cpu / n * 1e6:.1f} us/job"
         )
+        enqueue_server = (await _server_cpu_s(redis) - server_cpu) / n * 1e6
+        enqueue_stats: dict[str, Any] = await redis.info("commandstats")
         await redis.config_resetstat()
+        server_cpu = await _server_cpu_s(redis)
         profiler = cProfile.Profile() if profile else None
         wall, cpu = time.perf_counter(), time.process_time()
         if profiler:
@@ -83,8 +88,21 @@ async def _drain(
             f"drain: {n / wall:,.0f} jobs/s; worker CPU {cpu / n * 1e6:.0f} us/job "
             f"({cpu / wall:.0%} of a core)"
         )
+        drain_server = (await _server_cpu_s(redis) - server_cpu) / n * 1e6
         stats: dict[str, Any] = await redis.info("commandstats")
-        print("server time per job (EVALSHA includes its scripts' commands):")
+        print(
+            f"server CPU (INFO cpu): enqueue {enqueue_server:.1f} + drain {drain_server:.1f}"
+            f" = {enqueue_server + drain_server:.1f} us/job"
+        )
+        print(
+            "enqueue commandstats:",
+            ", ".join(
+                f"{name.removeprefix('cmdstat_')} {row['usec'] / n:.1f}"
+                for name, row in sorted(enqueue_stats.items(), key=lambda kv: -kv[1]["usec"])[:4]
+            ),
+            "us/job",
+        )
+        print("drain: server time per job (EVALSHA includes its scripts' commands):")
         for name, row in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:10]:
             print(
                 f"  {name.removeprefix('cmdstat_'):<12} {row['usec'] / n:6.1f} us/job  "
@@ -93,6 +111,13 @@ async def _drain(
         await client.aclose()
         if profiler:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+async def _server_cpu_s(redis: Any) -> float:
+    """The server process's CPU seconds so far (user + sys): its whole cost,
+    parsing and replies included, where commandstats time only the commands."""
+    cpu: dict[str, Any] = await redis.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def main() -> int:

@@ -99,6 +99,15 @@ class StreamqLogger:
     def exception(self, event: str, **kw: Any) -> None:
         self._log(logging.ERROR, "exception", event, kw)
 
+    def enabled_for(self, level: int) -> bool:
+        """Whether a call at ``level`` would write anything: a caller that logs a line
+        per job checks once per batch instead of building lines that are dropped."""
+        if structlog.is_configured():
+            target = self._structlog()
+            check = getattr(target, "is_enabled_for", None) or getattr(target, "isEnabledFor", None)
+            return True if check is None else bool(check(level))
+        return _STDLIB.isEnabledFor(level)
+
     def _log(self, level: int, method: str, event: str, kw: dict[str, Any]) -> None:
         if structlog.is_configured():
             getattr(self._structlog(), method)(event, **kw)

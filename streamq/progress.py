@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +53,10 @@ class JobContext:
         default=None, repr=False, compare=False
     )
     """The worker's event loop, for ``progress_sync`` from a handler thread."""
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     _stop_reason: list[str] = field(default_factory=list, repr=False, compare=False)
+    """Non-empty once a stop was requested, its first entry the reason (a list, not a
+    ``threading.Event``: one is built per job, and appending is atomic for the
+    handler thread that reads it)."""
     stream: str = ""
     """The priority stream the job's message was read from: with ``msg_id`` and
     ``deliveries`` it fences ``progress()`` like an outcome (a worker that lost
@@ -93,16 +94,15 @@ class JobContext:
         Async handlers are cancelled; a sync handler cannot be, so a long one
         should check this between steps and return.
         """
-        return self._stop.is_set()
+        return bool(self._stop_reason)
 
     @property
     def stop_reason(self) -> str:
         return self._stop_reason[0] if self._stop_reason else ""
 
     def request_stop(self, reason: str) -> None:
-        if not self._stop.is_set():
+        if not self._stop_reason:
             self._stop_reason.append(reason)
-            self._stop.set()
 
     @property
     def cancel_requested(self) -> bool:
@@ -127,7 +127,38 @@ class JobContext:
             raise JobCancelled(self.job_id)
 
 
-_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+class DeferredContext:
+    """A running async job's ``JobContext``, built the first time it is asked for.
+
+    Most handlers never call ``current_job()``: building the frozen context (16
+    fields) for every job cost more than running a no-op handler. The worker
+    sets this instead for an async handler without middleware hooks; it is only
+    used on the event loop's thread (the handler, the cancel watcher), so
+    building it once there needs no lock. A sync handler (another thread) and
+    middleware get the real ``JobContext`` up front.
+    """
+
+    __slots__ = ("_args", "_built", "_kwargs", "attempt", "job_id", "task")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._args = args
+        self._kwargs = kwargs
+        self._built: JobContext | None = None
+        self.job_id: str = args[1]
+        self.task: str = args[2]
+        self.attempt: int = args[3]
+
+    def get(self) -> JobContext:
+        built = self._built
+        if built is None:
+            built = self._built = JobContext(*self._args, **self._kwargs)
+        return built
+
+    def request_cancel(self) -> None:
+        self.get().request_cancel()
+
+
+_current: contextvars.ContextVar[JobContext | DeferredContext | None] = contextvars.ContextVar(
     "streamq_job", default=None
 )
 
@@ -137,6 +168,8 @@ def current_job() -> JobContext:
     context = _current.get()
     if context is None:
         raise RuntimeError("not inside a streamq handler")
+    if isinstance(context, DeferredContext):
+        return context.get()
     return context
 
 
@@ -176,9 +209,11 @@ def progress_sync(percent: float, message: str = "") -> bool:
     return anyio.from_thread.run(progress, percent, message, token=ctx.loop_token)
 
 
-def set_current(context: JobContext | None) -> contextvars.Token[JobContext | None]:
+def set_current(
+    context: JobContext | DeferredContext | None,
+) -> contextvars.Token[JobContext | DeferredContext | None]:
     return _current.set(context)
 
 
-def reset_current(token: contextvars.Token[JobContext | None]) -> None:
+def reset_current(token: contextvars.Token[JobContext | DeferredContext | None]) -> None:
     _current.reset(token)

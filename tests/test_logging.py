@@ -350,3 +350,21 @@ async def test_worker_process_log_of_a_bug_shows_no_payload_or_locals(
     output = child.output()
     assert secret_payload.ARGUMENT_SECRET not in output
     assert secret_payload.LOCAL_SECRET not in output
+
+
+def test_enabled_for_follows_the_configuration_in_force(caplog: pytest.LogCaptureFixture) -> None:
+    """The outcome writer asks once per batch whether "job succeeded" (info) would be
+    written, and skips building lines that would be dropped: the answer must follow
+    structlog's level filter, a later reconfiguration, and stdlib's level when
+    structlog is not configured (else info lines were lost, or built for nothing)."""
+    log = get_logger(queue="q")
+    caplog.set_level(logging.WARNING, logger="streamq")
+    assert not log.enabled_for(logging.INFO) and log.enabled_for(logging.WARNING)
+    caplog.set_level(logging.INFO, logger="streamq")
+    assert log.enabled_for(logging.INFO)
+    configure_logging(json=True, level="warning")
+    assert not log.enabled_for(logging.INFO) and log.enabled_for(logging.ERROR)
+    configure_logging(json=True, level="info")
+    assert log.enabled_for(logging.INFO) and not log.enabled_for(logging.DEBUG)
+    with capture_logs():
+        assert log.enabled_for(logging.INFO)

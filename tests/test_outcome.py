@@ -8,6 +8,7 @@ import pytest
 from streamq import App, JobStatus
 from streamq.keys import GROUP
 from streamq.scripts import Outcome, Scripts, Started
+from streamq.worker import outcome as outcome_module
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.outcome import ALREADY_RECORDED, LOST, RECORDED, OutcomeWriter, move_to_dlq
 
@@ -171,7 +172,7 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
 
     class CountingScripts(Scripts):
         async def run_many(self, many):  # type: ignore[no-untyped-def, override]
-            calls.extend((len(args) - 4) // 12 for name, (_, args) in many if name == "complete")
+            calls.extend((len(args) - 4) // 14 for name, (_, args) in many if name == "complete")
             return await super().run_many(many)
 
     settled: list[list[tuple[str, bytes]]] = []
@@ -190,33 +191,169 @@ async def test_writer_records_queued_outcomes_in_one_script_call(app: App) -> No
 async def test_writer_sends_start_marks_and_outcomes_in_one_round_trip(app: App) -> None:
     """Marks queued before outcomes share their round trip, marks first.
 
-    A short job then costs one call for its start and its end; the job hash
-    ends final, and the events say started before succeeded.
+    A short job then costs one call for its start and its end: a mark whose
+    job's outcome is in the same flush goes with that outcome to ``complete``
+    (no ``start`` call at all), and is written all the same: the started
+    event before the succeeded one, and the mark's fields in the job hash.
+    A mark whose job is still running goes to ``start`` in the same round trip.
     """
 
     @app.task(name="t")
     async def t() -> None: ...
 
-    (job,) = await t.enqueue_many([()])
+    job, running = await t.enqueue_many([(), ()])
     fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, "w", 100)
-    (message,) = await fetcher.fetch(1)
+    message, still = await fetcher.fetch(2)
+    round_trips: list[list[tuple[str, int]]] = []
+    stride = {"start": 6, "complete": 14}  # values per job after the call's own
+
+    class CountingScripts(Scripts):
+        async def run_many(self, many):  # type: ignore[no-untyped-def, override]
+            round_trips.append([(name, len(args) // stride[name]) for name, (_, args) in many])
+            return await super().run_many(many)
+
+    writer = OutcomeWriter(CountingScripts(await app.redis()), app.keys, app.settings, "w", list)
+    writer.start([started(app, message, job.id), started(app, still, running.id)])
+    writer.put(outcome(app, message, job.id))
+    writer.close()
+    await writer.run()
+    assert round_trips == [[("start", 1), ("complete", 1)]]  # 1 mark went with its outcome
+    assert await job.result(timeout=1) == 42
+    redis = await app.redis()
+    events = [e for _, e in await redis.xrange(app.keys.events)]
+    mine = [e[b"kind"] for e in events if e[b"job"] == job.id.encode()]
+    assert mine == [b"enqueued", b"started", b"succeeded"]
+    assert await running.status() is JobStatus.RUNNING
+    fields = await redis.hgetall(app.keys.job(job.id))
+    assert fields[b"status"] == b"succeeded"
+    assert fields[b"worker"] == b"w" and fields[b"attempts"] == b"1"
+    assert fields[b"msg_id"] == message.msg_id and b"started_ms" in fields
+    assert sorted(v for k, v in fields.items() if k.startswith(b"ev:")) == [
+        b"enqueued",
+        b"started",
+        b"succeeded",
+    ]
+
+
+async def test_marks_of_running_jobs_wait_for_their_own_outcomes(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush of some jobs' outcomes keeps the marks of jobs still running (while
+    younger than START_LINGER_S) for their own outcomes: a batch whose jobs end
+    one flush apart costs no start call at all, and every mark is still written."""
+    monkeypatch.setattr(outcome_module, "START_LINGER_S", 30.0)  # no flush by age here
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    first, second = await t.enqueue_many([(), ()])
+    fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, "w", 100)
+    one, two = await fetcher.fetch(2)
     round_trips: list[list[str]] = []
+    flushed = anyio.Event()
 
     class CountingScripts(Scripts):
         async def run_many(self, many):  # type: ignore[no-untyped-def, override]
             round_trips.append([name for name, _ in many])
-            return await super().run_many(many)
+            replies = await super().run_many(many)
+            flushed.set()
+            return replies
 
     writer = OutcomeWriter(CountingScripts(await app.redis()), app.keys, app.settings, "w", list)
-    writer.start([started(app, message, job.id)])
-    writer.put(outcome(app, message, job.id))
-    writer.close()
-    await writer.run()
-    assert round_trips == [["start", "complete"]]
-    assert await job.result(timeout=1) == 42
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        writer.start([started(app, one, first.id), started(app, two, second.id)])
+        writer.put(outcome(app, one, first.id))
+        await flushed.wait()
+        writer.put(outcome(app, two, second.id))
+        writer.close()
+    assert round_trips == [["complete"], ["complete"]]
     redis = await app.redis()
+    kinds = [(e[b"job"], e[b"kind"]) for _, e in await redis.xrange(app.keys.events)]
+    for job in (first, second):
+        assert [k for j, k in kinds if j == job.id.encode()] == [
+            b"enqueued",
+            b"started",
+            b"succeeded",
+        ]
+
+
+@pytest.mark.parametrize("status", ["succeeded", "retry", "failed"])
+async def test_complete_writes_a_carried_mark_as_start_would(app: App, status: str) -> None:
+    """A mark carried by its outcome (``started_ms``) is written by ``complete`` as
+    ``start`` writes it: the same started event, the same hash fields, before
+    the outcome's, and the outcome's own fields win (a retry's ``msg_id`` names
+    its next message). Compared field by field with a separate start call."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    carried, separate = await t.enqueue_many([(), ()])
+    first = await fetch_one(app, "w")
+    (second,) = await Fetcher(
+        await app.redis(), await app.scripts(), app.keys, app.settings, "w", 100
+    ).fetch(1)
+    assert await mark_started(app, "w", started(app, second, separate.id)) == 1
+    both, other = outcome(app, first, carried.id, status), outcome(app, second, separate.id, status)
+    both.priority = other.priority = "default"  # as the worker's outcomes carry it
+    both.started_ms = 1
+    assert await complete(app, "w", both, other) == [RECORDED, RECORDED]
+    assert await complete(app, "w", both) == [ALREADY_RECORDED]  # a client retry: no mark again
+    redis = await app.redis()
+    events = [e for _, e in await redis.xrange(app.keys.events)]
+
+    def story(job_id: str) -> list[dict[bytes, bytes]]:
+        return [
+            {k: v for k, v in e.items() if k not in (b"job", b"ts", b"msg", b"dlq", b"dlq_id")}
+            for e in events
+            if e[b"job"] == job_id.encode()
+        ]
+
+    assert story(carried.id) == story(separate.id)
+    assert [e[b"kind"] for e in story(carried.id)][1] == b"started"
+    a = await redis.hgetall(app.keys.job(carried.id))
+    b = await redis.hgetall(app.keys.job(separate.id))
+    varying = (b"id", b"msg_id", b"started_ms", b"outcome_msg", b"dlq_id", b"due_ms")
+    assert {k: v for k, v in a.items() if not k.startswith(b"ev:") and k not in varying} == {
+        k: v for k, v in b.items() if not k.startswith(b"ev:") and k not in varying
+    }
+    assert sorted(v for k, v in a.items() if k.startswith(b"ev:")) == sorted(
+        v for k, v in b.items() if k.startswith(b"ev:")
+    )
+    assert a.keys() - b.keys() == {k for k in a if k.startswith(b"ev:")} - b.keys()
+    assert a[b"started_ms"] == b"1"
+    if status == "retry":
+        assert a[b"msg_id"] not in (first.msg_id, b"")
+    else:
+        assert a[b"msg_id"] == first.msg_id
+
+
+async def test_a_carried_mark_is_fenced_like_start(app: App) -> None:
+    """Invariant 3 for a carried mark: a worker that lost the message writes neither
+    its outcome nor its mark (no started event from it), and a job that is already
+    final gets no mark either (a late mark never resurrects a finished job)."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    (job,) = await t.enqueue_many([()])
+    message = await fetch_one(app, "w")
+    redis = await app.redis()
+    await redis.xclaim(message.stream, GROUP, "other", 0, [message.msg_id])
+    late = outcome(app, message, job.id)
+    late.started_ms = 1
+    assert await complete(app, "w", late) == [LOST]
     kinds = [e[b"kind"] for _, e in await redis.xrange(app.keys.events)]
-    assert kinds == [b"enqueued", b"started", b"succeeded"]
+    assert b"started" not in kinds
+    assert (await redis.hget(app.keys.job(job.id), "status")) == b"queued"
+    await redis.hset(app.keys.job(job.id), "status", "cancelled")
+    claimed = Message(message.stream, "default", message.msg_id, None, 3)  # two XCLAIMs
+    mine = outcome(app, claimed, job.id)
+    mine.started_ms = 1
+    await redis.xclaim(message.stream, GROUP, "w", 0, [message.msg_id])
+    assert await complete(app, "w", mine) == [RECORDED]
+    kinds = [e[b"kind"] for _, e in await redis.xrange(app.keys.events)]
+    assert b"started" not in kinds
 
 
 async def test_flush_starts_waits_for_marks_already_being_written(app: App) -> None:

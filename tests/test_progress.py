@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import anyio
 import pytest
 
@@ -160,3 +163,36 @@ async def test_a_dlq_requeue_clears_the_old_progress(app: App) -> None:
     assert await job.progress() is None
     async with running_worker(app):
         assert await job.wait(timeout=10) == JobStatus.FAILED
+
+
+async def test_an_async_handler_gets_its_context_built_only_when_it_asks(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker defers an async handler's JobContext (16 frozen fields, more than a
+    no-op job's own work) until ``current_job()`` asks for it: handlers that never ask
+    cost no context, and one that asks twice gets the same one, with its run's fields."""
+    built: list[JobContext] = []
+
+    class Counting(JobContext):
+        __slots__ = ()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    # streamq.progress is also the name of a function the package exports.
+    monkeypatch.setattr(importlib.import_module("streamq.progress"), "JobContext", Counting)
+    seen: list[tuple[JobContext, JobContext]] = []
+
+    @app.task(name="quiet")
+    async def quiet() -> None: ...
+
+    @app.task(name="asks")
+    async def asks() -> None:
+        seen.append((streamq.current_job(), streamq.current_job()))
+
+    await quiet.enqueue_many([()] * 5)
+    job = await asks.enqueue()
+    await streamq.Worker(app, burst=True).run()
+    assert [(a is b, a.job_id, a.task, a.attempt) for a, b in seen] == [(True, job.id, "asks", 1)]
+    assert built == [seen[0][0]]

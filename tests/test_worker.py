@@ -94,6 +94,27 @@ async def test_concurrency_bounds_running_handlers(app: App) -> None:
     assert peak == 3
 
 
+async def test_a_blocked_job_never_holds_back_the_messages_fetched_with_it(app: App) -> None:
+    """Runners wake one another (one woken runner at a time, not one per message):
+    a runner wakes the next before it runs its job, so when each job blocks until
+    the last one of its batch has started, all of them still run at once."""
+    started = 0
+    all_started = anyio.Event()
+
+    @app.task
+    async def rendezvous() -> None:
+        nonlocal started
+        started += 1
+        if started == 6:
+            all_started.set()
+        await all_started.wait()
+
+    jobs = await rendezvous.enqueue_many([()] * 6)
+    async with running_worker(app, concurrency=6):
+        for job in jobs:
+            await job.result(timeout=10)
+
+
 async def test_sync_handlers_run_in_worker_threads(app: App) -> None:
     loop_thread = threading.get_ident()
 

@@ -91,6 +91,9 @@ class Outcome:
     priority: str = ""
     result_ttl_ms: int = 0
     """How long the job hash is kept once final; 0: the call's ``result_ttl_ms``."""
+    started_ms: int = 0
+    """The job's "started" mark (epoch ms) when it was not written yet: ``complete``
+    writes it with the outcome, as ``start`` would have (0: no mark)."""
 
 
 @dataclass(slots=True)  # not frozen: built per job, and frozen init costs
@@ -270,7 +273,7 @@ class Scripts:
             args += [
                 o.msg_id, o.deliveries, o.job_id, o.task, o.attempt, o.status,
                 o.result_or_error_type, o.error, o.traceback, o.duration_ms,
-                o.retry_delay_ms, o.priority, o.result_ttl_ms,
+                o.retry_delay_ms, o.priority, o.result_ttl_ms, o.started_ms,
             ]  # fmt: skip
         return keys, args
 

@@ -23,9 +23,18 @@
 -- then per job: stream, job hash
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now ms
 -- ARGV[4] result ttl ms of a job whose own is 0
--- ARGV[5..] per job, 13 values: msg id, delivery count, job id, task, attempt,
+-- ARGV[5..] per job, 14 values: msg id, delivery count, job id, task, attempt,
 --   status, result or error type, error message, traceback, duration ms,
---   retry delay ms, priority, result ttl ms (0: ARGV[4])
+--   retry delay ms, priority, result ttl ms (0: ARGV[4]), start mark ms (0: none)
+--
+-- A job whose "started" mark was not written yet (the worker writes marks
+-- lazily, with its next outcomes) carries it here instead of in a start call:
+-- what start.lua would have written is written by this script, under the same
+-- fence and the same status check (a hash that is missing or not waiting or
+-- running gets no mark): the started event first, then the outcome's event,
+-- and the mark's fields (started_ms, worker, attempts, msg_id, the started
+-- event's index) go into the outcome's HSET. One fence check and one hash
+-- write instead of two of each.
 -- reply: per job 1 = recorded, 2 = already recorded by an earlier run, 0 = lost
 --   (the message belongs to another consumer or delivery now)
 --
@@ -35,7 +44,7 @@
 -- enqueue wrote: those have fewer than 20) is not copied whole: a retry or a
 -- failure of such an entry goes to the DLQ with its standard envelope fields
 -- only, and a reason saying so.
-local STRIDE = 13
+local STRIDE = 14
 local MAX_VALUES = 2000
 local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
   enq_ms = true, max_retries = true, timeout = true}
@@ -54,6 +63,18 @@ end
 -- The job hash's field for an event: its index entry.
 local function ev(event_id)
   return string.format('ev:%s', event_id)
+end
+
+-- The outcome's HSET (in a pcall: a job key that is not a hash is left
+-- unwritten), led by the lazy start mark's fields when the job carries one
+-- (``started_ev``: the started event's index field). Pairs apply in order, so
+-- the outcome's own fields win (a retry's msg_id is its next message).
+local function record(job, a, started_ev, ...)
+  if started_ev then
+    return pcall(redis.call, 'HSET', job, 'started_ms', ARGV[a + 13], 'worker', ARGV[2],
+      'attempts', ARGV[a + 4], 'msg_id', ARGV[a], started_ev, 'started', ...)
+  end
+  return pcall(redis.call, 'HSET', job, ...)
 end
 
 -- The server's clock in ms: due times never come from a client's clock.
@@ -122,10 +143,26 @@ for i = 1, n do
         status = 'failed'  -- the entry was trimmed: nothing left to retry from
       end
     end
+    -- The lazy "started" mark, checked as start.lua checks it (a read: before any write).
+    local mark = ARGV[a + 13]
+    local marked = false
+    if mark ~= '0' then
+      local ok, found = pcall(redis.call, 'HGET', job, 'status')
+      marked = ok and (found == 'queued' or found == 'running' or found == 'retrying'
+        or found == 'scheduled')
+    end
     redis.call('XACK', stream, ARGV[1], msg_id)
+    local started_ev = nil
+    if marked then
+      started_ev = ev(redis.call('XADD', KEYS[1], '*',
+        'kind', 'started', 'job', ARGV[a + 2], 'task', ARGV[a + 3], 'attempt', ARGV[a + 4],
+        'priority', ARGV[a + 11], 'deliveries', ARGV[a + 1], 'worker', ARGV[2], 'ts', mark))
+    end
     if status == 'succeeded' then
-      local event_id = event('succeeded', a, {})
-      if pcall(redis.call, 'HSET', job, 'status', status, 'result', ARGV[a + 6],
+      local event_id = redis.call('XADD', KEYS[1], '*', 'kind', 'succeeded',
+        'job', ARGV[a + 2], 'task', ARGV[a + 3], 'attempt', ARGV[a + 4],
+        'deliveries', ARGV[a + 1], 'worker', ARGV[2], 'duration_ms', ARGV[a + 9], 'ts', now)
+      if record(job, a, started_ev, 'status', status, 'result', ARGV[a + 6],
           'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token,
           ev(event_id), 'succeeded') then
         redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
@@ -148,7 +185,7 @@ for i = 1, n do
         extra[#extra + 1] = next_id
       end
       local event_id = event('retried', a, extra)
-      if pcall(redis.call, 'HSET', job, 'status', 'retrying', 'error_type', ARGV[a + 6],
+      if record(job, a, started_ev, 'status', 'retrying', 'error_type', ARGV[a + 6],
           'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'msg_id', next_id,
           'due_ms', string.format('%d', due), 'outcome_msg', token,
           ev(event_id), 'retried') then
@@ -173,7 +210,7 @@ for i = 1, n do
       local dlq_id = redis.call('XADD', KEYS[3], '*', unpack(fields))
       local event_id = event('failed', a,
         {'error_type', ARGV[a + 6], 'dlq_id', dlq_id, 'dlq', dlq_id})
-      if pcall(redis.call, 'HSET', job, 'status', 'failed', 'error_type', ARGV[a + 6],
+      if record(job, a, started_ev, 'status', 'failed', 'error_type', ARGV[a + 6],
           'error', ARGV[a + 7], 'traceback', ARGV[a + 8], 'finished_ms', now,
           'duration_ms', ARGV[a + 9], 'outcome_msg', token, 'dlq_id', dlq_id,
           ev(event_id), 'failed') then

@@ -13,6 +13,7 @@ cancelled and left pending.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -44,11 +45,12 @@ from streamq.lifespan import lifespan_state
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
 from streamq.middleware import JobHooks
-from streamq.progress import JobContext, reset_current, set_current
+from streamq.progress import DeferredContext, JobContext, reset_current, set_current
 from streamq.scripts import Outcome, Scripts, Started
 from streamq.signing import owned_job, verifier_for
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
 from streamq.worker.cancel import CancelWatcher
+from streamq.worker.deadlines import Deadlines
 from streamq.worker.execute import (
     Execution,
     describe_message,
@@ -139,6 +141,7 @@ class Worker:
         self._changed = anyio.Event()
         self._ready: deque[Message] = deque()
         self._idle: deque[anyio.Event] = deque()  # one per runner waiting for a message
+        self._waking = False  # a runner was woken for ready messages and has not run yet
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
         self._heartbeat: Heartbeat | None = None
@@ -154,6 +157,7 @@ class Worker:
         self._cancels = CancelWatcher(app, self.consumer, metrics)
         self.partitions = None if partitions is None else check_assignment(partitions)
         self._lanes: dict[str, Lane] = {}  # by stream key; set by run()
+        self._deadlines = Deadlines()  # handler timeouts: one watcher, no timer per job
 
     _writer: OutcomeWriter  # set by run()
 
@@ -250,6 +254,7 @@ class Worker:
         )  # fmt: skip
         async with anyio.create_task_group() as services:
             self._services = services
+            services.start_soon(self._deadlines.run)
             if self.partitions is None:  # reads every partition: also ones added later
                 services.start_soon(grow_lanes, self)
             for lane in lanes:
@@ -347,11 +352,23 @@ class Worker:
                 await anyio.sleep(delay)
 
     def _dispatch(self, batch: list[Message]) -> None:
-        """Hand fetched messages to idle runners, waking one runner per message."""
+        """Hand fetched messages to the runners: wake one, which wakes the next."""
         self._ready.extend(batch)
-        idle = self._idle
-        for _ in range(min(len(batch), len(idle))):
-            idle.popleft().set()
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wake one idle runner, unless one is woken already and has not yet run.
+
+        A runner that takes a message while more are ready wakes the next one
+        before it runs its job, so every ready message finds a runner as soon as
+        the one before it yields; a job that never yields (a no-op) lets its
+        runner take the next message itself, and no runner is woken for nothing.
+        Waking one runner per message instead cost every short job a wake-up,
+        a new Event and a wait of a runner that then found nothing to do.
+        """
+        if not self._waking and self._idle:
+            self._waking = True
+            self._idle.popleft().set()
 
     async def _runner(self) -> None:
         """One of ``concurrency`` long-lived runners: take a ready message, run it, repeat.
@@ -367,9 +384,12 @@ class Worker:
                 woken = anyio.Event()
                 self._idle.append(woken)
                 await woken.wait()
+                self._waking = False
             # Even while stopping: a fetched message was marked started, so it
             # runs (within the grace period) rather than waiting for a reclaim.
             message = ready.popleft()
+            if ready:
+                self._wake_one()  # for the rest, in case this job yields
             self._running += 1
             await self._run_one(message)
 
@@ -478,19 +498,19 @@ class Worker:
             await self._dead_letter(message, poison.reason, env.job_id, env.task, env=env)
             return False
         timeout_s = env.timeout_s or task.options.timeout_s or app.settings.task_timeout_s
-        context = JobContext(
+        deferred = DeferredContext(
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
             lane.writer.flush_starts, self._loop_token,
             stream=message.stream, msg_id=message.msg_id, headers=env.headers, state=self._state,
         )  # fmt: skip
-
-        def overran() -> None:
-            context.request_stop(f"ran past its timeout of {timeout_s} s")
-            self._log.warning(
-                "sync handler ran past its timeout; it keeps its slot until it returns",
-                job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
-            )  # fmt: skip
-
+        # An async handler without middleware hooks gets its JobContext built only if
+        # it asks (current_job()) or a cancel request reaches it: most never do.
+        full = None if task.is_async and self._hooks is None else deferred.get()
+        context = deferred if full is None else full
+        overran = None  # only a sync handler can overrun (an async one is cancelled)
+        if not task.is_async:
+            assert full is not None
+            overran = functools.partial(self._overran, full, env, timeout_s)
         held = None
         if env.task in lane.limits.policies:
             held = await lane.limits.admit(message, env, args, kwargs)
@@ -503,7 +523,8 @@ class Worker:
             with lane.cancels.watch(context, task.is_async) as watched:
                 result = await execute(
                     task, args, kwargs, app.serializer, self._threads, timeout_s,
-                    app.settings.max_result_bytes, overran, self._hooks, context, watched,
+                    app.settings.max_result_bytes, overran, self._hooks, full, watched,
+                    self._deadlines,
                 )  # fmt: skip
         finally:
             reset_current(token)
@@ -522,6 +543,14 @@ class Worker:
         )  # fmt: skip
         lane.writer.put(self._outcome(message, env, decision, result))
         return True
+
+    def _overran(self, context: JobContext, env: Envelope, timeout_s: float | None) -> None:
+        """A sync handler ran past its timeout: tell it, and say so."""
+        context.request_stop(f"ran past its timeout of {timeout_s} s")
+        self._log.warning(
+            "sync handler ran past its timeout; it keeps its slot until it returns",
+            job_id=env.job_id, task=env.task, attempt=env.attempt, timeout_s=timeout_s,
+        )  # fmt: skip
 
     def _outcome(
         self, message: Message, env: Envelope, decision: Decision, result: Execution

@@ -32,7 +32,7 @@ from streamq.envelope import Envelope
 from streamq.keys import GROUP
 from streamq.logging import get_logger
 from streamq.metrics import WorkerMetrics
-from streamq.progress import JobContext
+from streamq.progress import DeferredContext, JobContext
 from streamq.worker.fetch import Message
 
 POLL_S = 0.5
@@ -48,7 +48,9 @@ class Watched:
 
     __slots__ = ("_running", "context", "is_async", "requested", "scope", "started")
 
-    def __init__(self, running: set[Watched], context: JobContext, is_async: bool) -> None:
+    def __init__(
+        self, running: set[Watched], context: JobContext | DeferredContext, is_async: bool
+    ) -> None:
         self._running = running
         self.context = context
         self.is_async = is_async
@@ -93,7 +95,7 @@ class CancelWatcher:
         self._running: set[Watched] = set()
         self._log = get_logger(queue=app.name, worker=consumer)
 
-    def watch(self, context: JobContext, is_async: bool) -> Watched:
+    def watch(self, context: JobContext | DeferredContext, is_async: bool) -> Watched:
         """Run the body (the handler's execution) where a cancel request can stop it:
         ``with watcher.watch(context, is_async) as watched: ...``, then check
         ``watched.requested``."""

@@ -31,6 +31,7 @@ from streamq.worker.threads import HandlerThreads
 if TYPE_CHECKING:
     from streamq.middleware import JobHooks
     from streamq.progress import JobContext
+    from streamq.worker.deadlines import Deadlines
 
 _MAX_TRACEBACK_CHARS = 16_000
 _MAX_MESSAGE_CHARS = 4_000
@@ -134,6 +135,7 @@ async def execute(
     hooks: JobHooks | None = None,
     context: JobContext | None = None,
     control: RunControl | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Execution:
     """Run the handler (inside the middleware's ``hooks``, given the job's ``context``);
     every way it ends is an Execution, except our own cancellation.
@@ -142,11 +144,15 @@ async def execute(
     (``on_overrun`` is called once, e.g. to tell it through its context) until
     it returns, and is then recorded as timed out, so its retry never runs
     beside it and ``concurrency`` stays a true bound on running handlers.
+    ``deadlines``: the worker's watcher that enforces ``timeout_s`` (no timer per
+    job, ``streamq.worker.deadlines``); without it, a timer of the run's own.
     """
     started = time.perf_counter()
     try:
         if hooks is None:
-            value = await _call(task, args, kwargs, threads, timeout_s, on_overrun, "", control)
+            value = await _call(
+                task, args, kwargs, threads, timeout_s, on_overrun, "", control, deadlines
+            )
         else:
             assert context is not None, "middleware hooks need the job's context"
             value = await hooks.run(
@@ -161,6 +167,7 @@ async def execute(
                     on_overrun,
                     context.job_id,
                     control,
+                    deadlines,
                 ),
             )
             # An ``around`` that swallowed our cancellation (shutdown) must not
@@ -204,21 +211,32 @@ async def _call(
     on_overrun: Callable[[], None] | None,
     job_id: str,
     control: RunControl | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Any:
     """The handler's value; raises what it raises, HandlerTimedOut past its timeout,
     or HandlerCancelled when ``control`` cancelled the run."""
     started = time.perf_counter()
     value: Any = None
-    # move_on_after, not fail_after: a TimeoutError the handler raises itself
+    watched = deadlines is not None and timeout_s is not None
+    # A scope that is cancelled at the timeout (move_on_after, or the worker's
+    # deadline watcher), not fail_after: a TimeoutError the handler raises itself
     # (a socket timeout) is its own failure, subject to retry_on, not ours.
-    with anyio.move_on_after(timeout_s) as scope:
+    with anyio.move_on_after(None if watched else timeout_s) as scope:
         if control is not None:
             control.attach(scope)
-        if task.is_async:
-            value = await task.fn(*args, **kwargs)
-        else:
-            call = threads.submit(functools.partial(task.fn, *args, **kwargs))
-            await call.wait()
+        if watched:
+            assert deadlines is not None and timeout_s is not None
+            deadlines.watch(scope, timeout_s)
+        try:
+            if task.is_async:
+                value = await task.fn(*args, **kwargs)
+            else:
+                call = threads.submit(functools.partial(task.fn, *args, **kwargs))
+                await call.wait()
+        finally:
+            if watched:
+                assert deadlines is not None
+                deadlines.forget(scope)
     if not task.is_async:
         if scope.cancelled_caught:
             if on_overrun is not None:

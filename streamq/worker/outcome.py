@@ -7,7 +7,10 @@ queued up (up to ``max_batch`` outcomes) and records it in one round trip: a
 outcomes. Under load many acks share a round trip; at low load a single ack
 goes out at once. Marks alone wait up to ``START_LINGER_S`` for outcomes to
 share their round trip: a short job then costs one call for its start and
-end, and no job waits for its mark to be written before it runs. A handler
+end, and no job waits for its mark to be written before it runs. A mark whose
+job's outcome is in the batch goes with it to ``complete`` (no ``start`` call);
+the marks of jobs still running wait for their own outcomes too, as long as they
+are younger than ``START_LINGER_S``. A handler
 that reports progress first has its mark flushed (``flush_starts``). The call
 runs shielded: a job that ran is recorded even while the worker is being
 cancelled.
@@ -15,6 +18,7 @@ cancelled.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +59,7 @@ class OutcomeWriter:
         self._queue: deque[Outcome] = deque()
         self._starts: list[Started] = []
         self._starts_ms = 0
+        self._starts_at = 0.0  # time.monotonic() when the oldest queued mark came
         self._starts_flushed = anyio.Event()
         self._marks_in_flight: anyio.Event | None = None  # set once the in-flight write ends
         self._urgent = False  # a handler waits for the marks (progress)
@@ -73,6 +78,7 @@ class OutcomeWriter:
         """Queue "started" marks for fetched jobs (written before their outcomes)."""
         if not self._starts:
             self._starts_ms = int(time.time() * 1000)
+            self._starts_at = time.monotonic()
         self._starts += started
         self._notify()
 
@@ -105,7 +111,6 @@ class OutcomeWriter:
 
     async def run(self) -> None:
         queue = self._queue
-        linger_until: float | None = None
         while True:
             if not queue and not self._starts:
                 if self._closed:
@@ -113,16 +118,21 @@ class OutcomeWriter:
                 await self._sleep()
                 continue
             if not queue and not self._urgent and not self._closed:
-                now = anyio.current_time()
-                linger_until = linger_until or now + START_LINGER_S
-                if now < linger_until:
-                    await self._sleep(linger_until - now)
+                linger_s = self._starts_at + START_LINGER_S - time.monotonic()
+                if linger_s > 0:
+                    await self._sleep(linger_s)
                     continue
-            linger_until = None
             starts, self._starts = self._starts, []
             flushed, self._starts_flushed = self._starts_flushed, anyio.Event()
-            self._urgent = False
+            urgent, self._urgent = self._urgent, False
             batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+            if starts and batch:
+                starts = self._merge_marks(starts, batch)
+                if starts and not urgent and not self._closed and self._young_marks():
+                    # Marks of jobs still running wait for their own outcomes (within
+                    # the linger) instead of costing a start call beside these.
+                    self._starts = starts
+                    starts = []
             self._marks_in_flight = flushed if starts else None
             with anyio.CancelScope(shield=True):
                 try:
@@ -185,30 +195,56 @@ class OutcomeWriter:
                 )  # fmt: skip
             self._on_settled([(o.stream, o.msg_id) for o in batch])
             return
+        info = self._log.enabled_for(logging.INFO)  # once per batch, not per job
         for o, reply in zip(batch, replies, strict=True):
-            event = {"succeeded": "job succeeded", "failed": "job failed", "retry": "job retried"}[
-                o.status
-            ]
+            if self._on_recorded is not None and reply != ALREADY_RECORDED:
+                self._on_recorded(o, reply == RECORDED)
+            if reply != LOST and o.status == "succeeded":
+                if info:
+                    self._log.info(
+                        "job succeeded", job_id=o.job_id, task=o.task, attempt=o.attempt,
+                        duration_ms=o.duration_ms,
+                    )  # fmt: skip
+                continue
             context = {
                 "job_id": o.job_id, "task": o.task, "attempt": o.attempt,
                 "duration_ms": o.duration_ms,
             }  # fmt: skip
-            if self._on_recorded is not None and reply != ALREADY_RECORDED:
-                self._on_recorded(o, reply == RECORDED)
             if reply == LOST:
                 self._log.warning(
                     "job lost ownership; its outcome was dropped", outcome=o.status, **context
                 )
-            elif o.status == "succeeded":
-                self._log.info(event, **context)
             elif o.status == "retry":
                 self._log.warning(
-                    event, error_type=o.result_or_error_type, error=o.error,
+                    "job retried", error_type=o.result_or_error_type, error=o.error,
                     retry_in_ms=o.retry_delay_ms, **context,
                 )  # fmt: skip
             else:
-                self._log.error(event, error_type=o.result_or_error_type, error=o.error, **context)
+                self._log.error(
+                    "job failed", error_type=o.result_or_error_type, error=o.error, **context
+                )
         self._on_settled([(o.stream, o.msg_id) for o in batch])
+
+    def _young_marks(self) -> bool:
+        """Whether the queued marks may still wait for outcomes (START_LINGER_S)."""
+        return time.monotonic() - self._starts_at < START_LINGER_S
+
+    def _merge_marks(self, starts: list[Started], batch: list[Outcome]) -> list[Started]:
+        """Hand each mark whose job's outcome is in ``batch`` to that outcome; the rest.
+
+        ``complete`` then writes the mark with the outcome (same fence, same
+        event, one hash write): a short job's start and end cost one script
+        step instead of two.
+        """
+        finished = {(o.stream, o.msg_id): o for o in batch}
+        rest: list[Started] = []
+        for mark in starts:
+            outcome = finished.get((mark.stream, mark.msg_id))
+            if outcome is not None and outcome.deliveries == mark.deliveries:
+                outcome.started_ms = self._starts_ms
+            else:
+                rest.append(mark)
+        return rest
 
 
 async def move_to_dlq(
