@@ -107,6 +107,7 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_GRACE_S = 1.0
 """A test worker's grace on stop: a test that ends mid-job does not wait long for it."""
 _POLL_S = 0.02
+_QUIET_PASSES = 2
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 _MARKER = "streamq_app"
 
@@ -400,6 +401,7 @@ class RunningWorker:
             raise ValueError(f"scheduled_within must be >= 0 seconds, got {scheduled_within!r}")
         janitor = Janitor(self.app, f"{self.worker.consumer}:run_until_idle")
         backlog = _Backlog()
+        quiet = 0
         with anyio.move_on_after(timeout):
             while True:
                 self._check()
@@ -408,7 +410,11 @@ class RunningWorker:
                 released = await janitor.release_children()
                 if backlog.runnable:
                     await _run_now(self.app, janitor, backlog)
-                elif backlog.idle and not released:
+                # Idle twice in a row: the worker's own janitor may release a child
+                # between this pass's backlog read and its release step (which then
+                # finds nothing to release), so one idle pass can be stale.
+                quiet = quiet + 1 if backlog.idle and not released else 0
+                if quiet >= _QUIET_PASSES:
                     return
                 await anyio.sleep(_POLL_S)
         raise TimeoutError(
