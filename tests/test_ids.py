@@ -30,6 +30,8 @@ def test_new_ids_are_uuid7_hex_that_sort_by_time() -> None:
 @pytest.mark.parametrize(
     "job_id",
     ["", "order-42", uuid.uuid4().hex, "0" * 32, "zz" * 16, new_job_id() + "0", str(uuid.uuid4())],
+    # Fixed ids: test ids must be the same in every process (pytest-xdist collects in each).
+    ids=["empty", "custom", "uuid-hex", "zeros", "not-hex", "too-long", "uuid"],
 )
 def test_ids_without_a_time_say_so(job_id: str) -> None:
     """A custom job_id, a random (v4) id or anything else has no enqueue time."""
