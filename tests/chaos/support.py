@@ -66,14 +66,19 @@ def rng(scenario: str) -> random.Random:
 
 # -- reporting -----------------------------------------------------------------------
 
-FIGURES = pytest.StashKey[list[str]]()
+FIGURES = "streamq-chaos-figures"
+"""The test report property that carries a scenario's figures line."""
 
 
-def emit_figures(config: pytest.Config, scenario: str, figures: Mapping[str, Any]) -> None:
-    """Record one scenario's figures: stderr (``-s``), the terminal summary, a results file."""
+def emit_figures(node: pytest.Item, scenario: str, figures: Mapping[str, Any]) -> None:
+    """Record one scenario's figures: stderr (``-s``), the terminal summary, a results file.
+
+    The summary reads them from the test reports (``user_properties``), which
+    pytest-xdist sends back from its worker processes.
+    """
     line = json.dumps({"scenario": scenario, "scale": SCALE, "seed": SEED, **figures})
     sys.stderr.write(f"CHAOS {line}\n")
-    config.stash.setdefault(FIGURES, []).append(line)
+    node.user_properties.append((FIGURES, line))
     if path := os.environ.get("STREAMQ_CHAOS_RESULTS"):
         with Path(path).open("a") as handle:
             handle.write(line + "\n")

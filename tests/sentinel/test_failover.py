@@ -144,7 +144,7 @@ async def test_a_failover_mid_run_loses_no_durable_enqueue_and_the_app_follows_i
                 if name == "durable":
                     assert not lost, f"durable enqueues lost in the failover: {lost}"
             report["promoted_s"] = round(promoted_s, 2)
-            emit_figures(request.config, "S1 sentinel failover", report)
+            emit_figures(request.node, "S1 sentinel failover", report)
 
         # The App now talks to the new master.
         info = await (await plain.app.node_redis()).info("server")
