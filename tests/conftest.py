@@ -24,7 +24,8 @@ from tests.cluster.server import ValkeyCluster, valkey_cluster
 
 # Browser tests: run, or reported as NOT RUN loudly (tests/browser/plugin.py).
 # The server binary of the session, Redis 7 tests NOT RUN loudly (tests/compat/plugin.py).
-pytest_plugins = ("tests.browser.plugin", "tests.compat.plugin")
+# The chaos suite's figures in the terminal summary (tests/chaos/plugin.py).
+pytest_plugins = ("tests.browser.plugin", "tests.compat.plugin", "tests.chaos.plugin")
 
 # Keys that legitimately live without a TTL (the audit history and queues).
 PERMANENT_KINDS = {"stream", "events", "dlq", "delayed", "cron", "partitions"}

@@ -1,4 +1,4 @@
-"""Chaos fixtures: the figures reporter, shown in the terminal summary of every run."""
+"""Chaos fixtures: the figures reporter (the summary is ``tests/chaos/plugin.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.support import FIGURES, SCALE, SEED, emit_figures
+from tests.chaos.support import emit_figures
 
 Report = Callable[..., None]
 
@@ -20,18 +20,3 @@ def report(request: pytest.FixtureRequest) -> Report:
         emit_figures(request.node, scenario, figures)
 
     return emit
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    lines = [
-        value
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if getattr(report, "when", None) == "call"
-        for name, value in getattr(report, "user_properties", ())
-        if name == FIGURES
-    ]
-    if lines:
-        terminalreporter.section(f"streamq chaos figures (scale {SCALE}, seed {SEED})")
-        for line in lines:
-            terminalreporter.write_line(line)
