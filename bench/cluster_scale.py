@@ -262,7 +262,32 @@ def render(rows: list[dict[str, Any]], cores: int) -> str:
             f"| {r['redis_us_per_job']:.1f} | {r['worker_us_per_job']:.1f} "
             f"| {busy:.2f} | {predicted:,.0f} |"
         )
+    lines += ["", verdict(rows, cores)]
     return "\n".join(lines) + "\n"
+
+
+def busy_cores(row: dict[str, Any]) -> float:
+    return float(row["rate"] * (row["redis_us_per_job"] + row["worker_us_per_job"]) / 1e6)
+
+
+def verdict(rows: list[dict[str, Any]], cores: int) -> str:
+    """Where this machine runs out, and what the per-job costs predict beyond it."""
+    full = next((r for r in rows if busy_cores(r) >= 0.85 * cores), None)
+    per_master = max(
+        (1e6 / r["redis_us_per_job"] for r in rows if r["redis_us_per_job"]), default=0
+    )
+    text = (
+        f"One master's core bounds its partitions at about {per_master:,.0f} jobs/s "
+        f"(1 s / its Redis CPU per job); with a core per master and per worker the rate "
+        f"grows with the masters while the partitions spread evenly over them."
+    )
+    if full is None:
+        return text + f" This machine ({cores} cores) did not run out of CPU in these runs."
+    return (
+        f"This machine runs out at {full['masters']} master(s): its {cores} cores are "
+        f"{busy_cores(full):.2f} busy at {full['rate']:,.0f} jobs/s, so more masters and "
+        f"workers only share the same cores. " + text
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
