@@ -273,9 +273,8 @@ def busy_cores(row: dict[str, Any]) -> float:
 def verdict(rows: list[dict[str, Any]], cores: int) -> str:
     """Where this machine runs out, and what the per-job costs predict beyond it."""
     full = next((r for r in rows if busy_cores(r) >= 0.85 * cores), None)
-    per_master = max(
-        (1e6 / r["redis_us_per_job"] for r in rows if r["redis_us_per_job"]), default=0
-    )
+    costs = [r["redis_us_per_job"] for r in rows if r["redis_us_per_job"]]
+    per_master = 1e6 / max(costs) if costs else 0.0  # the costliest run: a safe bound
     text = (
         f"One master's core bounds its partitions at about {per_master:,.0f} jobs/s "
         f"(1 s / its Redis CPU per job); with a core per master and per worker the rate "
