@@ -141,12 +141,7 @@ class DeadLetters:
 
     async def entries(self, *, limit: int = 100, task: str | None = None) -> list[DeadLetter]:
         """Up to ``limit`` entries, oldest first."""
-        out: list[DeadLetter] = []
-        async for letter in self.iter(task=task):
-            out.append(letter)
-            if len(out) >= limit:
-                break
-        return out
+        return await first(self.iter(task=task), limit)
 
     async def get(self, entry_id: str) -> DeadLetter:
         """The entry; DeadLetterNotFound if it is gone, ValueError if ``entry_id`` is no id."""
@@ -232,3 +227,13 @@ def _int(raw: str | None) -> int | None:
         return None if raw is None else int(raw)
     except ValueError:
         return None
+
+
+async def first(letters: AsyncIterator[DeadLetter], limit: int) -> list[DeadLetter]:
+    """The first ``limit`` letters of an iteration (it stops reading there)."""
+    out: list[DeadLetter] = []
+    async for letter in letters:
+        out.append(letter)
+        if len(out) >= limit:
+            break
+    return out

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 
-from streamq.dlq import DeadLetter, DeadLetters, check_entry_id
+from streamq.dlq import DeadLetter, DeadLetters, check_entry_id, first
 from streamq.partitions import all_partitions, locate
 from streamq.replay import Replay
 from streamq.stats import ConsumerStats, History, PriorityStats, QueueStats, Throughput, collect
@@ -129,12 +129,8 @@ class AllDeadLetters:
             yield letter
 
     async def entries(self, *, limit: int = 100, task: str | None = None) -> list[DeadLetter]:
-        out: list[DeadLetter] = []
-        async for letter in self.iter(task=task):
-            out.append(letter)
-            if len(out) >= limit:
-                break
-        return out
+        """Up to ``limit`` entries of every partition, oldest first."""
+        return await first(self.iter(task=task), limit)
 
     def _one(self, address: str) -> tuple[int, DeadLetters, str]:
         index, entry_id = split_entry_id(address)

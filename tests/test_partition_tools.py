@@ -27,20 +27,12 @@ from streamq.limits import Limit
 from streamq.partition_ops import AllReplay
 from streamq.partitions import read_mark, record_count, stable_index
 from streamq.records import HistoryRecord, entry_key
-from streamq.settings import Settings
 from tests.apps.process import streamq_child
 from tests.apps.slow import ADD, register
 from tests.conftest import drop_queue, queue_name, running_worker, subprocess_env, wait_until
+from tests.test_partitions import make_app
 
 pytestmark = pytest.mark.anyio
-FAST = {"janitor_interval_s": 0.05, "visibility_timeout_s": 2.0}
-
-
-def make_app(redis_url: str, partitions: int, name: str | None = None, **settings: Any) -> App:
-    return App(
-        name or queue_name(),
-        settings=Settings(redis_url=redis_url, partitions=partitions, **{**FAST, **settings}),
-    )
 
 
 async def drop_all(app: App, count: int) -> None:
