@@ -51,9 +51,12 @@ PRODUCER = (
     "xinfo|groups",
     # job status, results (waiters read the events stream), job details
     "hmget", "hgetall", "xread", "xrange", "xrevrange",
+    # a partitioned queue's high-water mark: raised at enqueue, read to find a job
+    "zscore",
 )  # fmt: skip
 PRODUCER_KINDS = (
     "stream:*", "job:*", "events", "delayed", "unique:*", "deferred", "parents", "children:*",
+    "partitions",
 )  # fmt: skip
 """The key kinds (keys.py) enqueueing and unique keys use: not the DLQ, cron,
 limits, slots, leases or cancel requests."""
@@ -136,14 +139,18 @@ def key_patterns(role: str, prefix: str = "streamq", queue: str | None = None) -
     """The ``~``/``%R~`` key selectors of ``role`` for one queue, or every queue of ``prefix``."""
     found = _role(role)
     check_name("prefix", prefix)
-    tag = "*" if queue is None else check_name("queue name", queue)
+    # One queue: its own tag and its partitions' (``{emails#3}``; a queue name has no '#').
+    tags = ["*"] if queue is None else [check_name("queue name", queue), f"{queue}#*"]
     mark = "%R~" if found.read_only_keys else "~"
     if found.kinds is None:
-        return [f"{mark}{prefix}:*" if queue is None else f"{mark}{prefix}:{{{tag}}}:*"]
+        if queue is None:
+            return [f"{mark}{prefix}:*"]
+        return [f"{mark}{prefix}:{{{tag}}}:*" for tag in tags]
     selectors = []
-    for kind in found.kinds:
-        selector, _, name = kind.rpartition("~")
-        selectors.append(f"{selector}~{prefix}:{{{tag}}}:{name}")
+    for tag in tags:
+        for kind in found.kinds:
+            selector, _, name = kind.rpartition("~")
+            selectors.append(f"{selector}~{prefix}:{{{tag}}}:{name}")
     return selectors
 
 

@@ -149,6 +149,29 @@ async def test_producer_and_worker_rules_are_enough_for_every_duty(redis_url: st
             await drop_queue(owner)
 
 
+async def test_a_partitioned_queue_runs_under_the_queues_rules(redis_url: str) -> None:
+    """``--queue emails`` covers every partition (``{emails#i}``), and a producer may
+    raise the partition count's high-water mark; no denial for either user."""
+    queue = queue_name()
+    async with (
+        acl_user(redis_url, "producer", queue) as producer_user,
+        acl_user(redis_url, "worker", queue) as worker_user,
+    ):
+        producer = App(queue, settings=Settings(redis_url=producer_user.url, partitions=3, **FAST))  # type: ignore[arg-type]
+        worker = App(queue, settings=Settings(redis_url=worker_user.url, partitions=3, **FAST))  # type: ignore[arg-type]
+        sent, _ = tasks(producer), tasks(worker)
+        async with producer, worker:
+            jobs = [await sent["add"].enqueue(n, n) for n in range(6)]
+            assert {job.partition for job in jobs} == {0, 1, 2}
+            async with running_worker(worker, concurrency=2):
+                assert [await job.result(timeout=10) for job in jobs] == [2 * n for n in range(6)]
+            assert await producer_user.denials() == []
+            assert await worker_user.denials() == []
+        async with App(queue, redis_url=redis_url, partitions=3) as owner:
+            for index in range(3):
+                await drop_queue(owner.partition(index))
+
+
 async def test_the_producer_cannot_touch_the_dlq_or_steal_jobs(redis_url: str) -> None:
     """The DLQ is outside a producer's key patterns (no read, write, trim or
     delete, even through a script), and it lacks the commands that take or
