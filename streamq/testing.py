@@ -399,27 +399,40 @@ class RunningWorker:
         """
         if scheduled_within < 0 or math.isnan(scheduled_within):
             raise ValueError(f"scheduled_within must be >= 0 seconds, got {scheduled_within!r}")
-        janitor = Janitor(self.app, f"{self.worker.consumer}:run_until_idle")
-        backlog = _Backlog()
+        from streamq.partitions import all_partitions
+
+        # Every partition of a partitioned queue (partition 0 alone otherwise).
+        views = await all_partitions(self.app)
+        janitors = [Janitor(view, f"{self.worker.consumer}:run_until_idle") for view in views]
+        backlogs = [_Backlog() for _ in views]
         quiet = 0
         with anyio.move_on_after(timeout):
             while True:
                 self._check()
-                backlog = await _backlog(self.app, scheduled_within)
-                # Chained jobs whose parents are final: queued now, not at the next pass.
-                released = await janitor.release_children()
-                if backlog.runnable:
-                    await _run_now(self.app, janitor, backlog)
+                backlogs = [await _backlog(view, scheduled_within) for view in views]
+                released = 0
+                for view, janitor, backlog in zip(views, janitors, backlogs, strict=True):
+                    # Chained jobs whose parents are final: queued now, not at the next pass.
+                    released += await janitor.release_children()
+                    if backlog.runnable:
+                        await _run_now(view, janitor, backlog)
                 # Idle twice in a row: the worker's own janitor may release a child
                 # between this pass's backlog read and its release step (which then
                 # finds nothing to release), so one idle pass can be stale.
-                quiet = quiet + 1 if backlog.idle and not released else 0
+                idle = all(backlog.idle for backlog in backlogs)
+                quiet = quiet + 1 if idle and not released else 0
                 if quiet >= _QUIET_PASSES:
                     return
                 await anyio.sleep(_POLL_S)
-        raise TimeoutError(
-            f"run_until_idle: {self.app!r} was not idle after {timeout} s: {backlog.describe()}"
+        left = (
+            "; ".join(
+                (f"partition {index}: " if len(views) > 1 else "") + backlog.describe()
+                for index, backlog in enumerate(backlogs)
+                if not backlog.idle or len(views) == 1
+            )
+            or "chained jobs still being released"
         )
+        raise TimeoutError(f"run_until_idle: {self.app!r} was not idle after {timeout} s: {left}")
 
 
 @asynccontextmanager

@@ -33,7 +33,7 @@ from streamq.testing import (
     running_worker,
     unique_prefix,
 )
-from tests.conftest import queue_name
+from tests.conftest import drop_queue, queue_name
 
 pytest_plugins = ["pytester"]
 
@@ -94,6 +94,28 @@ async def test_run_until_idle_runs_retries_without_waiting_out_their_backoff(app
     await run_until_idle(app)
     assert await job.status() == JobStatus.SUCCEEDED
     assert await job.result() == 3
+
+
+@pytest.mark.anyio
+async def test_run_until_idle_covers_every_partition(redis_url: str) -> None:
+    """Jobs, retries and scheduled jobs in partitions 1 and 2 run too, not only
+    partition 0's."""
+    app = App(queue_name(), settings=Settings(redis_url=redis_url, partitions=3))
+    async with app:
+
+        @app.task(name="flaky", max_retries=2, backoff_base=3600, backoff_cap=3600)
+        async def flaky(n: int) -> int:
+            if current_job().attempt < 2:
+                raise ConnectionError("not yet")
+            return n
+
+        jobs = [await flaky.enqueue(n) for n in range(6)]
+        scheduled = [await flaky.enqueue_in(30, n) for n in range(6, 9)]
+        assert {job.partition for job in jobs} == {0, 1, 2}
+        await run_until_idle(app, timeout=20)
+        assert [await job.result(timeout=5) for job in [*jobs, *scheduled]] == list(range(9))
+        for index in range(3):
+            await drop_queue(app.partition(index))
 
 
 @pytest.mark.anyio
