@@ -120,8 +120,14 @@ class WorkerMetrics:
     # -- sampling and serving --------------------------------------------------------
 
     async def sample(self) -> None:
-        """One ``stats.collect`` snapshot (one pipeline; lag estimated when unknown)."""
-        snapshot = await collect(self.app)
+        """One ``stats.collect`` snapshot (one pipeline per partition; lag estimated
+        when unknown), summed over every partition of a partitioned queue."""
+        if self.app.partitions > 1:
+            from streamq.partition_ops import collect_all  # its imports load this module
+
+            snapshot = await collect_all(self.app)
+        else:
+            snapshot = await collect(self.app)
         name = self.app.name
         for p in snapshot.priorities:
             lag = p.lag or 0  # unknown even as an estimate: report none rather than guess

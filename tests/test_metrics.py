@@ -61,6 +61,20 @@ async def test_worker_metrics_count_outcomes_and_sample_the_queue(app: App) -> N
     assert value(text, "streamq_queue_pending", queue=q, priority="default") == 0
 
 
+async def test_the_queue_gauges_sum_every_partition(redis_url: str) -> None:
+    app = App(queue_name(), redis_url=redis_url, partitions=3)
+    register(app)
+    metrics = WorkerMetrics(app)
+    async with app:
+        jobs = [await app.enqueue(ADD, i, i) for i in range(6)]
+        assert {job.partition for job in jobs} == {0, 1, 2}
+        await metrics.sample()
+        text = metrics.render().decode()
+        assert value(text, "streamq_queue_lag", queue=app.name, priority="default") == 6
+        for index in range(3):
+            await drop_queue(app.partition(index))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
