@@ -133,7 +133,11 @@ async def test_a_hung_worker_is_frozen_its_job_reclaimed_and_it_is_replaced(redi
         await until(pool, lambda s: [w.state for w in s.workers] == ["running"] * 2)
         await pool.configure(replace(QUIET, hang_rate=1.0))
         await pool.enqueue("thumbnail", 1, "high")
-        snap = await until(pool, lambda s: any(w.state == "hung" for w in s.workers))
+        # Counters come from Redis and worker states from the processes, read one after
+        # the other: wait until both show the hang.
+        snap = await until(
+            pool, lambda s: any(w.state == "hung" for w in s.workers) and s.counters.hung == 1
+        )
         (hung,) = [w for w in snap.workers if w.state == "hung"]
         assert process_state(hung.pid) == "T"  # really frozen
         assert hung.in_flight == 1 and snap.counters.in_flight == 1 and snap.counters.hung == 1
