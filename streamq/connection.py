@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
@@ -69,6 +71,19 @@ def make_client(
     if _pack is not None:
         pool.connection_class = _FAST_CLASSES.get(pool.connection_class, pool.connection_class)
     return Redis(connection_pool=pool)
+
+
+@asynccontextmanager
+async def held(client: Redis) -> AsyncIterator[Redis]:
+    """``dedicated(client)`` for the block; its connection goes back to the pool at
+    the end even when the block is cancelled. (redis-py's own ``async with`` exit
+    skips the close when cancelled, leaving the client to the garbage collector.)"""
+    one = dedicated(client)
+    try:
+        yield one
+    finally:
+        with anyio.CancelScope(shield=True):
+            await one.aclose()
 
 
 def dedicated(client: Redis) -> Redis:

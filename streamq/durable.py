@@ -11,7 +11,7 @@ timeout`` (its own fsync), and returns only once they are confirmed. A batch
 
 WAIT counts the writes of the connection it is sent on, so the whole enqueue
 (the script calls, a unique key's rounds, a chain's parents check) runs on one
-dedicated connection of the pool (``connection.dedicated``): ``App.scripts``
+dedicated connection of the pool (``connection.held``): ``App.scripts``
 hands out ``held`` scripts bound to it while the enqueue runs. redis-py's
 pipelines take a connection of their own from the pool, so on that connection
 a batch's script calls go one after the other (one round trip each, 100 jobs
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from streamq.connection import dedicated
+from streamq.connection import held as held_connection
 from streamq.errors import NotDurable, QueueFull
 from streamq.scripts import Arg, Scripts
 
@@ -64,17 +64,17 @@ def held(app: App) -> Scripts | None:
 
 async def enqueue(app: App, send: Callable[[], Awaitable[list[Job[Any]]]]) -> list[Job[Any]]:
     """Run ``send`` (the enqueue) on one connection, then wait for the replicas."""
-    async with dedicated(await app.node_redis()) as connection:
-        token = _HELD.set((app, _HeldScripts(connection)))
+    async with held_connection(await app.node_redis()) as one:
+        token = _HELD.set((app, _HeldScripts(one)))
         try:
             jobs = await send()
         except QueueFull as exc:  # the jobs that did go in are waited for too
             if exc.accepted:
-                await confirm(app, connection, exc.accepted)
+                await confirm(app, one, exc.accepted)
             raise
         finally:
             _HELD.reset(token)
-        await confirm(app, connection, jobs)
+        await confirm(app, one, jobs)
     return jobs
 
 

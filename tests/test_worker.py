@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import warnings
 from typing import Any
 
 import anyio
@@ -441,3 +443,26 @@ async def test_a_timeout_error_raised_by_the_handler_is_its_own_failure(app: App
     assert info.value.error_type == "TimeoutError"
     assert "socket read timed out" in info.value.traceback
     assert (await job.info())["attempts"] == "1"
+
+
+async def test_a_cancelled_worker_gives_its_held_connections_back(app: App) -> None:
+    """Cancelling ``Worker.run`` (not ``stop()``) still returns the fetch loop's and
+    the writer's connections to the pool: redis-py's own exit skips its close when
+    cancelled, and the clients were left to the garbage collector (a ResourceWarning)."""
+
+    @app.task(name="t")
+    async def t() -> None:
+        return None
+
+    pool = (await app.redis()).connection_pool
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with anyio.create_task_group() as tg:
+            worker = Worker(app, concurrency=1, handle_signals=False)
+            await tg.start(worker.run)
+            await (await t.enqueue()).result(timeout=10)
+            tg.cancel_scope.cancel()
+        del worker, tg
+        gc.collect()
+    assert not [w for w in caught if "Unclosed client" in str(w.message)]
+    assert pool.can_get_connection()

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from streamq.app import App
 from streamq.caps import JobCaps
-from streamq.connection import dedicated
+from streamq.connection import held
 from streamq.decide import (
     Decision,
     admit,
@@ -190,8 +190,8 @@ class Worker:
             pairs = [
                 (
                     view,
-                    await clients.enter_async_context(dedicated(await view.node_redis())),
-                    await clients.enter_async_context(dedicated(await view.node_redis())),
+                    await clients.enter_async_context(held(await view.node_redis())),
+                    await clients.enter_async_context(held(await view.node_redis())),
                 )
                 for view in views
             ]

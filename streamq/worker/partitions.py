@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.exceptions import RedisError
 
-from streamq.connection import dedicated
+from streamq.connection import held
 from streamq.errors import ConfigError
 from streamq.keys import GROUP
 from streamq.settings import MAX_PARTITIONS
@@ -309,8 +309,8 @@ async def add_lanes(worker: Worker, indexes: Sequence[int]) -> None:
     lanes = []
     for index in indexes:
         view = app.partition(index)
-        fetch_client = await worker._clients.enter_async_context(dedicated(await view.node_redis()))
-        write_client = await worker._clients.enter_async_context(dedicated(await view.node_redis()))
+        fetch_client = await worker._clients.enter_async_context(held(await view.node_redis()))
+        write_client = await worker._clients.enter_async_context(held(await view.node_redis()))
         lanes.append(worker._lane(view, fetch_client, write_client, *worker._lane_kit))
     for lane in lanes:
         await lane.fetcher.ensure_groups()
