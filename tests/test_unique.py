@@ -65,8 +65,9 @@ async def test_key_ttl_holds_the_key_after_the_job_finished(app: App) -> None:
         await job.result(timeout=10)
     again = await report.with_options(key="daily", key_ttl=60).enqueue(2)
     assert again.id == job.id
-    # The sweep gives the key the rest of its minute, no more.
-    assert await sweep(app) == 1
+    # The sweep gives the key the rest of its minute, no more (the worker's own
+    # janitor may have swept it first: the TTL says which it got, not the count).
+    await sweep(app)
     redis = await app.redis()
     ttl = await redis.pttl(app.keys.unique("daily"))
     assert 50_000 < ttl <= 60_000
