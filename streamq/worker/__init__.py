@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import secrets
 import socket
 import time
@@ -320,7 +321,11 @@ class Worker:
                 if fetcher.draining:
                     batch = await fetcher.drain(free)
                 elif time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + interval_s
+                    # Jittered: workers that all block until their next pass would
+                    # otherwise keep one order of blocked readers, and Redis serves
+                    # the longest blocked first, so one worker would take every
+                    # message a promote or hand-back puts in a stream.
+                    next_reclaim = time.monotonic() + interval_s * random.uniform(0.75, 1.25)
                     batch = await fetcher.reclaim(free)
                     if self.metrics is not None:
                         self.metrics.reclaimed(len(batch))
