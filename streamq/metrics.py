@@ -28,7 +28,6 @@ from redis.exceptions import RedisError
 
 from streamq.errors import ConfigError
 from streamq.logging import get_logger
-from streamq.stats import collect
 
 if TYPE_CHECKING:
     from streamq.app import App
@@ -121,13 +120,11 @@ class WorkerMetrics:
 
     async def sample(self) -> None:
         """One ``stats.collect`` snapshot (one pipeline per partition; lag estimated
-        when unknown), summed over every partition of a partitioned queue."""
-        if self.app.partitions > 1:
-            from streamq.partition_ops import collect_all  # its imports load this module
+        when unknown), summed over every partition, as ``streamq stats`` shows it:
+        the ones above a lowered count too (the high-water mark)."""
+        from streamq.partition_ops import collect_all  # its imports load this module
 
-            snapshot = await collect_all(self.app)
-        else:
-            snapshot = await collect(self.app)
+        snapshot = await collect_all(self.app)
         name = self.app.name
         for p in snapshot.priorities:
             lag = p.lag or 0  # unknown even as an estimate: report none rather than guess
