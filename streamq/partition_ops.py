@@ -243,7 +243,7 @@ class AllReplay:
         partitions. ``after``: an entry id (exclusive, in every partition) or
         ``$`` (from now).
         """
-        from streamq.connection import dedicated
+        from streamq.connection import held
         from streamq.records import record_of
 
         wanted = set(kinds) if kinds else None
@@ -263,12 +263,12 @@ class AllReplay:
 
         async def read(index: int, view: App) -> None:
             last = starts[index]
-            held = dedicated(await view.node_redis())  # a blocking read holds a connection
-            try:
+            # A blocking read holds a connection; cancelled is how follow ends.
+            async with held(await view.node_redis()) as one:
                 while True:
                     reply = cast(
                         list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
-                        await held.xread({view.keys.events: last}, count=1000, block=block_ms),
+                        await one.xread({view.keys.events: last}, count=1000, block=block_ms),
                     )
                     batch: list[HistoryRecord] = []
                     for _stream, entries in reply or ():
@@ -282,9 +282,6 @@ class AllReplay:
                                 batch.append(record)
                     if reply:
                         await send.send((index, batch, _id_key(last)))
-            finally:
-                with anyio.CancelScope(shield=True):  # cancelled is how follow ends
-                    await held.aclose()
 
         with send, receive:
             await self._merge_live(views, read, receive, seen, emit, window_ms)
