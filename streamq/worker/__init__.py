@@ -187,17 +187,16 @@ class Worker:
         app = self.app
         views = await assigned(app, self.partitions)
         async with contextlib.AsyncExitStack() as clients:
-            self._clients = clients  # lanes added later hold their connections here too
-            pairs = [
-                (
-                    view,
-                    await clients.enter_async_context(held(await view.node_redis())),
-                    await clients.enter_async_context(held(await view.node_redis())),
-                )
-                for view in views
-            ]
+            self._clients = clients  # every lane's held connections, added ones too
             async with lifespan_state(app, self._log) as self._state:
-                await self._run(pairs, task_status)
+                await self._run(views, task_status)
+
+    async def _open_lane(self, app: App) -> Lane:
+        """A lane for partition ``app``, its fetch and write connections held until
+        ``run`` ends (``add_lanes`` opens lanes for partitions added later)."""
+        redis = await self._clients.enter_async_context(held(await app.node_redis()))
+        write_client = await self._clients.enter_async_context(held(await app.node_redis()))
+        return self._lane(app, redis, write_client, *self._lane_kit)
 
     def _lane(
         self, app: App, redis: Redis, write_client: Redis, visibility_ms: dict[str, int],
@@ -225,17 +224,15 @@ class Worker:
             Janitor(app, self.consumer) if self.run_janitor else None,
         )  # fmt: skip
 
-    async def _run(
-        self, clients: list[tuple[App, Redis, Redis]], task_status: anyio.abc.TaskStatus[None]
-    ) -> None:
+    async def _run(self, views: list[App], task_status: anyio.abc.TaskStatus[None]) -> None:
         app = self.app
         visibility_ms = {
             name: int(t.options.visibility_timeout_s * 1000)
             for name, t in app.tasks.items()
             if t.options.visibility_timeout_s is not None
         }
-        pooled = await app.scripts()
-        lanes = [self._lane(view, r, w, visibility_ms, pooled) for view, r, w in clients]
+        self._lane_kit = (visibility_ms, await app.scripts())
+        lanes = [await self._open_lane(view) for view in views]
         self._lanes = lanes_by_stream(lanes)
         fetcher: Fetcher | MultiFetcher = (
             lanes[0].fetcher
@@ -243,7 +240,7 @@ class Worker:
             else MultiFetcher(lanes, app.settings.priorities, self.consumer)
         )
         await fetcher.ensure_groups()
-        self._fetcher, self._lane_kit = fetcher, (visibility_ms, pooled)
+        self._fetcher = fetcher
         heartbeat, writer = lanes[0].heartbeat, lanes[0].writer
         self._heartbeat = heartbeat
         self._writer = writer

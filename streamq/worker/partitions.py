@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.exceptions import RedisError
 
-from streamq.connection import held
 from streamq.errors import ConfigError
 from streamq.keys import GROUP
 from streamq.settings import MAX_PARTITIONS
@@ -306,12 +305,7 @@ async def add_lanes(worker: Worker, indexes: Sequence[int]) -> None:
     """Start lanes for these partitions in the running worker: connections, groups,
     services and writers first, then the fetch loop reads them."""
     app = worker.app
-    lanes = []
-    for index in indexes:
-        view = app.partition(index)
-        fetch_client = await worker._clients.enter_async_context(held(await view.node_redis()))
-        write_client = await worker._clients.enter_async_context(held(await view.node_redis()))
-        lanes.append(worker._lane(view, fetch_client, write_client, *worker._lane_kit))
+    lanes = [await worker._open_lane(app.partition(index)) for index in indexes]
     for lane in lanes:
         await lane.fetcher.ensure_groups()
         worker._recording.start_soon(lane.writer.run)
