@@ -16,6 +16,7 @@ Retrying is safe because every script is idempotent for the same arguments.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -38,8 +39,18 @@ class Script:
 
     @classmethod
     def load(cls, name: str) -> Script:
-        source = resources.files(__package__).joinpath(f"{name}.lua").read_text()
+        source = _expand(resources.files(__package__).joinpath(f"{name}.lua").read_text())
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
+
+
+def _expand(source: str) -> str:
+    """Each ``--#include <name>`` line replaced by ``include/<name>.lua``: Lua helpers
+    that several scripts need, written once (a script cannot call another's)."""
+    folder = resources.files(__package__).joinpath("include")
+    return _INCLUDE.sub(lambda m: folder.joinpath(f"{m.group(1)}.lua").read_text(), source)
 
 
 NAMES = (

@@ -37,26 +37,7 @@ local function less(a, b)
   return ams < bms or (ams == bms and aseq < bseq)
 end
 
--- The job id of a delayed member, read from its start (as promote.lua does).
-local function member_id(member)
-  local head = string.sub(member, 1, 4096)
-  local _, stop = string.find(head, '"id"%s*,%s*"')
-  if not stop then return '' end
-  local i = stop + 1
-  while i <= #head do
-    local c = string.sub(head, i, i)
-    if c == '\\' then
-      i = i + 2
-    elseif c == '"' then
-      local ok, id = pcall(cjson.decode, '"' .. string.sub(head, stop + 1, i - 1) .. '"')
-      if ok and type(id) == 'string' then return id end
-      return ''
-    else
-      i = i + 1
-    end
-  end
-  return ''
-end
+--#include member_id
 
 local function in_delayed(job, due)
   if not due then return false end

@@ -38,28 +38,7 @@ local now = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(
 local limit = tonumber(ARGV[2])
 local p = tonumber(ARGV[5])
 
--- The job id of a member written by streamq ([priority, 'v', '1', 'id', <id>, ...]),
--- read from its start without decoding the whole (possibly large) member;
--- '' when there is none. Peek and move use this same function.
-local function member_id(member)
-  local head = string.sub(member, 1, 4096)
-  local _, stop = string.find(head, '"id"%s*,%s*"')
-  if not stop then return '' end
-  local i = stop + 1
-  while i <= #head do
-    local c = string.sub(head, i, i)
-    if c == '\\' then
-      i = i + 2
-    elseif c == '"' then
-      local ok, id = pcall(cjson.decode, '"' .. string.sub(head, stop + 1, i - 1) .. '"')
-      if ok and type(id) == 'string' then return id end
-      return ''
-    else
-      i = i + 1
-    end
-  end
-  return ''
-end
+--#include member_id
 
 -- Key types before any write (the delayed set, events, DLQ and streams); a job
 -- key that is not a hash reads as no hash (its HGET in a pcall), so it is
