@@ -398,3 +398,86 @@ async def test_flush_starts_waits_for_marks_already_being_written(app: App) -> N
         with anyio.fail_after(10):
             await flushed.wait()
         assert await job.status() == JobStatus.RUNNING
+
+
+async def fetch_many(app: App, consumer: str, count: int) -> list[Message]:
+    fetcher = Fetcher(await app.redis(), await app.scripts(), app.keys, app.settings, consumer, 500)
+    await fetcher.ensure_groups()
+    messages: list[Message] = []
+    while len(messages) < count:
+        messages += await fetcher.fetch(count - len(messages))
+    return messages
+
+
+async def test_a_batch_fence_read_cut_short_still_finds_each_message(app: App) -> None:
+    """complete.lua reads a batch's fence with one XPENDING over the consumer's
+    entries from the batch's lowest id to its highest, asking for a bounded
+    number of rows. When the consumer holds many more entries in that range
+    (its other running jobs), the read is cut short: each message it did not
+    return is then asked for alone, so none of the batch reads as lost."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    jobs = await t.enqueue_many([()] * 300)
+    messages = await fetch_many(app, "worker-a", 300)
+    first, last = messages[0], messages[-1]
+    replies = await complete(
+        app, "worker-a", outcome(app, first, jobs[0].id), outcome(app, last, jobs[-1].id)
+    )
+    assert replies == [RECORDED, RECORDED]
+    for job in (jobs[0], jobs[-1]):
+        assert (await job.info())["status"] == "succeeded"
+    redis = await app.redis()
+    summary = await redis.xpending(first.stream, GROUP)
+    assert summary["pending"] == 298  # both acked, the 298 others still running
+
+
+async def test_a_batch_fence_sorts_out_each_message_on_its_own(app: App) -> None:
+    """One batch holding a message of this consumer, one another consumer took,
+    one delivered again since, the same message twice and a malformed id: each
+    gets its own answer, and the batch's good outcomes are recorded."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    jobs = await t.enqueue_many([()] * 3)
+    ours, taken, redelivered = await fetch_many(app, "worker-a", 3)
+    redis = await app.redis()
+    await redis.xclaim(taken.stream, GROUP, "worker-b", 0, [taken.msg_id])
+    await redis.xclaim(redelivered.stream, GROUP, "worker-a", 0, [redelivered.msg_id])
+    malformed = Message(ours.stream, ours.priority, b"not-an-id", ours.fields, 1)
+    replies = await complete(
+        app, "worker-a",
+        outcome(app, ours, jobs[0].id), outcome(app, taken, jobs[1].id),
+        outcome(app, redelivered, jobs[2].id), outcome(app, ours, jobs[0].id),
+        outcome(app, malformed, jobs[0].id),
+    )  # fmt: skip
+    assert replies == [RECORDED, LOST, LOST, ALREADY_RECORDED, LOST]
+    assert (await jobs[0].info())["status"] == "succeeded"
+    pending = await redis.xpending_range(ours.stream, GROUP, "-", "+", 10)
+    assert sorted((p["message_id"], p["consumer"]) for p in pending) == sorted(
+        [(taken.msg_id, b"worker-b"), (redelivered.msg_id, b"worker-a")]
+    )
+
+
+async def test_success_after_a_retry_clears_the_failed_attempts_error(app: App) -> None:
+    """The failed attempt's error, traceback and due time leave the hash when a
+    later attempt succeeds (complete.lua clears them when the hash holds them)."""
+
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    job = await t.enqueue()
+    first = await fetch_one(app, "worker-a")
+    retry = outcome(app, first, job.id, "retry")
+    assert await complete(app, "worker-a", retry) == [RECORDED]
+    redis = await app.redis()
+    assert await redis.hget(app.keys.job(job.id), "error_type") == b"ValueError"
+    second = await fetch_one(app, "worker-a")
+    assert second.msg_id != first.msg_id
+    assert await complete(app, "worker-a", outcome(app, second, job.id)) == [RECORDED]
+    left = await redis.hmget(
+        app.keys.job(job.id), ["status", "error_type", "error", "traceback", "due_ms"]
+    )
+    assert left == [b"succeeded", None, None, None, None]

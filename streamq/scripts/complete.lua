@@ -1,8 +1,9 @@
 #!lua flags=allow-oom
 -- complete: record a batch of outcomes (succeeded, retry or failed), each fenced.
 -- For each job: only if its message is still pending to this consumer with the
--- delivery count the worker was given (DESIGN.md invariant 3), XACK it and
--- record the outcome, in this one script:
+-- delivery count the worker was given (DESIGN.md invariant 3; the batch's
+-- fence is read first, include/fence.lua), record the outcome and XACK it (one
+-- XACK per stream at the end), in this one script:
 --   succeeded  result in the job hash, TTL set, event
 --   retry      the entry, attempt + 1, goes to the delayed set due at the server's
 --              TIME + delay
@@ -39,11 +40,13 @@
 --   (the message belongs to another consumer or delivery now)
 --
 -- Nothing below may raise after the first write (a script is not rolled back):
--- the original entry is read and sized before the XACK. unpack() fails past
+-- the original entry is read and sized before any write, and the XACKs name
+-- only ids the fence found pending. unpack() fails past
 -- about 8,000 values, so an entry with more than MAX_VALUES values (never one
 -- enqueue wrote: those have fewer than 20) is not copied whole: a retry or a
 -- failure of such an entry goes to the DLQ with its standard envelope fields
 -- only, and a reason saying so.
+--#include fence
 local STRIDE = 14
 local MAX_VALUES = 2000
 local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
@@ -111,8 +114,19 @@ for i, key in ipairs(KEYS) do
   end
 end
 
+-- The fence of the whole batch, read first (one XPENDING per stream). A message
+-- recorded by this run is acked at the end, so one that appears twice in the
+-- batch is fenced once: the second reads as recorded.
+local streams, ids = {}, {}
 for i = 1, n do
-  local stream, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  streams[i] = KEYS[2 + 2 * i]
+  ids[i] = ARGV[5 + (i - 1) * STRIDE]
+end
+local deliveries_of = fence_read(ARGV[1], ARGV[2], streams, ids)
+local acks, ack_order, done = {}, {}, {}
+
+for i = 1, n do
+  local stream, job = streams[i], KEYS[3 + 2 * i]
   local a = 5 + (i - 1) * STRIDE
   local msg_id, deliveries = ARGV[a], tonumber(ARGV[a + 1])
   local ttl = ARGV[a + 12]
@@ -120,9 +134,9 @@ for i = 1, n do
   -- Which delivery recorded the outcome: a reclaim keeps the message id, so the
   -- id alone cannot tell this worker's retried call from a stale worker's.
   local token = msg_id .. '|' .. ARGV[2] .. '|' .. ARGV[a + 1]
-  local read, pending = pcall(redis.call, 'XPENDING', stream, ARGV[1], msg_id, msg_id, 1)
-  local entry = read and pending[1]
-  if entry and entry[2] == ARGV[2] and tonumber(entry[4]) == deliveries then
+  local seen = stream .. ' ' .. msg_id
+  if not done[seen] and deliveries_of(stream, msg_id) == deliveries then
+    done[seen] = true
     -- Read and size everything first: no write may precede a possible error.
     local status = ARGV[a + 5]
     local fields, note = nil, nil
@@ -143,15 +157,20 @@ for i = 1, n do
         status = 'failed'  -- the entry was trimmed: nothing left to retry from
       end
     end
-    -- The lazy "started" mark, checked as start.lua checks it (a read: before any write).
-    local mark = ARGV[a + 13]
-    local marked = false
-    if mark ~= '0' then
-      local ok, found = pcall(redis.call, 'HGET', job, 'status')
-      marked = ok and (found == 'queued' or found == 'running' or found == 'retrying'
-        or found == 'scheduled')
+    -- The job hash as it stands: the lazy "started" mark is checked as start.lua
+    -- checks it, and an error or due time left by an earlier attempt or schedule
+    -- is cleared only when the hash holds one (a read: before any write).
+    local read, held = pcall(redis.call, 'HMGET', job, 'status', 'error_type', 'due_ms')
+    if not read then held = {} end
+    local found, mark = held[1], ARGV[a + 13]
+    local marked = mark ~= '0' and (found == 'queued' or found == 'running'
+      or found == 'retrying' or found == 'scheduled')
+    local stale = held[2] or held[3]
+    if not acks[stream] then
+      acks[stream] = {}
+      ack_order[#ack_order + 1] = stream
     end
-    redis.call('XACK', stream, ARGV[1], msg_id)
+    table.insert(acks[stream], msg_id)
     local started_ev = nil
     if marked then
       started_ev = ev(redis.call('XADD', KEYS[1], '*',
@@ -165,7 +184,7 @@ for i = 1, n do
       if record(job, a, started_ev, 'status', status, 'result', ARGV[a + 6],
           'finished_ms', now, 'duration_ms', ARGV[a + 9], 'outcome_msg', token,
           ev(event_id), 'succeeded') then
-        redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms')
+        if stale then redis.call('HDEL', job, 'error_type', 'error', 'traceback', 'due_ms') end
         redis.call('PEXPIRE', job, ttl)
       end
     elseif status == 'retry' then
@@ -229,5 +248,8 @@ for i = 1, n do
     end
     replies[i] = 0
   end
+end
+for _, stream in ipairs(ack_order) do
+  redis.call('XACK', stream, ARGV[1], unpack(acks[stream]))
 end
 return replies

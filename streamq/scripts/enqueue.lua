@@ -72,14 +72,18 @@ for i, key in ipairs(KEYS) do
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want)
   end
 end
+-- A batch of fresh ids (the usual case) is answered by one EXISTS over all its
+-- job keys; only a batch holding a known key reads (and type-checks) each one.
 local existing_ids = {}
-for j = 1, n do
-  local job = KEYS[3 + j]
-  local ok, existing = pcall(redis.call, 'HGET', job, 'msg_id')
-  if not ok then
-    return redis.error_reply('WRONGTYPE ' .. job .. ' is not a hash')
+if redis.call('EXISTS', unpack(KEYS, 4, 3 + n)) > 0 then
+  for j = 1, n do
+    local job = KEYS[3 + j]
+    local ok, existing = pcall(redis.call, 'HGET', job, 'msg_id')
+    if not ok then
+      return redis.error_reply('WRONGTYPE ' .. job .. ' is not a hash')
+    end
+    existing_ids[j] = existing
   end
-  existing_ids[j] = existing
 end
 local held = nil
 if unique_key then
