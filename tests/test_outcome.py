@@ -7,7 +7,7 @@ import pytest
 
 from streamq import App, JobStatus
 from streamq.keys import GROUP
-from streamq.scripts import Outcome, Scripts, Started
+from streamq.scripts import Outcome, Scripts, Started, _expand
 from streamq.worker import outcome as outcome_module
 from streamq.worker.fetch import Fetcher, Message
 from streamq.worker.outcome import ALREADY_RECORDED, LOST, RECORDED, OutcomeWriter, move_to_dlq
@@ -455,6 +455,14 @@ async def test_a_batch_fence_sorts_out_each_message_on_its_own(app: App) -> None
     )  # fmt: skip
     assert replies == [RECORDED, LOST, LOST, ALREADY_RECORDED, LOST]
     assert (await jobs[0].info())["status"] == "succeeded"
+    # A malformed id leading the batch makes the ranged read fail: each message
+    # is then read alone.
+    fresh_job = await t.enqueue()
+    fresh = await fetch_one(app, "worker-a")
+    replies = await complete(
+        app, "worker-a", outcome(app, malformed, jobs[0].id), outcome(app, fresh, fresh_job.id)
+    )
+    assert replies == [LOST, RECORDED]
     pending = await redis.xpending_range(ours.stream, GROUP, "-", "+", 10)
     assert sorted((p["message_id"], p["consumer"]) for p in pending) == sorted(
         [(taken.msg_id, b"worker-b"), (redelivered.msg_id, b"worker-a")]
@@ -481,3 +489,28 @@ async def test_success_after_a_retry_clears_the_failed_attempts_error(app: App) 
         app.keys.job(job.id), ["status", "error_type", "error", "traceback", "due_ms"]
     )
     assert left == [b"succeeded", None, None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "before"),
+    [
+        ("5-1", "5-2", True),
+        ("5-9", "5-10", True),
+        ("5-10", "5-9", False),
+        ("5-10", "6-1", True),
+        ("6-1", "5-10", False),
+        ("9-0", "10-0", True),
+        ("10-0", "9-99", False),
+        ("1764460000000-9", "1764460000000-10", True),
+        ("1764460000001-0", "1764460000000-10", False),
+        ("5-1", "5-1", False),
+        ("not-an-id", "5-1", False),
+        ("5-1", "nonsense", False),
+    ],
+)
+async def test_the_fence_orders_stream_ids_as_numbers(
+    app: App, a: str, b: str, before: bool
+) -> None:
+    """The batch's span is found by comparing ids as '<ms>-<seq>' numbers, not as text."""
+    source = _expand("--#include fence\nreturn id_before(ARGV[1], ARGV[2]) and 1 or 0")
+    assert await (await app.redis()).eval(source, 0, a, b) == int(before)

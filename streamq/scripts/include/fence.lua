@@ -4,35 +4,36 @@
 -- stream instead of one per message: the consumer's own pending entries from
 -- the batch's lowest id to its highest. Other running jobs of the consumer that
 -- fall in that range come back too, so the read asks for more rows than the
--- batch has; when it is cut short, or for an id it cannot range over, the
--- message is asked for alone. A stream that is not one, or has lost the group,
--- reads as holding nothing of ours.
+-- batch has; when it is cut short or fails (an id that is not one), each
+-- message it did not return is asked for alone. A stream that is not one, or
+-- has lost the group, reads as holding nothing of ours.
 --
 -- fence_read(group, consumer, streams, ids) -> deliveries(stream, id): the
 -- delivery count of a message pending to the consumer, or nil.
 
--- Whether stream id a sorts before b ('<ms>-<seq>', each compared as a decimal
--- of any length, so no precision is lost to Lua's doubles).
+-- Whether stream id a sorts before b ('<ms>-<seq>', decimals of any length).
+-- Cheap on purpose (no captures): equal lengths with the '-' at the same place
+-- compare as text; a malformed id sorts nowhere, and a read that ranges over
+-- one fails and falls back to single reads.
 local function id_before(a, b)
-  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
-  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
-  if #a_ms ~= #b_ms then return #a_ms < #b_ms end
-  if a_ms ~= b_ms then return a_ms < b_ms end
-  if #a_seq ~= #b_seq then return #a_seq < #b_seq end
-  return a_seq < b_seq
+  local da, db = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
+  if not da or not db then return false end
+  if da ~= db then return da < db end
+  if #a == #b then return a < b end
+  local ms_a, ms_b = string.sub(a, 1, da), string.sub(b, 1, db)
+  if ms_a ~= ms_b then return ms_a < ms_b end
+  return #a < #b
 end
 
 local function fence_read(group, consumer, streams, ids)
   local spans, order = {}, {}
   for i, id in ipairs(ids) do
-    if string.match(id, '^%d+%-%d+$') then
-      local stream = streams[i]
-      local span = spans[stream]
-      if not span then
-        span = {n = 0, lo = id, hi = id}
-        spans[stream] = span
-        order[#order + 1] = stream
-      end
+    local stream = streams[i]
+    local span = spans[stream]
+    if not span then
+      spans[stream] = {n = 1, lo = id, hi = id}
+      order[#order + 1] = stream
+    else
       span.n = span.n + 1
       if id_before(id, span.lo) then span.lo = id end
       if id_before(span.hi, id) then span.hi = id end
@@ -47,13 +48,12 @@ local function fence_read(group, consumer, streams, ids)
     if ok then
       for _, row in ipairs(rows) do counts[row[1]] = tonumber(row[4]) end
     end
-    found[stream] = {counts = counts, cut = ok and #rows >= count}
+    found[stream] = {counts = counts, cut = not ok or #rows >= count}
   end
   return function(stream, id)
     local read = found[stream]
-    if read and (read.counts[id] or not read.cut) and string.match(id, '^%d+%-%d+$') then
-      return read.counts[id]
-    end
+    local deliveries = read.counts[id]
+    if deliveries or not read.cut then return deliveries end
     local ok, rows = pcall(redis.call, 'XPENDING', stream, group, id, id, 1)
     local row = ok and rows[1]
     if row and row[2] == consumer then return tonumber(row[4]) end
