@@ -19,10 +19,12 @@ import argparse
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
+import redis.asyncio as aredis
 
 from streamq import App, Settings
 from streamq.embedded import ValkeyServer
@@ -50,12 +52,12 @@ async def _phase(redis: Any, n: int, work: Any) -> tuple[float, float]:
     await work()
     cpu = (await _cpu(redis) - cpu) / n * 1e6
     stats: dict[str, Any] = await redis.info("commandstats")
-    script = stats.get("cmdstat_evalsha", {"usec": 0})["usec"] / n
+    script = sum(stats.get(f"cmdstat_{c}", {"usec": 0})["usec"] for c in ("eval", "evalsha")) / n
     return script, cpu
 
 
-async def _run(url: str, n: int, queue: str) -> dict[str, tuple[float, float]]:
-    app = App(queue, settings=Settings(redis_url=url))
+async def _run(url: str, n: int) -> dict[str, tuple[float, float]]:
+    app = App("cost", settings=Settings(redis_url=url))
 
     @app.task(name="noop")
     async def noop() -> None:
@@ -115,29 +117,105 @@ async def _run(url: str, n: int, queue: str) -> dict[str, tuple[float, float]]:
         }
 
 
+# The floor: what a no-op job's life writes, as bare Lua with no checks. Field
+# names and value sizes are those streamq writes (enqueue.lua, complete.lua).
+_FLOOR_ENQUEUE = """
+for j = 1, #ARGV do
+  local id = ARGV[j]
+  local msg = redis.call('XADD', KEYS[1], '*', 'v', '1', 'id', id, 'task', 'noop',
+    'ct', 'msgpack', 'payload', '\\x90', 'attempt', '1', 'enq_ms', '1764460000000')
+  local ev = redis.call('XADD', KEYS[2], '*', 'kind', 'enqueued', 'job', id, 'task', 'noop',
+    'priority', 'default', 'msg', msg, 'ts', '1764460000000')
+  redis.call('HSET', KEYS[3] .. id, 'status', 'queued', 'task', 'noop', 'priority', 'default',
+    'attempts', '0', 'enqueued_ms', '1764460000000', 'msg_id', msg, 'ev:' .. ev, 'enqueued')
+end
+"""
+_FLOOR_FETCH = """
+return redis.call('XREADGROUP', 'GROUP', 'g', 'c', 'COUNT', ARGV[1], 'STREAMS', KEYS[1], '>')
+"""
+_FLOOR_COMPLETE = """
+local acks = {}
+for j = 1, #ARGV, 2 do
+  local id, msg = ARGV[j], ARGV[j + 1]
+  acks[#acks + 1] = msg
+  local started = redis.call('XADD', KEYS[2], '*', 'kind', 'started', 'job', id,
+    'task', 'noop', 'attempt', '1', 'priority', 'default', 'deliveries', '1',
+    'worker', 'host-12345-abcdef', 'ts', '1764460000001')
+  local done = redis.call('XADD', KEYS[2], '*', 'kind', 'succeeded', 'job', id,
+    'task', 'noop', 'attempt', '1', 'deliveries', '1', 'worker', 'host-12345-abcdef',
+    'duration_ms', '0', 'ts', '1764460000002')
+  redis.call('HSET', KEYS[3] .. id, 'started_ms', '1764460000001',
+    'worker', 'host-12345-abcdef', 'attempts', '1', 'msg_id', msg, 'ev:' .. started, 'started',
+    'status', 'succeeded', 'result', '\\xc0', 'finished_ms', '1764460000002',
+    'duration_ms', '0', 'outcome_msg', msg .. '|host-12345-abcdef|1', 'ev:' .. done, 'succeeded')
+  redis.call('PEXPIRE', KEYS[3] .. id, 3600000)
+end
+redis.call('XACK', KEYS[1], 'g', unpack(acks))
+"""
+
+
+async def _run_floor(url: str, n: int) -> dict[str, tuple[float, float]]:
+    redis = aredis.Redis.from_url(url)
+    try:
+        await redis.flushall()
+        stream, events, jobs = "{floor}:default", "{floor}:events", "{floor}:job:"
+        await redis.xgroup_create(stream, "g", "0", mkstream=True)
+        ids = [uuid.uuid4().hex for _ in range(n)]
+        fetched: list[tuple[str, str]] = []
+
+        async def enqueue() -> None:
+            for start in range(0, n, 100):
+                await redis.eval(_FLOOR_ENQUEUE, 3, stream, events, jobs, *ids[start : start + 100])
+
+        async def fetch() -> None:
+            while len(fetched) < n:
+                for _, entries in await redis.eval(_FLOOR_FETCH, 1, stream, BATCH):
+                    fetched.extend((fields[3].decode(), msg.decode()) for msg, fields in entries)
+
+        async def complete() -> None:
+            for start in range(0, n, BATCH):
+                args = [x for pair in fetched[start : start + BATCH] for x in pair]
+                await redis.eval(_FLOOR_COMPLETE, 3, stream, events, jobs, *args)
+
+        return {
+            "enqueue": await _phase(redis, n, enqueue),
+            "fetch": await _phase(redis, n, fetch),
+            "complete": await _phase(redis, n, complete),
+        }
+    finally:
+        await redis.aclose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="no-op jobs per run (20000)")
     parser.add_argument("--runs", type=int, default=3, help="runs; the best is shown (3)")
+    parser.add_argument("--floor", action="store_true", help="also the bare writes' cost")
     args = parser.parse_args()
-    best: dict[str, tuple[float, float]] = {}
+    kinds = {"streamq": _run, **({"floor": _run_floor} if args.floor else {})}
+    best: dict[str, dict[str, tuple[float, float]]] = {kind: {} for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="streamq-script-cost-") as tmp:
         server = ValkeyServer(Path(tmp), port=_free_port(), extra_args=["--appendonly", "no"])
         server.start()
         try:
             for _ in range(args.runs):
-                got = anyio.run(_run, server.url, args.n, "cost")
-                for phase, (script, cpu) in got.items():
-                    old = best.get(phase, (float("inf"), float("inf")))
-                    best[phase] = (min(old[0], script), min(old[1], cpu))
+                for kind, run in kinds.items():
+                    for phase, (script, cpu) in anyio.run(run, server.url, args.n).items():
+                        old = best[kind].get(phase, (float("inf"), float("inf")))
+                        best[kind][phase] = (min(old[0], script), min(old[1], cpu))
         finally:
             server.stop()
-    print(f"{'phase':<9} {'script µs/job':>14} {'server CPU µs/job':>17}")
-    for phase, (script, cpu) in best.items():
-        print(f"{phase:<9} {script:>14.1f} {cpu:>17.1f}")
-    total_script = sum(s for s, _ in best.values())
-    total_cpu = sum(c for _, c in best.values())
-    print(f"{'total':<9} {total_script:>14.1f} {total_cpu:>17.1f}")
+    header = "".join(f" | {kind} script | {kind} server CPU" for kind in kinds)
+    print(f"µs per job (best of {args.runs} runs of {args.n:,} jobs)")
+    print(f"phase{header}")
+    for phase in ("enqueue", "fetch", "complete"):
+        cells = "".join(f" | {best[k][phase][0]:.1f} | {best[k][phase][1]:.1f}" for k in kinds)
+        print(f"{phase}{cells}")
+    totals = "".join(
+        f" | {sum(s for s, _ in best[k].values()):.1f} | {sum(c for _, c in best[k].values()):.1f}"
+        for k in kinds
+    )
+    print(f"total{totals}")
     return 0
 
 
