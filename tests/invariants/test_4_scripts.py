@@ -172,6 +172,10 @@ def from_keys(expr: str, bound: set[str]) -> bool:
     """True when ``expr`` can only evaluate to a value taken from KEYS."""
     if "'" in expr or '"' in expr or ".." in expr:
         return False
+    # unpack(KEYS, i, j): KEYS's own values, whatever range the bounds pick.
+    spread = re.fullmatch(r"unpack\(\s*(\w+)\s*((?:,[^,()]+){0,2})\)", expr.strip())
+    if spread:
+        return spread.group(1) == "KEYS" or spread.group(1) in bound
     names = re.findall(r"[A-Za-z_]\w*", drop_indexes(expr))
     names = [n for n in names if n != "or"]
     return bool(names) and all(n == "KEYS" or n in bound for n in names)
@@ -258,10 +262,13 @@ def test_the_static_check_catches_a_built_key() -> None:
     built = "local job = KEYS[1] .. ':job:' .. ARGV[1]\nredis.call('HSET', job, 'a', 1)\n"
     literal = "redis.call('DEL', 'streamq:{q}:lock:janitor')\n"
     from_argv = "redis.call('GET', ARGV[1])\n"
-    for source in (built, literal, from_argv):
+    spread_argv = "redis.call('EXISTS', unpack(ARGV, 1, 2))\n"
+    for source in (built, literal, from_argv, spread_argv):
         bound = key_bound_names(source)
         assert any(not from_keys(expr, bound) for _, expr in key_arguments(source)), source
     assert key_concatenations(built) == ["KEYS[1] ..", "':job:' .."]
     assert key_concatenations("local e = 'failed: ' .. ARGV[1]") == []
     fine = "local s, id = KEYS[tonumber(ARGV[1])], ARGV[2]\nredis.call('XACK', s, 'g', id)\n"
     assert all(from_keys(e, key_bound_names(fine)) for _, e in key_arguments(fine))
+    spread = "redis.call('EXISTS', unpack(KEYS, 4, 3 + n))\n"
+    assert all(from_keys(e, key_bound_names(spread)) for _, e in key_arguments(spread))
