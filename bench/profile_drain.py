@@ -85,7 +85,7 @@ async def _drain(
             profiler.disable()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(
-            f"drain: {n / wall:,.0f} jobs/s; worker CPU {cpu / n * 1e6:.0f} us/job "
+            f"drain: {n / wall:,.0f} jobs/s; worker CPU {cpu / n * 1e6:.1f} us/job "
             f"({cpu / wall:.0%} of a core)"
         )
         drain_server = (await _server_cpu_s(redis) - server_cpu) / n * 1e6
