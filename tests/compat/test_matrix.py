@@ -17,13 +17,17 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from streamq import App, Settings
 from streamq.connection import check_server
 from streamq.doctor import Status, run_checks
+from streamq.durable import fsync_note
 from streamq.embedded import ValkeyServer
+from streamq.errors import NotDurable
 from tests.compat.plugin import (
     BIN_ENV,
     BINARY_ENV,
@@ -35,7 +39,8 @@ from tests.compat.plugin import (
     server_version,
 )
 from tests.compat.subset import FULL_ENV, ROOT, pytest_args
-from tests.conftest import drop_queue, queue_name, running_worker
+from tests.conftest import drop_queue, queue_name, running_worker, wait_until
+from tests.servers import free_port
 
 MATRIX = pytest.mark.parametrize("compat", [REDIS7, VALKEY8], ids=lambda s: s.key)
 
@@ -142,3 +147,65 @@ def test_the_wider_suite_passes_on_the_older_server(compat: CompatServer) -> Non
     if os.environ.get(FULL_ENV, "") in ("", "0"):
         pytest.skip(f"the full {compat.name} run takes minutes: set {FULL_ENV}=1 to run it")
     run_on(compat, pytest_args(full=True), limit_s=840)
+
+
+@MATRIX
+@pytest.mark.anyio
+async def test_durable_enqueues_fall_back_to_wait_alone_on_the_older_server(
+    compat: CompatServer, tmp_path: Path
+) -> None:
+    """``durable=True`` on a master without a usable WAITAOF (Redis 7.0 has no
+    such command; here the master's AOF is off too): the enqueue waits for the
+    replica with WAIT alone, says why (``fsync_note``), and raises NotDurable,
+    the job still queued, once the replica is gone."""
+    binary = require(compat)
+    master = CompatServerProcess(
+        tmp_path / "master", port=free_port(), binary=binary,
+        extra_args=["--repl-diskless-sync-delay", "0"],  # sync at once, not after 5 s
+    )  # fmt: skip
+    master.start()
+    replica = CompatServerProcess(
+        tmp_path / "replica", port=free_port(), binary=binary,
+        extra_args=["--replicaof", "127.0.0.1", str(master.port)],
+    )  # fmt: skip
+    replica.start()
+    try:
+        settings = Settings(redis_url=master.url, durable=True, durable_timeout_s=1.0)
+        async with App(queue_name(), settings=settings) as app:
+
+            @app.task(name="noop")
+            async def noop(n: int) -> None:
+                return None
+
+            redis = await app.redis()
+
+            async def replication() -> dict[str, Any]:
+                info: dict[str, Any] = await redis.info("replication")
+                return info
+
+            async def synced() -> bool:  # online: past its initial sync, acking writes
+                replica = (await replication()).get("slave0")
+                return isinstance(replica, dict) and replica.get("state") == "online"
+
+            async def gone() -> bool:
+                return int((await replication()).get("connected_slaves", 0)) == 0
+
+            await wait_until(synced, 20, "the replica to sync")
+            job = await noop.enqueue(1)
+            assert "WAITAOF" in fsync_note(app) or "appendonly" in fsync_note(app).lower()
+            replica_client = Redis.from_url(replica.url)
+            try:
+                assert await replica_client.hget(app.keys.job(job.id), "status") == b"queued"
+            finally:
+                await replica_client.aclose()
+
+            replica.stop()
+            await wait_until(gone, 20, "the master to see it gone")
+            with pytest.raises(NotDurable) as caught:
+                await noop.enqueue(2)
+            (job_id,) = caught.value.job_ids
+            assert (caught.value.replicas, caught.value.wanted) == (0, 1)
+            assert await redis.hget(app.keys.job(job_id), "status") == b"queued"
+    finally:
+        replica.stop()
+        master.stop()
