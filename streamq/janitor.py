@@ -4,7 +4,8 @@ Runs inside every worker by default and alone as ``streamq janitor``; a
 leader lease makes one janitor per queue do the work at a time:
 
 - promote due jobs from the delayed set (scheduled jobs and retries waiting
-  for their backoff) into their priority streams, every ``janitor_interval_s``;
+  for their backoff) into their priority streams, every ``janitor_interval_s``
+  and, between passes, when the earliest of them is due;
 - settle chained jobs (``streamq.chains``) whose parents are final, every
   pass, in bounded steps: queued when every parent succeeded, to the DLQ
   naming the parent otherwise;
@@ -62,6 +63,9 @@ LOST_SCAN_COUNT = 1000
 LOST_BATCH = 100
 """Job hashes per ``lost`` script call."""
 PROMOTE_ROUNDS = 100
+PROMOTE_GAP_S = 0.02
+"""The shortest sleep between two promotions: due times close together share a
+wake, so a spread of them costs at most 50 promotions a second."""
 EVENTS_KEEP_S = 10.0
 ARCHIVE_STEP = 20_000
 """Entries archived per stream per trim pass at most (about 0.25 s of export):
@@ -102,16 +106,39 @@ class Janitor:
             scripts, self.app.keys.lock("janitor"), max(3 * self.interval_s, 2.0), self.owner
         )
         task_status.started()
+        next_pass = 0.0
         try:
             while True:
+                wait_s = self.interval_s
                 try:
                     if await lease.acquire_or_renew():
-                        await self.run_once()
+                        if time.monotonic() >= next_pass:
+                            next_pass = time.monotonic() + self.interval_s
+                            await self.run_once()
+                        else:
+                            await self.promote_due()
+                        wait_s = await self._until_next_wake(next_pass)
                 except RedisError as exc:
                     self._log.warning("janitor pass failed; retrying", error=str(exc))
-                await anyio.sleep(self.interval_s)
+                await anyio.sleep(wait_s)
         finally:
             await lease.release()
+
+    async def _until_next_wake(self, next_pass: float) -> float:
+        """Seconds to sleep: until the next full pass, or sooner, when the earliest
+        delayed job is due before it (then only promotion runs), at most
+        ``PROMOTE_GAP_S`` apart. A job already in the delayed set at a pass so
+        starts on time, not up to an interval late; one added later with a
+        shorter wait is seen at the next wake."""
+        wait_s = max(0.0, next_pass - time.monotonic())
+        app = self.app
+        due_ms = await (await app.scripts()).promote_next_ms(
+            delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
+            streams=app.streams, priorities=app.settings.priorities, group=GROUP,
+        )  # fmt: skip
+        if due_ms is not None:
+            wait_s = min(wait_s, max(PROMOTE_GAP_S, due_ms / 1000))
+        return wait_s
 
     async def run_once(self) -> None:
         """One pass of every duty (the caller holds the lease)."""

@@ -18,6 +18,7 @@ import pytest
 
 from streamq import App, ConfigError, JobStatus, Settings, Worker
 from streamq.janitor import Janitor
+from streamq.keys import GROUP
 from streamq.retry import Retry
 from tests.conftest import assert_no_key_leak, queue_name, running_worker, wait_until
 
@@ -294,3 +295,51 @@ async def test_backoff_delay_of_a_failed_attempt_is_within_its_bound(fast_app: A
     ]
     assert len(delays) == 2
     assert 0 <= delays[0] <= 50 and 0 <= delays[1] <= 100
+
+
+async def test_the_janitor_knows_when_the_earliest_delayed_job_is_due(app: App) -> None:
+    @app.task(name="t")
+    async def t() -> None: ...
+
+    scripts = await app.scripts()
+
+    async def next_ms() -> int | None:
+        return await scripts.promote_next_ms(
+            delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
+            streams=app.streams, priorities=app.settings.priorities, group=GROUP,
+        )  # fmt: skip
+
+    assert await next_ms() is None  # nothing delayed
+    await t.enqueue_in(600)
+    later = await next_ms()
+    assert later is not None and 500_000 < later <= 600_000
+    await t.enqueue_in(60)
+    sooner = await next_ms()
+    assert sooner is not None and 50_000 < sooner <= 60_000  # the earliest counts
+    redis = await app.redis()
+    await redis.zadd(app.keys.delayed, {b"[]": 1})  # long overdue
+    assert await next_ms() == 0
+    await redis.zrem(app.keys.delayed, b"[]")
+
+
+async def test_a_scheduled_job_starts_when_due_not_a_janitor_interval_later(
+    redis_url: str,
+) -> None:
+    """Promotion does not wait for the janitor's next pass: a job that was in the
+    delayed set at a pass is promoted when it is due. Here the interval is 60 s
+    and the job is due 1 s after the worker's first pass; it used to start a
+    whole interval later."""
+    settings = Settings(janitor_interval_s=60)
+    async with App(queue_name(), redis_url=redis_url, settings=settings) as app:
+        ran = anyio.Event()
+
+        @app.task(name="t")
+        async def t() -> None:
+            ran.set()
+
+        job = await t.enqueue_in(1.0)
+        async with running_worker(app):
+            with anyio.fail_after(30):  # half the interval: no machine is that slow
+                await ran.wait()
+        assert await job.status() is not JobStatus.SCHEDULED
+        await assert_no_key_leak(app)

@@ -343,6 +343,21 @@ class Scripts:
         )  # fmt: skip
         return list(reply)
 
+    async def promote_next_ms(
+        self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
+        priorities: Sequence[str], group: str,
+    ) -> int | None:  # fmt: skip
+        """Milliseconds until the earliest delayed member is due by the server's clock
+        (0: due now); None when the delayed set is empty."""
+        reply = await self._call(
+            "promote",
+            *self._promote_args(
+                "next", delayed=delayed, events=events, dlq=dlq, streams=streams,
+                priorities=priorities, limit=1, group=group, result_ttl_ms=0,
+            ),
+        )  # fmt: skip
+        return None if int(reply) < 0 else int(reply)
+
     async def promote(
         self, *, delayed: str, events: str, dlq: str, streams: Sequence[str],
         priorities: Sequence[str], limit: int, group: str,

@@ -7,6 +7,8 @@
 -- hashes to update are named inside the members:
 --   'peek'  returns the job ids of up to limit due members, in due order
 --           ('' for a member with none): the caller then passes their hashes;
+--   'next'  returns the ms until the earliest member is due (0: due now, -1: the
+--           set is empty), so a janitor can sleep until then;
 --   'move'  promotes the due members, in due order, updating each one's job
 --           hash if not final (msg_id, where lost.lua looks for the job's message;
 --           and 'scheduled' becomes 'queued'), and stops at the
@@ -29,7 +31,8 @@
 -- ARGV[6+p..] (move) the job id of each job hash, in the order of KEYS[4+p..]
 -- "Now" is the server's clock (TIME), never a janitor's: a janitor whose clock
 -- runs fast must not promote early.
--- reply: peek {job id, ...}; move {promoted, dead-lettered, 1 if it stopped early else 0}
+-- reply: peek {job id, ...}; next ms or -1; move {promoted, dead-lettered, 1 if it
+-- stopped early else 0}
 local MAX_VALUES = 2000
 local STANDARD = {v = true, id = true, task = true, ct = true, payload = true, attempt = true,
   enq_ms = true, max_retries = true, timeout = true}
@@ -51,6 +54,12 @@ for i, key in ipairs(KEYS) do
   if found ~= 'none' and found ~= want then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. want)
   end
+end
+
+if ARGV[1] == 'next' then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if #first == 0 then return -1 end
+  return math.max(0, math.ceil(tonumber(first[2]) - tonumber(now)))
 end
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
