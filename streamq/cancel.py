@@ -78,7 +78,18 @@ async def _cancel(app: App, job_ids: Sequence[str], *, waiting_only: bool, by: s
         requests_ttl_ms=int(REQUEST_MAX_AGE_S * 1000),
         waiting_only=waiting_only, by=by,
         jobs=[(job_id, app.keys.job(job_id)) for job_id in job_ids],
+        task_ttl_ms=task_result_ttls_ms(app),
+        max_job_ttl_ms=int(app.settings.max_job_result_ttl_s * 1000),
     )  # fmt: skip
+
+
+def task_result_ttls_ms(app: App) -> dict[str, int]:
+    """The result TTL (ms) of each of the App's tasks that sets its own."""
+    return {
+        name: max(1, int(task.options.result_ttl_s * 1000))
+        for name, task in app.tasks.items()
+        if task.options.result_ttl_s is not None
+    }
 
 
 async def empty_queue(app: App, *, task: str | None = None, batch: int = EMPTY_BATCH) -> int:

@@ -341,3 +341,34 @@ async def test_recording_a_cancelled_run_is_fenced_and_idempotent(app: App) -> N
     redis = await app.redis()
     assert await redis.exists(app.keys.cancels) == 0
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
+
+
+@pytest.mark.parametrize("where", ["queued", "scheduled", "running"])
+@pytest.mark.parametrize("ttl_from", ["task", "job"])
+async def test_a_cancelled_job_keeps_its_own_result_ttl(
+    fast_app: App, where: str, ttl_from: str
+) -> None:
+    """A cancelled job's hash lives its task's ``result_ttl`` (or the one it was
+    enqueued with), as a finished one does, not the App's default (a day)."""
+    app = fast_app
+    started = anyio.Event()
+
+    @app.task(name="short_lived", result_ttl=30 if ttl_from == "task" else None)
+    async def short_lived() -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    task = short_lived.with_options(result_ttl=30) if ttl_from == "job" else short_lived
+    if where == "running":
+        job = await task.enqueue()
+        async with running_worker(app):
+            with anyio.fail_after(10):
+                await started.wait()
+            await job.cancel()
+            assert await job.wait(timeout=10) == JobStatus.CANCELLED
+    else:
+        job = await (task.enqueue_in(600) if where == "scheduled" else task.enqueue())
+        assert await job.cancel() == CancelResult.CANCELLED
+    assert await job.status() == JobStatus.CANCELLED
+    ttl_ms = await (await app.redis()).pttl(app.keys.job(job.id))
+    assert 0 < ttl_ms <= 30_000, ttl_ms

@@ -16,8 +16,9 @@ Retrying is safe because every script is idempotent for the same arguments.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeAlias, cast
@@ -569,20 +570,24 @@ class Scripts:
     async def cancel(
         self, *, events: str, delayed: str, cancels: str, streams: Sequence[str], group: str,
         result_ttl_ms: int, requests_ttl_ms: int, waiting_only: bool, by: str,
-        jobs: Sequence[tuple[str, str]],
+        jobs: Sequence[tuple[str, str]], task_ttl_ms: Mapping[str, int] | None = None,
+        max_job_ttl_ms: int = 30 * 86_400_000,
     ) -> list[str]:  # fmt: skip
         """Cancel ``jobs`` (job id, job hash key); per job 'cancelled', 'requested',
         'skipped', 'final/<status>' or 'missing' (see ``cancel.lua``).
 
         ``waiting_only`` leaves delivered jobs alone instead of asking their
-        worker to stop them (``queue empty``).
+        worker to stop them (``queue empty``). A cancelled job's hash lives its
+        entry's own result TTL (at most ``max_job_ttl_ms``), else its task's in
+        ``task_ttl_ms``, else ``result_ttl_ms``.
         """
         if not jobs:
             return []
         keys = [events, delayed, cancels, *streams, *(key for _, key in jobs)]
         args: list[Arg] = [
             group, result_ttl_ms, requests_ttl_ms, len(streams),
-            "waiting" if waiting_only else "cancel", by, *(job_id for job_id, _ in jobs),
+            "waiting" if waiting_only else "cancel", by, json.dumps(dict(task_ttl_ms or {})),
+            max_job_ttl_ms, *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         reply = await self._call("cancel", keys, args)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]

@@ -19,7 +19,9 @@
 --                      moved since the caller read it): 'cancel' mode cancels
 --                      the job (nothing can run it); 'waiting' mode skips it.
 -- A cancelled job's hash gets status 'cancelled', finished_ms, cancelled_by and
--- a TTL (the result ttl); its 'cancelled' event names the message ('msg') and
+-- a TTL: the job's own result ttl, as a finished job's would be (its entry's
+-- 'result_ttl' field, seconds, at most ARGV[8]; else its task's, from ARGV[7];
+-- else ARGV[2]); its 'cancelled' event names the message ('msg') and
 -- keeps what was removed, so the audit keeps the payload: 'entry' (the stream
 -- entry's fields, JSON [field, value, ...]) or 'member' (the delayed member as
 -- stored, JSON [priority, field, value, ...]). Both events are indexed in the
@@ -32,7 +34,9 @@
 -- ARGV[1] group   ARGV[2] result ttl ms   ARGV[3] cancels zset ttl ms
 -- ARGV[4] p (number of priority streams)   ARGV[5] 'cancel' or 'waiting'
 -- ARGV[6] who asked (recorded as 'by': api, cli, empty)
--- ARGV[7..] the job id of each job hash, in the order of KEYS[4+p..]
+-- ARGV[7] the result ttl ms of the tasks that set one, JSON {task: ms}
+-- ARGV[8] the longest result ttl ms an entry may ask for
+-- ARGV[9..] the job id of each job hash, in the order of KEYS[4+p..]
 -- reply: per job 'cancelled', 'requested', 'skipped' (waiting mode: running or
 --   gone), 'final/<status>' (nothing changed) or 'missing' (no job hash)
 local p = tonumber(ARGV[4])
@@ -40,6 +44,26 @@ local mode, by = ARGV[5], ARGV[6]
 local clock = redis.call('TIME')
 local now = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
 local FINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
+local ok_map, task_ttl = pcall(cjson.decode, ARGV[7])
+if not ok_map or type(task_ttl) ~= 'table' then task_ttl = {} end
+
+-- The job's result ttl in ms: its entry's own (``fields`` from ``first``: the
+-- entry's field, value list), else its task's, else the App's.
+local function result_ttl(task, fields, first)
+  if fields then
+    for f = first, #fields - 1, 2 do
+      if fields[f] == 'result_ttl' then
+        local seconds = tonumber(fields[f + 1])
+        if seconds and seconds > 0 and seconds < math.huge then
+          return math.max(1, math.min(math.floor(seconds * 1000), tonumber(ARGV[8])))
+        end
+      end
+    end
+  end
+  local own = tonumber(task_ttl[task])
+  if own and own > 0 then return math.floor(own) end
+  return tonumber(ARGV[2])
+end
 
 local function less(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
@@ -123,7 +147,7 @@ for i, key in ipairs(KEYS) do
   end
 end
 
-local function cancel(hash, job, task, where, msg_id, extra)
+local function cancel(hash, job, task, where, msg_id, extra, ttl)
   local fields = {'kind', 'cancelled', 'job', job, 'task', task, 'by', by, 'where', where,
     'msg', msg_id}
   for _, v in ipairs(extra) do fields[#fields + 1] = v end
@@ -132,14 +156,14 @@ local function cancel(hash, job, task, where, msg_id, extra)
   local event_id = redis.call('XADD', KEYS[1], '*', unpack(fields))
   redis.call('HSET', hash, 'status', 'cancelled', 'finished_ms', now, 'cancelled_by', by,
     string.format('ev:%s', event_id), 'cancelled')
-  redis.call('PEXPIRE', hash, ARGV[2])
+  redis.call('PEXPIRE', hash, ttl)
   redis.call('ZREM', KEYS[3], job)  -- a request left from an earlier run is moot now
   return 'cancelled'
 end
 
 local replies = {}
 for k = 4 + p, #KEYS do
-  local hash, job = KEYS[k], ARGV[k + 3 - p]
+  local hash, job = KEYS[k], ARGV[k + 5 - p]
   local ok, h = pcall(redis.call, 'HMGET', hash, 'status', 'msg_id', 'due_ms', 'task')
   local status = ok and h[1]
   local reply
@@ -158,12 +182,16 @@ for k = 4 + p, #KEYS do
       if where == 'read' then where = 'gone' end
     end
     if where == 'delayed' then
+      local decoded_ok, decoded = pcall(cjson.decode, member)
+      if not decoded_ok or type(decoded) ~= 'table' then decoded = nil end
+      local ttl = result_ttl(task, decoded, 2)  -- [priority, field, value, ...]
       redis.call('ZREM', KEYS[2], member)
-      reply = cancel(hash, job, task, 'delayed', msg_id, {'member', member})
+      reply = cancel(hash, job, task, 'delayed', msg_id, {'member', member}, ttl)
     elseif where == 'unread' then
       local entry = cjson.encode(fields)
       redis.call('XDEL', stream, msg_id)
-      reply = cancel(hash, job, task, 'stream', msg_id, {'entry', entry})
+      reply = cancel(hash, job, task, 'stream', msg_id, {'entry', entry},
+        result_ttl(task, fields, 1))
     elseif mode ~= 'cancel' then
       reply = 'skipped'
     elseif where == 'pending' or status == 'running' and msg_id == 'delayed' then
@@ -181,7 +209,7 @@ for k = 4 + p, #KEYS do
         reply = 'requested'
       end
     else
-      reply = cancel(hash, job, task, 'gone', msg_id, {})
+      reply = cancel(hash, job, task, 'gone', msg_id, {}, result_ttl(task, nil, 1))
     end
   end
   replies[#replies + 1] = reply
