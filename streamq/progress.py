@@ -71,6 +71,17 @@ class JobContext:
     ``state_as(cls)`` returns it typed."""
     _cancelled: list[bool] = field(default_factory=list, repr=False, compare=False)
     """Non-empty once cancelled (a list, not another Event: one is built per job)."""
+    deadline: float | None = None
+    """When the handler's timeout ends, in ``time.monotonic()`` seconds (the clock of
+    ``anyio.current_time()`` on asyncio); None: no timeout. The worker enforces it
+    with a scope of its own, so ``anyio.current_effective_deadline()`` does not
+    show it: pass ``time_left()`` on to the calls a handler makes."""
+
+    def time_left(self) -> float | None:
+        """Seconds until the handler's timeout (0 once past it); None: no timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
 
     def state_as(self, cls: type[S]) -> S:
         """The lifespan's state as a ``cls`` (TypeError if it is not one).

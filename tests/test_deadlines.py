@@ -7,7 +7,9 @@ import time
 import anyio
 import pytest
 
+from streamq import App, Settings, current_job
 from streamq.worker.deadlines import Deadlines
+from tests.conftest import drop_queue, queue_name, running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -49,3 +51,44 @@ async def test_a_nearer_deadline_wakes_the_watcher_sleeping_towards_a_later_one(
             assert not long_run.cancel_called
             deadlines.forget(long_run)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_handler_knows_how_long_its_timeout_leaves_it(redis_url: str, kind: str) -> None:
+    """``current_job().time_left()`` replaces ``anyio.current_effective_deadline()``,
+    which does not show the worker's own timeout scope: a handler can pass the
+    time its timeout leaves on to the calls it makes. None without a timeout."""
+    seen: dict[str, tuple[float | None, float | None]] = {}
+    app = App(queue_name(), redis_url=redis_url, settings=Settings(task_timeout_s=None))
+
+    def look(name: str) -> None:
+        job = current_job()
+        seen[name] = (job.deadline, job.time_left())
+
+    if kind == "async":
+
+        @app.task(name="timed", timeout=30)
+        async def timed() -> None:
+            look("timed")
+
+        @app.task(name="untimed")
+        async def untimed() -> None:
+            look("untimed")
+
+    else:
+
+        @app.task(name="timed", timeout=30)
+        def timed() -> None:
+            look("timed")
+
+        @app.task(name="untimed")
+        def untimed() -> None:
+            look("untimed")
+
+    async with app, running_worker(app):
+        await (await timed.enqueue()).result(timeout=10)
+        await (await untimed.enqueue()).result(timeout=10)
+        await drop_queue(app)
+    deadline, left = seen["timed"]
+    assert deadline is not None and left is not None and 0 < left <= 30
+    assert seen["untimed"] == (None, None)

@@ -504,6 +504,7 @@ class Worker:
             app, env.job_id, env.task, env.attempt, message.deliveries, self.consumer,
             lane.writer.flush_starts, self._loop_token,
             stream=message.stream, msg_id=message.msg_id, headers=env.headers, state=self._state,
+            deadline=None if timeout_s is None else time.monotonic() + timeout_s,
         )  # fmt: skip
         # An async handler without middleware hooks gets its JobContext built only if
         # it asks (current_job()) or a cancel request reaches it: most never do.
