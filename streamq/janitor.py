@@ -56,13 +56,12 @@ from streamq.cancel import drop_stale_requests
 from streamq.keys import GROUP
 from streamq.lease import Lease
 from streamq.logging import get_logger
+from streamq.promotion import promote_due
 
-PROMOTE_BATCH = 500
 LOST_SCAN_COUNT = 1000
 """SCAN's COUNT hint, and about how many job hashes one pass examines."""
 LOST_BATCH = 100
 """Job hashes per ``lost`` script call."""
-PROMOTE_ROUNDS = 100
 PROMOTE_GAP_S = 0.02
 """The shortest sleep between two promotions: due times close together share a
 wake, so a spread of them costs at most 50 promotions a second."""
@@ -157,40 +156,8 @@ class Janitor:
             await drop_stale_requests(self.app)  # cancel requests nobody took up (a day old)
 
     async def promote_due(self) -> int:
-        """Move every due delayed job into its stream; returns how many.
-
-        Each round peeks at the due members' job ids, then promotes them with
-        their job hashes (a script touches only the keys it is given). A round
-        stops early when a member became due after the peek; the next round
-        takes it. Bounded, so a flood of new due members cannot hold a pass.
-        """
-        app = self.app
-        scripts = await app.scripts()
-        settings = app.settings
-        ttl_ms = int(settings.result_ttl_s * 1000)
-        key_base = app.keys.job("").encode()
-        total = dead = 0
-        for _ in range(PROMOTE_ROUNDS):
-            ids = await scripts.promote_peek(
-                delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
-                streams=app.streams, priorities=settings.priorities,
-                limit=PROMOTE_BATCH, group=GROUP,
-                result_ttl_ms=ttl_ms,
-            )  # fmt: skip
-            if not ids:
-                break
-            # Ids as bytes: one that is not UTF-8 still names its own hash.
-            jobs = [(job_id, key_base + job_id) for job_id in dict.fromkeys(ids) if job_id]
-            moved, died, stopped = await scripts.promote(
-                delayed=app.keys.delayed, events=app.keys.events, dlq=app.keys.dlq,
-                streams=app.streams, priorities=settings.priorities,
-                limit=PROMOTE_BATCH, group=GROUP,
-                result_ttl_ms=ttl_ms, jobs=jobs,
-            )  # fmt: skip
-            total += moved
-            dead += died
-            if not stopped and len(ids) < PROMOTE_BATCH:
-                break
+        """Move every due delayed job into its stream; returns how many."""
+        total, dead = await promote_due(self.app)
         if total:
             self.promoted += total
             self._log.info("promoted due jobs", count=total)

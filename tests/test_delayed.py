@@ -195,7 +195,7 @@ async def test_two_janitors_racing_promote_each_due_job_exactly_once(
     A read-then-move promote (ZRANGEBYSCORE in one call, ZREM/XADD in
     another) would let both janitors move the same members: duplicates.
     """
-    monkeypatch.setattr("streamq.janitor.PROMOTE_BATCH", 7)
+    monkeypatch.setattr("streamq.promotion.BATCH", 7)
     name = queue_name()
     settings = Settings(janitor_interval_s=0.05)
     producer = App(name, redis_url=redis_url, settings=settings)

@@ -21,7 +21,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from streamq import App, ConfigError, JobStatus, Limit
+from streamq import App, ConfigError, JobStatus, Limit, Settings
 from streamq.keys import Keyspace
 from streamq.limits import parse_rate
 from tests.apps.limited import (
@@ -321,3 +321,26 @@ async def test_deferred_jobs_keep_their_attempts_and_are_no_deliveries(redis_url
 
 async def _running(job: Any) -> bool:
     return bool(await job.status() == JobStatus.RUNNING)
+
+
+async def test_a_finishing_job_starts_the_parked_one_it_wakes_without_the_janitor(
+    redis_url: str,
+) -> None:
+    """concurrency=2 and ten short jobs on one worker: eight are parked, and each
+    finishing job wakes one. The woken job is due at once and the worker that
+    woke it promotes it, so the ten run back to back. With a janitor interval
+    of a minute (and slots of a minute), a woken job left for the janitor
+    waited out its backoff of about a minute."""
+    settings = Settings(janitor_interval_s=60, slot_ttl_s=60)
+    async with App(queue_name(), redis_url=redis_url, settings=settings) as app:
+
+        @app.task(name="short", concurrency=2)
+        async def short(n: int) -> int:
+            await anyio.sleep(0.01)
+            return n
+
+        jobs = await short.enqueue_many([(n,) for n in range(10)])
+        async with running_worker(app, concurrency=10):
+            with anyio.fail_after(30):  # half the interval: no machine is that slow
+                assert [await job.result(timeout=30) for job in jobs] == list(range(10))
+        await drop_queue(app)

@@ -15,8 +15,10 @@ that must wait goes back to the delayed set through ``scripts/defer.lua``
   waiting for a slot is fetched and deferred once per release it wakes to
   (it may lose the slot to a job fetched meanwhile), plus once per backoff
   when no release comes, so a long queue behind a small semaphore costs a
-  few script calls per job rather than none. Wake-ups and promotions both
-  wait for the janitor's next promote (``janitor_interval_s``).
+  few script calls per job rather than none. The worker whose job woke a
+  parked one promotes it at once (``streamq.promotion``); a job whose
+  backoff or rate slot comes due is promoted by the janitor, which wakes
+  for the earliest due time.
 
 Tasks without limits cost nothing here: the worker only calls in for tasks
 named in ``Limiter.policies``. Held slots are renewed every third of
@@ -38,6 +40,7 @@ from streamq.app import App
 from streamq.envelope import Envelope
 from streamq.keys import GROUP
 from streamq.limits import LimitPolicy
+from streamq.promotion import promote_due
 from streamq.scripts import Arg, Started
 from streamq.worker.fetch import Message
 
@@ -120,7 +123,7 @@ class Limiter:
         keys = self.app.keys
         with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT_S):
             try:
-                await (await self.app.scripts()).slot_release(
+                woken = await (await self.app.scripts()).slot_release(
                     events=keys.events, delayed=keys.delayed, slots=held.slots,
                     parked=held.parked, holder=held.holder,
                 )  # fmt: skip
@@ -129,6 +132,14 @@ class Limiter:
                     "concurrency slot not released; it frees after its ttl",
                     slots=held.slots, ttl_ms=self.ttl_ms, error=str(exc),
                 )  # fmt: skip
+                return
+            if woken:
+                # The woken job is due now: promote it here rather than leave it
+                # to the janitor's next wake (one interval away at worst).
+                try:
+                    await promote_due(self.app, rounds=1)
+                except RedisError as exc:
+                    self._log.warning("woken job not promoted; the janitor will", error=str(exc))
 
     async def run(self) -> None:
         """Renew held slots every third of their ttl, so only a dead worker's expire."""
