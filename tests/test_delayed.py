@@ -20,6 +20,7 @@ from streamq import App, ConfigError, JobStatus, Settings, Worker
 from streamq.janitor import Janitor
 from streamq.keys import GROUP
 from streamq.retry import Retry
+from streamq.worker.soon import SoonDue
 from tests.conftest import assert_no_key_leak, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -343,3 +344,39 @@ async def test_a_scheduled_job_starts_when_due_not_a_janitor_interval_later(
                 await ran.wait()
         assert await job.status() is not JobStatus.SCHEDULED
         await assert_no_key_leak(app)
+
+
+async def test_a_retry_with_a_short_backoff_starts_when_due_not_at_the_janitors_wake(
+    redis_url: str,
+) -> None:
+    """A retry due in 0.3 s can reach the delayed set after the janitor chose its
+    sleep (up to an interval): the worker that recorded it promotes it when
+    due. Here no janitor runs at all, so only that promotion can run it."""
+    async with App(queue_name(), redis_url=redis_url) as app:
+        attempts: list[float] = []
+
+        @app.task(name="flaky", max_retries=3)
+        async def flaky() -> str:
+            attempts.append(time.monotonic())
+            if len(attempts) == 1:
+                raise Retry(delay=0.3)
+            return "ok"
+
+        async with running_worker(app, janitor=False):
+            job = await flaky.enqueue()
+            assert await job.result(timeout=30) == "ok"
+        assert attempts[1] - attempts[0] >= 0.3  # not before its backoff
+        await assert_no_key_leak(app)
+
+
+async def test_only_retries_due_before_the_janitors_next_wake_are_noted(app: App) -> None:
+    """``SoonDue`` keeps only what the janitor might be late for: a delay of 0 is
+    already in its stream, and one of an interval or more is seen by the janitor's
+    next wake (which sleeps until the earliest due job)."""
+    soon = SoonDue(app, None)
+    for delay_ms in (0, -5, 1000, 60_000):
+        soon.note(delay_ms)
+    assert len(soon) == 0
+    soon.note(300)
+    soon.note(999)
+    assert len(soon) == 2

@@ -70,8 +70,10 @@ from streamq.worker.partitions import (
     check_assignment,
     grow_lanes,
     lanes_by_stream,
+    start_services,
 )
 from streamq.worker.shutdown import Watchdog, stop_on_signals
+from streamq.worker.soon import SoonDue
 from streamq.worker.threads import HandlerThreads
 from streamq.worker.unknown import MAX_BOUNCES, hand_back, unknown_task_hint
 
@@ -208,6 +210,7 @@ class Worker:
             visibility_ms,
         )  # fmt: skip
         own = app is self.app
+        soon = SoonDue(app, self._log)
         return Lane(
             app, fetcher,
             Heartbeat(
@@ -216,12 +219,13 @@ class Worker:
             ),
             OutcomeWriter(
                 Scripts(write_client), app.keys, app.settings, self.consumer, self._settled,
-                on_recorded=self._recorded if self.metrics else None,
+                on_recorded=self._recorded if self.metrics else None, on_delayed=soon.note,
             ),
             self._limits if own else Limiter(app, self.consumer, self._log),
             self._cancels if own else CancelWatcher(app, self.consumer, self.metrics),
             self._burst if own else BurstCheck(app, self._log),
             Janitor(app, self.consumer) if self.run_janitor else None,
+            soon,
         )  # fmt: skip
 
     async def _run(self, views: list[App], task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -256,11 +260,7 @@ class Worker:
             if self.partitions is None:  # reads every partition: also ones added later
                 services.start_soon(grow_lanes, self)
             for lane in lanes:
-                services.start_soon(lane.heartbeat.run)
-                services.start_soon(lane.limits.run)
-                services.start_soon(lane.cancels.run)
-                if lane.janitor is not None:
-                    await services.start(lane.janitor.run)
+                await start_services(services, lane)
             if self.handle_signals:
                 await services.start(stop_on_signals, self)
             if self.metrics is not None:

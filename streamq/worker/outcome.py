@@ -47,6 +47,7 @@ class OutcomeWriter:
         on_settled: Callable[[list[tuple[str, bytes]]], None],
         max_batch: int = 200,
         on_recorded: Callable[[Outcome, bool], None] | None = None,
+        on_delayed: Callable[[int], None] | None = None,
     ) -> None:
         self._scripts = scripts
         self._keys = keys
@@ -55,6 +56,8 @@ class OutcomeWriter:
         self._on_settled = on_settled
         self._max_batch = max_batch
         self._on_recorded = on_recorded
+        self._on_delayed = on_delayed
+        """Told the delay (ms) of each retry recorded into the delayed set."""
         self._log = get_logger(queue=keys.queue, worker=consumer)
         self._queue: deque[Outcome] = deque()
         self._starts: list[Started] = []
@@ -199,6 +202,8 @@ class OutcomeWriter:
         for o, reply in zip(batch, replies, strict=True):
             if self._on_recorded is not None and reply != ALREADY_RECORDED:
                 self._on_recorded(o, reply == RECORDED)
+            if reply == RECORDED and o.status == "retry" and self._on_delayed is not None:
+                self._on_delayed(o.retry_delay_ms)
             if reply != LOST and o.status == "succeeded":
                 if info:
                     self._log.info(

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from streamq.worker.heartbeat import Heartbeat
     from streamq.worker.limited import Limiter
     from streamq.worker.outcome import OutcomeWriter
+    from streamq.worker.soon import SoonDue
 
 
 def parse_assignment(text: str) -> tuple[int, ...]:
@@ -112,6 +113,7 @@ class Lane:
     cancels: CancelWatcher
     burst: BurstCheck
     janitor: Janitor | None
+    soon: SoonDue
 
 
 def _order(msg_id: bytes) -> tuple[int, int]:
@@ -301,6 +303,16 @@ async def grow_lanes(worker: Worker) -> None:
             await add_lanes(worker, new)
 
 
+async def start_services(services: anyio.abc.TaskGroup, lane: Lane) -> None:
+    """A lane's background tasks (its writer runs in the worker's recording group)."""
+    services.start_soon(lane.heartbeat.run)
+    services.start_soon(lane.limits.run)
+    services.start_soon(lane.cancels.run)
+    services.start_soon(lane.soon.run)
+    if lane.janitor is not None:
+        await services.start(lane.janitor.run)
+
+
 async def add_lanes(worker: Worker, indexes: Sequence[int]) -> None:
     """Start lanes for these partitions in the running worker: connections, groups,
     services and writers first, then the fetch loop reads them."""
@@ -309,11 +321,7 @@ async def add_lanes(worker: Worker, indexes: Sequence[int]) -> None:
     for lane in lanes:
         await lane.fetcher.ensure_groups()
         worker._recording.start_soon(lane.writer.run)
-        worker._services.start_soon(lane.heartbeat.run)
-        worker._services.start_soon(lane.limits.run)
-        worker._services.start_soon(lane.cancels.run)
-        if lane.janitor is not None:
-            await worker._services.start(lane.janitor.run)
+        await start_services(worker._services, lane)
     every = [*dict.fromkeys(worker._lanes.values()), *lanes]
     worker._lanes = lanes_by_stream(every)  # before the fetcher hands out their messages
     fetcher = worker._fetcher
