@@ -344,3 +344,23 @@ async def test_a_finishing_job_starts_the_parked_one_it_wakes_without_the_janito
             with anyio.fail_after(30):  # half the interval: no machine is that slow
                 assert [await job.result(timeout=30) for job in jobs] == list(range(10))
         await drop_queue(app)
+
+
+async def test_a_job_deferred_to_its_rate_slot_starts_at_that_slot(redis_url: str) -> None:
+    """rate="5/s" with burst 1: four jobs get slots 0.2 s apart. A slot due before
+    the janitor's next wake is promoted by the worker that deferred the job. Here
+    no janitor runs at all, so only that promotion can start them."""
+    async with App(queue_name(), redis_url=redis_url) as app:
+        starts: list[float] = []
+
+        @app.task(name="paced", limit=Limit(rate="5/s", burst=1))
+        async def paced(n: int) -> int:
+            starts.append(time.monotonic())
+            return n
+
+        jobs = await paced.enqueue_many([(n,) for n in range(4)])
+        async with running_worker(app, concurrency=4, janitor=False):
+            assert [await job.result(timeout=30) for job in jobs] == list(range(4))
+        gaps = [b - a for a, b in zip(sorted(starts), sorted(starts)[1:], strict=False)]
+        assert all(gap >= 0.15 for gap in gaps), gaps  # the rate holds
+        await drop_queue(app)

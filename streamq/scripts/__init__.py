@@ -555,17 +555,17 @@ class Scripts:
         group: str, consumer: str, msg_id: bytes, deliveries: int, priority: str,
         reason: str, due_ms: int, base_delay_ms: int, max_delay_ms: int, jitter: float,
         detail: str,
-    ) -> tuple[int, int, int]:  # fmt: skip
-        """Hand a limited job back to the delayed set: (1, due ms, deferrals), or
-        (0, 0, 0) when the message is not ours any more (nothing written)."""
+    ) -> tuple[int, int, int, int]:  # fmt: skip
+        """Hand a limited job back to the delayed set: (1, due ms, deferrals, ms until
+        due), or (0, 0, 0, 0) when the message is not ours any more (nothing written)."""
         keys = [stream, delayed, events, job_key, *([parked] if parked else [])]
         reply = await self._call(
             "defer", keys,
             [group, consumer, msg_id, deliveries, priority, reason, due_ms, base_delay_ms,
              max_delay_ms, repr(jitter), detail],
         )  # fmt: skip
-        values = [int(v) for v in reply] + [0, 0]
-        return values[0], values[1], values[2]
+        values = [int(v) for v in reply] + [0, 0, 0]
+        return values[0], values[1], values[2], values[3]
 
     async def cancel(
         self, *, events: str, delayed: str, cancels: str, streams: Sequence[str], group: str,

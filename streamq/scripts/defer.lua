@@ -24,7 +24,8 @@
 -- ARGV[5] priority   ARGV[6] reason ('rate' or 'concurrency')   ARGV[7] due ms
 -- (0: use the backoff)   ARGV[8] base delay ms   ARGV[9] max delay ms
 -- ARGV[10] jitter in [0, 1]   ARGV[11] detail (the limit's key, for the event)
--- reply: {1, due ms, deferrals} deferred; {0} not ours any more, or the entry is
+-- reply: {1, due ms, deferrals, ms until due by the server's clock} deferred; {0} not
+-- ours any more, or the entry is
 -- gone (nothing written)
 local MAX_VALUES = 2000
 local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
@@ -91,4 +92,4 @@ elseif status == 'retrying' then
 elseif is_hash then
   redis.call('HSET', KEYS[4], indexed, 'limited')
 end
-return {1, due, deferrals}
+return {1, due, deferrals, due - now}

@@ -211,6 +211,8 @@ class Worker:
         )  # fmt: skip
         own = app is self.app
         soon = SoonDue(app, self._log)
+        limits = self._limits if own else Limiter(app, self.consumer, self._log)
+        limits.on_delayed = soon.note  # a rate slot due soon: promoted when due
         return Lane(
             app, fetcher,
             Heartbeat(
@@ -221,7 +223,7 @@ class Worker:
                 Scripts(write_client), app.keys, app.settings, self.consumer, self._settled,
                 on_recorded=self._recorded if self.metrics else None, on_delayed=soon.note,
             ),
-            self._limits if own else Limiter(app, self.consumer, self._log),
+            limits,
             self._cancels if own else CancelWatcher(app, self.consumer, self.metrics),
             self._burst if own else BurstCheck(app, self._log),
             Janitor(app, self.consumer) if self.run_janitor else None,

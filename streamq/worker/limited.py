@@ -29,7 +29,7 @@ dies holding one loses it to expiry within the ttl.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class Limiter:
     def __init__(self, app: App, consumer: str, log: Any) -> None:
         self.app = app
         self.consumer = consumer
+        self.on_delayed: Callable[[int], None] | None = None
+        """Told how long (ms) each job it deferred waits (``worker.soon``)."""
         self.policies: dict[str, LimitPolicy] = {}
         for name, task in app.tasks.items():
             options = task.options
@@ -173,7 +175,7 @@ class Limiter:
         due_ms: int = 0, parked: str | None = None,
     ) -> None:  # fmt: skip
         settings, keys = self.app.settings, self.app.keys
-        code, due, deferrals = await (await self.app.scripts()).defer(
+        code, due, deferrals, wait_ms = await (await self.app.scripts()).defer(
             stream=message.stream, delayed=keys.delayed, events=keys.events,
             job_key=keys.job(env.job_id), parked=parked, group=GROUP, consumer=self.consumer,
             msg_id=message.msg_id, deliveries=message.deliveries, priority=message.priority,
@@ -189,5 +191,7 @@ class Limiter:
         if code == 1:
             self.deferred += 1
             log.debug("limited; deferred", due_ms=due, deferrals=deferrals)
+            if self.on_delayed is not None:
+                self.on_delayed(wait_ms)
         else:
             log.info("limited, and the message is no longer ours; not deferred")

@@ -1,11 +1,12 @@
-"""Retries with a short backoff start when due, not at the janitor's next wake.
+"""Jobs this worker puts in the delayed set for a short wait start when due.
 
 The janitor sleeps until the earliest delayed job is due, but it chose that
-sleep before this worker's retries reached the delayed set: a retry due in
-300 ms (full-jitter backoff's first delays are under a second) would wait for
-the janitor's next wake, up to a janitor interval. The outcome writer tells
-``SoonDue`` of each retry it recorded with a delay shorter than that
-interval, and ``SoonDue`` promotes the lane's due jobs once it is due
+sleep before this worker's jobs reached the delayed set: a retry due in
+300 ms (full-jitter backoff's first delays are under a second), or a job
+deferred to its rate slot 200 ms away, would wait for the janitor's next
+wake, up to a janitor interval. The outcome writer (retries) and the limiter
+(rate deferrals) tell ``SoonDue`` of each wait shorter than that interval,
+and ``SoonDue`` promotes the lane's due jobs once it is over
 (``streamq.promotion``, safe next to the janitor's). Due times within
 ``GAP_S`` of each other share one promotion.
 """
