@@ -88,13 +88,27 @@ async def release_children(app: App, offset: int = 0) -> tuple[int, int]:
     queued or dead-lettered.
     """
     redis = await app.redis()
-    scripts = await app.scripts()
     page = cast(
         list[bytes], await redis.zrange(app.keys.parents, offset, offset + RELEASE_PARENTS - 1)
     )
     if not page:
         return 0, 0
-    parents = [pid.decode(errors="replace") for pid in page]
+    done, settled = await settle_parents(app, [pid.decode(errors="replace") for pid in page])
+    # Settled parents left the zset, so the next step starts at the first rank
+    # this one did not look at, less the ones removed (a skipped parent is seen
+    # again after the wrap-around).
+    next_offset = 0 if len(page) < RELEASE_PARENTS else offset + len(page) - len(done)
+    return next_offset, settled
+
+
+async def settle_parents(app: App, parents: Sequence[str]) -> tuple[list[str], int]:
+    """Settle the waiting children of those of ``parents`` that are final: each
+    child is queued (every parent succeeded), dead-lettered (one did not), or
+    left waiting (another parent lives). Returns the final parents and how many
+    children were queued or dead-lettered. The janitor calls it for the parents
+    zset in steps; a worker for the jobs whose outcome it just recorded."""
+    redis = await app.redis()
+    scripts = await app.scripts()
     async with redis.pipeline(transaction=False) as pipe:
         for parent in parents:
             pipe.hget(app.keys.job(parent), "status")
@@ -130,8 +144,4 @@ async def release_children(app: App, offset: int = 0) -> tuple[int, int]:
         empty = [p for p, group in zip(done, members, strict=True) if not group]
         if empty:
             await scripts.chain([_head(app, "release", "", [p]) for p in empty])
-    # Settled parents left the zset, so the next step starts at the first rank
-    # this one did not look at, less the ones removed (a skipped parent is seen
-    # again after the wrap-around).
-    next_offset = 0 if len(page) < RELEASE_PARENTS else offset + len(page) - len(done)
-    return next_offset, settled
+    return done, settled

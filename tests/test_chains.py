@@ -194,3 +194,31 @@ async def test_run_until_idle_runs_a_chain_to_its_end(redis_url: str) -> None:
         await run_until_idle(app, timeout=20)
         assert await third.result(timeout=1) == 3
         await drop_queue(app)
+
+
+async def test_a_parents_worker_releases_its_children_without_the_janitor(redis_url: str) -> None:
+    """No janitor runs here: the worker that records a parent's outcome settles
+    the children waiting for it, so a chain runs link after link at once (a
+    child used to wait for the janitor's next pass), and a child whose parent
+    failed goes to the DLQ naming it."""
+    async with App(queue_name(), redis_url=redis_url) as app:
+
+        @app.task
+        async def step(name: str) -> str:
+            return name
+
+        @app.task(max_retries=0)
+        async def broken() -> None:
+            raise RuntimeError("no")
+
+        a = await step.enqueue("a")
+        b = await step.with_options(after=[a]).enqueue("b")
+        c = await step.with_options(after=[b]).enqueue("c")
+        failing = await broken.enqueue()
+        orphan = await step.with_options(after=[failing]).enqueue("orphan")
+        async with running_worker(app, janitor=False):
+            assert await c.result(timeout=30) == "c"
+            assert await orphan.wait(timeout=30) == JobStatus.DEAD
+        (entry,) = [e for e in await DeadLetters(app).entries() if e.job_id == orphan.id]
+        assert failing.id in entry.reason
+        await drop_queue(app)

@@ -293,7 +293,8 @@ class Scripts:
         self, events: str, outcomes: Sequence[Outcome], *, delayed: str, dlq: str, group: str,
         consumer: str, now_ms: int, result_ttl_ms: int,
     ) -> list[int]:  # fmt: skip
-        """Per outcome: 1 recorded, 2 recorded by an earlier run, 0 lost ownership."""
+        """Per outcome: 1 recorded, 3 recorded and final with chained children waiting
+        on the job, 2 recorded by an earlier run, 0 lost ownership."""
         call = self.complete_call(
             events, outcomes, delayed=delayed, dlq=dlq, group=group, consumer=consumer,
             now_ms=now_ms, result_ttl_ms=result_ttl_ms,

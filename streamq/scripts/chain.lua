@@ -8,7 +8,9 @@
 --   else the child waits: its entry (cjson [priority, field, value, ...], the
 --     delayed set's member shape) in the deferred hash under its id, status
 --     'deferred', and it is listed in each live parent's children set, each
---     such parent in the parents zset (score: when it was first listed).
+--     such parent in the parents zset (score: when it was first listed), and
+--     flagged in its hash ('has_children'), so the worker that records the
+--     parent's outcome settles its children at once (complete.lua replies 3).
 --   A parent with no job hash is refused ({-2, parent id}), nothing written.
 -- 'release' (the janitor) settles one waiting child whose parents' outcomes
 --   it was given: all succeeded, it is queued; one failed, dead, cancelled or
@@ -97,6 +99,8 @@ if mode == 'add' then
       if hget(5 + p + 2 * i - 1, 'status') ~= 'succeeded' then
         redis.call('SADD', KEYS[6 + p + 2 * i - 1], child)
         redis.call('ZADD', KEYS[4], 'NX', now, ARGV[7 + p + i])
+        -- The parent's worker learns from complete.lua that children wait on it.
+        redis.call('HSET', KEYS[5 + p + 2 * i - 1], 'has_children', '1')
       end
     end
     return {5, 'deferred'}

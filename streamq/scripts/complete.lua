@@ -36,8 +36,10 @@
 -- and the mark's fields (started_ms, worker, attempts, msg_id, the started
 -- event's index) go into the outcome's HSET. One fence check and one hash
 -- write instead of two of each.
--- reply: per job 1 = recorded, 2 = already recorded by an earlier run, 0 = lost
---   (the message belongs to another consumer or delivery now)
+-- reply: per job 1 = recorded, 3 = recorded and final, with chained children
+--   waiting on it (chain.lua flags the hash: the caller settles them), 2 =
+--   already recorded by an earlier run, 0 = lost (the message belongs to
+--   another consumer or delivery now)
 --
 -- Nothing below may raise after the first write (a script is not rolled back):
 -- the original entry is read and sized before any write, and the XACKs name
@@ -160,12 +162,14 @@ for i = 1, n do
     -- The job hash as it stands: the lazy "started" mark is checked as start.lua
     -- checks it, and an error or due time left by an earlier attempt or schedule
     -- is cleared only when the hash holds one (a read: before any write).
-    local read, held = pcall(redis.call, 'HMGET', job, 'status', 'error_type', 'due_ms')
+    local read, held = pcall(redis.call, 'HMGET', job, 'status', 'error_type', 'due_ms',
+      'has_children')
     if not read then held = {} end
     local found, mark = held[1], ARGV[a + 13]
     local marked = mark ~= '0' and (found == 'queued' or found == 'running'
       or found == 'retrying' or found == 'scheduled')
     local stale = held[2] or held[3]
+    local parent = held[4]
     if not acks[stream] then
       acks[stream] = {}
       ack_order[#ack_order + 1] = stream
@@ -237,6 +241,7 @@ for i = 1, n do
       end
     end
     replies[i] = 1
+    if parent and status ~= 'retry' then replies[i] = 3 end  -- final: settle its children
   elseif select(2, pcall(redis.call, 'HGET', job, 'outcome_msg')) == token then
     replies[i] = 2
   else

@@ -51,6 +51,7 @@ from streamq.scripts import Outcome, Scripts, Started
 from streamq.signing import owned_job, verifier_for
 from streamq.worker.burst import BURST_HORIZON_S, BurstCheck
 from streamq.worker.cancel import CancelWatcher
+from streamq.worker.children import ChildRelease
 from streamq.worker.deadlines import Deadlines
 from streamq.worker.execute import (
     Execution,
@@ -210,7 +211,7 @@ class Worker:
             visibility_ms,
         )  # fmt: skip
         own = app is self.app
-        soon = SoonDue(app, self._log)
+        soon, children = SoonDue(app, self._log), ChildRelease(app, self._log)
         limits = self._limits if own else Limiter(app, self.consumer, self._log)
         limits.on_delayed = soon.note  # a rate slot due soon: promoted when due
         return Lane(
@@ -222,12 +223,13 @@ class Worker:
             OutcomeWriter(
                 Scripts(write_client), app.keys, app.settings, self.consumer, self._settled,
                 on_recorded=self._recorded if self.metrics else None, on_delayed=soon.note,
+                on_parents=children.note,
             ),
             limits,
             self._cancels if own else CancelWatcher(app, self.consumer, self.metrics),
             self._burst if own else BurstCheck(app, self._log),
             Janitor(app, self.consumer) if self.run_janitor else None,
-            soon,
+            soon, children,
         )  # fmt: skip
 
     async def _run(self, views: list[App], task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -32,6 +32,8 @@ from streamq.settings import Settings
 from streamq.worker.fetch import Message
 
 LOST, RECORDED, ALREADY_RECORDED = 0, 1, 2
+PARENT = 3
+"""complete.lua: recorded, final, and chained children wait on the job."""
 # How long "started" marks wait for outcomes to share their round trip: the
 # most a job's status can lag behind it starting.
 START_LINGER_S = 0.01
@@ -48,6 +50,7 @@ class OutcomeWriter:
         max_batch: int = 200,
         on_recorded: Callable[[Outcome, bool], None] | None = None,
         on_delayed: Callable[[int], None] | None = None,
+        on_parents: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._scripts = scripts
         self._keys = keys
@@ -58,6 +61,8 @@ class OutcomeWriter:
         self._on_recorded = on_recorded
         self._on_delayed = on_delayed
         """Told the delay (ms) of each retry recorded into the delayed set."""
+        self._on_parents = on_parents
+        """Told the ids of final jobs whose chained children wait (``worker.children``)."""
         self._log = get_logger(queue=keys.queue, worker=consumer)
         self._queue: deque[Outcome] = deque()
         self._starts: list[Started] = []
@@ -184,6 +189,11 @@ class OutcomeWriter:
             if isinstance(results[-1], Exception):
                 raise results[-1]
             replies = [int(r) for r in results[-1]]
+            if PARENT in replies:
+                parents = [o.job_id for o, r in zip(batch, replies, strict=True) if r == PARENT]
+                replies = [RECORDED if r == PARENT else r for r in replies]
+                if self._on_parents is not None:
+                    self._on_parents(parents)
         except Exception as exc:  # RedisError, or a value Redis refused to encode
             if not batch:
                 self._log.warning("jobs not marked started", jobs=len(starts), error=str(exc))

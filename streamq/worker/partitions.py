@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from streamq.worker import Worker
     from streamq.worker.burst import BurstCheck
     from streamq.worker.cancel import CancelWatcher
+    from streamq.worker.children import ChildRelease
     from streamq.worker.heartbeat import Heartbeat
     from streamq.worker.limited import Limiter
     from streamq.worker.outcome import OutcomeWriter
@@ -114,6 +115,7 @@ class Lane:
     burst: BurstCheck
     janitor: Janitor | None
     soon: SoonDue
+    children: ChildRelease
 
 
 def _order(msg_id: bytes) -> tuple[int, int]:
@@ -309,6 +311,7 @@ async def start_services(services: anyio.abc.TaskGroup, lane: Lane) -> None:
     services.start_soon(lane.limits.run)
     services.start_soon(lane.cancels.run)
     services.start_soon(lane.soon.run)
+    services.start_soon(lane.children.run)
     if lane.janitor is not None:
         await services.start(lane.janitor.run)
 
