@@ -16,9 +16,9 @@ that must wait goes back to the delayed set through ``scripts/defer.lua``
   (it may lose the slot to a job fetched meanwhile), plus once per backoff
   when no release comes, so a long queue behind a small semaphore costs a
   few script calls per job rather than none. The worker whose job woke a
-  parked one promotes it at once (``streamq.promotion``); a job whose
-  backoff or rate slot comes due is promoted by the janitor, which wakes
-  for the earliest due time.
+  parked one promotes it at once (``streamq.promotion``), and a rate slot
+  due before the janitor's next wake when it comes (``worker.soon``); the
+  janitor, which wakes for the earliest due time, promotes the rest.
 
 Tasks without limits cost nothing here: the worker only calls in for tasks
 named in ``Limiter.policies``. Held slots are renewed every third of

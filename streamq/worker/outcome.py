@@ -189,11 +189,6 @@ class OutcomeWriter:
             if isinstance(results[-1], Exception):
                 raise results[-1]
             replies = [int(r) for r in results[-1]]
-            if PARENT in replies:
-                parents = [o.job_id for o, r in zip(batch, replies, strict=True) if r == PARENT]
-                replies = [RECORDED if r == PARENT else r for r in replies]
-                if self._on_parents is not None:
-                    self._on_parents(parents)
         except Exception as exc:  # RedisError, or a value Redis refused to encode
             if not batch:
                 self._log.warning("jobs not marked started", jobs=len(starts), error=str(exc))
@@ -208,6 +203,11 @@ class OutcomeWriter:
                 )  # fmt: skip
             self._on_settled([(o.stream, o.msg_id) for o in batch])
             return
+        if PARENT in replies:
+            parents = [o.job_id for o, r in zip(batch, replies, strict=True) if r == PARENT]
+            replies = [RECORDED if r == PARENT else r for r in replies]
+            if self._on_parents is not None:
+                self._on_parents(parents)
         info = self._log.enabled_for(logging.INFO)  # once per batch, not per job
         for o, reply in zip(batch, replies, strict=True):
             if self._on_recorded is not None and reply != ALREADY_RECORDED:
