@@ -514,14 +514,3 @@ async def test_the_fence_orders_stream_ids_as_numbers(
     """The batch's span is found by comparing ids as '<ms>-<seq>' numbers, not as text."""
     source = _expand("--#include fence\nreturn id_before(ARGV[1], ARGV[2]) and 1 or 0")
     assert await (await app.redis()).eval(source, 0, a, b) == int(before)
-
-
-async def test_a_wait_with_no_time_left_does_not_block_for_the_whole_block(app: App) -> None:
-    """The worker asks ``wait`` to return by its next reclaim pass; with 0 ms left
-    it must not block for the whole ``block_ms`` (``0 or block_ms`` did)."""
-    fetcher = Fetcher(
-        await app.redis(), await app.scripts(), app.keys, app.settings, "worker-a", 60_000
-    )
-    await fetcher.ensure_groups()
-    with anyio.fail_after(30):  # half the block: no machine is that slow for a 1 ms block
-        assert await fetcher.wait(10, 0) == ([], False)

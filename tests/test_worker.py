@@ -12,6 +12,7 @@ import pytest
 
 from streamq import App, JobFailed, JobStatus, JobTimedOut, Settings, Worker, current_job
 from streamq.keys import GROUP
+from streamq.worker.fetch import Fetcher
 from tests.conftest import drop_queue, queue_name, running_worker, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -466,3 +467,14 @@ async def test_a_cancelled_worker_gives_its_held_connections_back(app: App) -> N
         gc.collect()
     assert not [w for w in caught if "Unclosed client" in str(w.message)]
     assert pool.can_get_connection()
+
+
+async def test_a_wait_with_no_time_left_does_not_block_for_the_whole_block(app: App) -> None:
+    """The worker asks ``wait`` to return by its next reclaim pass; with 0 ms left
+    it must not block for the whole ``block_ms`` (``0 or block_ms`` did)."""
+    fetcher = Fetcher(
+        await app.redis(), await app.scripts(), app.keys, app.settings, "worker-a", 60_000
+    )
+    await fetcher.ensure_groups()
+    with anyio.fail_after(30):  # half the block: no machine is that slow for a 1 ms block
+        assert await fetcher.wait(10, 0) == ([], False)
