@@ -1,9 +1,10 @@
 """Moving due delayed jobs into their streams (``scripts/promote.lua``).
 
 The janitor does it every pass and whenever the earliest delayed job falls
-due (``streamq.janitor``). A worker whose finished job woke a job parked on
-a concurrency limit does it too, at once: the woken job is due now, and
-would otherwise wait for the janitor's next wake. Promotion is safe to run
+due (``streamq.janitor``). A worker does it too: at once when its finished
+job woke a job parked on a concurrency limit (``worker.limited``), and when
+a retry or rate deferral it recorded falls due before the janitor's next
+wake (``worker.soon``). Promotion is safe to run
 from several places at the same time: each member leaves the delayed set and
 enters its stream in one script, so no member is promoted twice.
 """
