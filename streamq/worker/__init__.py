@@ -148,7 +148,6 @@ class Worker:
         self._waking = False  # a runner was woken for ready messages and has not run yet
         self._fetch_scope: anyio.CancelScope | None = None
         self._jobs_scope: anyio.CancelScope | None = None
-        self._heartbeat: Heartbeat | None = None
         self._decoded: dict[tuple[str, bytes], Envelope] = {}
         self._log = get_logger(queue=app.name, worker=self.consumer)
         self._burst = BurstCheck(app, self._log)
@@ -162,8 +161,6 @@ class Worker:
         self.partitions = None if partitions is None else check_assignment(partitions)
         self._lanes: dict[str, Lane] = {}  # by stream key; set by run()
         self._deadlines = Deadlines()  # handler timeouts: one watcher, no timer per job
-
-    _writer: OutcomeWriter  # set by run()
 
     # -- control -----------------------------------------------------------------
 
@@ -249,9 +246,6 @@ class Worker:
         )
         await fetcher.ensure_groups()
         self._fetcher = fetcher
-        heartbeat, writer = lanes[0].heartbeat, lanes[0].writer
-        self._heartbeat = heartbeat
-        self._writer = writer
         self._threads = HandlerThreads(self.concurrency, name=f"streamq-handler:{self.consumer}")
         self._loop_token = anyio.lowlevel.current_token()
         self._log.info(
@@ -540,7 +534,7 @@ class Worker:
         self.processed += 1
         if watched.requested and (result is None or not result.ok):  # cancelled: not retried
             duration_ms = None if result is None else result.duration_ms
-            await lane.cancels.record(message, env, watched, duration_ms)
+            await lane.cancels.record(message, env, watched, duration_ms, self._result_ttl_ms(env))
             return False
         assert result is not None  # only a cancel request's scope ends a run without one
         max_retries = max_retries_for(env, task.options, app.settings.max_retries)

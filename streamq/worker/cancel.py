@@ -28,7 +28,6 @@ import anyio
 from redis.exceptions import RedisError
 
 from streamq.app import App
-from streamq.decide import result_ttl_for
 from streamq.envelope import Envelope
 from streamq.keys import GROUP
 from streamq.logging import get_logger
@@ -136,9 +135,11 @@ class CancelWatcher:
                 )  # fmt: skip
 
     async def record(
-        self, message: Message, env: Envelope, watched: Watched, duration_ms: int | None
-    ) -> bool:
-        """Record the job ``cancelled`` (fenced); False when the message is no longer ours."""
+        self, message: Message, env: Envelope, watched: Watched, duration_ms: int | None,
+        result_ttl_ms: int,
+    ) -> bool:  # fmt: skip
+        """Record the job ``cancelled`` (fenced), its hash kept ``result_ttl_ms`` (the
+        job's own, as its outcome would have had); False when the message is no longer ours."""
         app = self._app
         ms = duration_ms if duration_ms is not None else _ms_since(watched.started)
         log = self._log.bind(job_id=env.job_id, task=env.task, attempt=env.attempt, duration_ms=ms)
@@ -150,7 +151,7 @@ class CancelWatcher:
                     consumer=self._consumer, msg_id=message.msg_id,
                     deliveries=message.deliveries, job_id=env.job_id, task=env.task,
                     attempt=env.attempt, now_ms=int(time.time() * 1000),
-                    result_ttl_ms=self._result_ttl_ms(env), duration_ms=ms,
+                    result_ttl_ms=result_ttl_ms, duration_ms=ms,
                 )  # fmt: skip
         except RedisError as exc:
             log.error("cancelled job not recorded; its message stays pending", error=str(exc))
@@ -162,12 +163,6 @@ class CancelWatcher:
         if self._metrics is not None and reply == 1:
             self._metrics.outcome(env.task, "cancelled", ms)
         return True
-
-    def _result_ttl_ms(self, env: Envelope) -> int:
-        """The job's own result TTL, as its outcome would have had it."""
-        task = self._app.tasks.get(env.task)
-        options = task.options if task is not None else None
-        return max(1, int(result_ttl_for(env, options, self._app.settings.result_ttl_s) * 1000))
 
 
 def _ms_since(started: float) -> int:
