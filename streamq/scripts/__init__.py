@@ -571,8 +571,7 @@ class Scripts:
     async def cancel(
         self, *, events: str, delayed: str, cancels: str, streams: Sequence[str], group: str,
         result_ttl_ms: int, requests_ttl_ms: int, waiting_only: bool, by: str,
-        jobs: Sequence[tuple[str, str]], task_ttl_ms: Mapping[str, int] | None = None,
-        max_job_ttl_ms: int = 30 * 86_400_000,
+        jobs: Sequence[tuple[str, str]], task_ttl_ms: Mapping[str, int], max_job_ttl_ms: int,
     ) -> list[str]:  # fmt: skip
         """Cancel ``jobs`` (job id, job hash key); per job 'cancelled', 'requested',
         'skipped', 'final/<status>' or 'missing' (see ``cancel.lua``).
@@ -587,7 +586,7 @@ class Scripts:
         keys = [events, delayed, cancels, *streams, *(key for _, key in jobs)]
         args: list[Arg] = [
             group, result_ttl_ms, requests_ttl_ms, len(streams),
-            "waiting" if waiting_only else "cancel", by, json.dumps(dict(task_ttl_ms or {})),
+            "waiting" if waiting_only else "cancel", by, json.dumps(dict(task_ttl_ms)),
             max_job_ttl_ms, *(job_id for job_id, _ in jobs),
         ]  # fmt: skip
         reply = await self._call("cancel", keys, args)
