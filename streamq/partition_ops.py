@@ -19,6 +19,7 @@ import anyio
 
 from streamq.dlq import DeadLetter, DeadLetters, check_entry_id, first
 from streamq.partitions import all_partitions, locate
+from streamq.records import entry_key
 from streamq.replay import Replay
 from streamq.stats import ConsumerStats, History, PriorityStats, QueueStats, Throughput, collect
 
@@ -165,8 +166,8 @@ async def _tagged(letters: AsyncIterator[DeadLetter], index: int) -> AsyncIterat
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.rpartition("/")[2].partition("-")
-    return int(ms), int(seq or 0)
+    """An entry id's (ms, seq), whether addressed (``p/ID``) or not."""
+    return entry_key(entry_id.rpartition("/")[2])
 
 
 async def merge_sorted(

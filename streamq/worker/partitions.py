@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.exceptions import RedisError
 
+from streamq.archive.format import id_key
 from streamq.errors import ConfigError
 from streamq.keys import GROUP
 from streamq.settings import MAX_PARTITIONS
@@ -118,11 +119,6 @@ class Lane:
     children: ChildRelease
 
 
-def _order(msg_id: bytes) -> tuple[int, int]:
-    ms, _, seq = msg_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
 def _shares(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -178,7 +174,7 @@ class MultiFetcher:
         last = self._last
         for m in messages:
             seen = last.get(m.stream)
-            if seen is None or _order(m.msg_id) > _order(seen):
+            if seen is None or id_key(m.msg_id) > id_key(seen):
                 last[m.stream] = m.msg_id
         messages.sort(key=lambda m: self._rank[m.stream])  # stable: partitions keep order
         return messages
