@@ -47,11 +47,21 @@ class Script:
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 
 
-def _expand(source: str) -> str:
+def _expand(source: str, seen: frozenset[str] = frozenset()) -> str:
     """Each ``--#include <name>`` line replaced by ``include/<name>.lua``: Lua helpers
-    that several scripts need, written once (a script cannot call another's)."""
+    that several scripts need, written once (a script cannot call another's). An
+    include may include others; each is spliced once per script."""
     folder = resources.files(__package__).joinpath("include")
-    return _INCLUDE.sub(lambda m: folder.joinpath(f"{m.group(1)}.lua").read_text(), source)
+    done = set(seen)
+
+    def splice(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in done:
+            return ""
+        done.add(name)
+        return _expand(folder.joinpath(f"{name}.lua").read_text(), frozenset(done))
+
+    return _INCLUDE.sub(splice, source)
 
 
 NAMES = (

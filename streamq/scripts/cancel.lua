@@ -65,13 +65,7 @@ local function result_ttl(task, fields, first)
   return tonumber(ARGV[2])
 end
 
-local function less(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  if not ams or not bms then return false end
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
+--#include stream_id
 
 --#include member_id
 
@@ -103,7 +97,7 @@ local function unread(stream, msg_id)
     end
   end
   local last = delivered_up_to[stream]
-  return last == '' or less(last, msg_id)  -- no group: nothing has read it
+  return last == '' or id_before(last, msg_id)  -- no group: nothing has read it
 end
 
 -- Where a job's stream message is: 'pending', 'unread' (with the stream and the

@@ -30,12 +30,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local safe_age = tonumber(ARGV[3])
 local NOT_FINAL = {scheduled = true, queued = true, running = true, retrying = true}
 
-local function less(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
+--#include stream_id
 
 --#include member_id
 
@@ -71,7 +66,7 @@ local function in_stream(job, msg_id)
         for _, g in ipairs(groups) do
           local info = {}
           for f = 1, #g - 1, 2 do info[g[f]] = g[f + 1] end
-          if info['name'] == ARGV[1] and less(info['last-delivered-id'], msg_id) then
+          if info['name'] == ARGV[1] and id_before(info['last-delivered-id'], msg_id) then
             return true  -- not yet delivered
           end
         end

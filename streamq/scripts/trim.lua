@@ -15,12 +15,7 @@
 -- ARGV[3] max entries to examine for the length cutoff
 -- ARGV[4] floor: never cut past this id ('' or absent for none)
 -- reply: {entries removed, the cut used ('' when nothing could be trimmed)}
-local function less(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
+--#include stream_id
 
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
 local cut = nil
@@ -32,21 +27,21 @@ if maxlen > 0 then
     excess = math.min(excess, tonumber(ARGV[3]))
     local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess + 1)
     local boundary = oldest[#oldest][1]
-    if cut == nil or less(boundary, cut) == false then cut = boundary end
+    if cut == nil or id_before(boundary, cut) == false then cut = boundary end
   end
 end
 if cut == nil then return {0, ''} end
 local floor = ARGV[4]
-if floor and floor ~= '' and less(floor, cut) then cut = floor end
+if floor and floor ~= '' and id_before(floor, cut) then cut = floor end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local info = {}
   for f = 1, #g - 1, 2 do info[g[f]] = g[f + 1] end
   local summary = redis.call('XPENDING', KEYS[1], info['name'])
-  if tonumber(summary[1]) > 0 and less(summary[2], cut) then cut = summary[2] end
+  if tonumber(summary[1]) > 0 and id_before(summary[2], cut) then cut = summary[2] end
   local delivered = info['last-delivered-id']
   if delivered == '0-0' then return {0, ''} end
   -- Entries after last-delivered-id are unread: keep the first of them too.
-  if less(delivered, cut) then cut = delivered end
+  if id_before(delivered, cut) then cut = delivered end
 end
 -- XTRIM ~ removes at most 100 nodes' worth of entries per call (10,000 by
 -- default): repeat, so one pass keeps up with streams that grow faster than

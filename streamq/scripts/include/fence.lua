@@ -11,19 +11,7 @@
 -- fence_read(group, consumer, streams, ids) -> deliveries(stream, id): the
 -- delivery count of a message pending to the consumer, or nil.
 
--- Whether stream id a sorts before b ('<ms>-<seq>', decimals of any length).
--- Cheap on purpose (no captures): equal lengths with the '-' at the same place
--- compare as text; a malformed id sorts nowhere, and a read that ranges over
--- one fails and falls back to single reads.
-local function id_before(a, b)
-  local da, db = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
-  if not da or not db then return false end
-  if da ~= db then return da < db end
-  if #a == #b then return a < b end
-  local ms_a, ms_b = string.sub(a, 1, da), string.sub(b, 1, db)
-  if ms_a ~= ms_b then return ms_a < ms_b end
-  return #a < #b
-end
+--#include stream_id
 
 local function fence_read(group, consumer, streams, ids)
   local spans, order = {}, {}
